@@ -1,0 +1,36 @@
+"""The explicit registry of selection methods: adding a method is one file and one line here."""
+
+from __future__ import annotations
+
+from mmsift.scorers.base import Scorer
+from mmsift.scorers.length import Length
+from mmsift.scorers.random import Random
+
+SCORERS: dict[str, type[Scorer]] = {
+    Random.name: Random,
+    Length.name: Length,
+}
+
+
+def get_scorer_class(name: str) -> type[Scorer]:
+    try:
+        return SCORERS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(SCORERS))}") from None
+
+
+def make_scorer(name: str, params: dict | None = None, *, random_state: int = 0) -> Scorer:
+    """Build a registered scorer with its documented keyword parameters."""
+    cls = get_scorer_class(name)
+    try:
+        return cls(**(params or {}), random_state=random_state)
+    except TypeError as e:
+        raise ValueError(f"bad parameters for method {name!r}: {e}") from None
+
+
+def required_signals(names) -> set[str]:
+    """Union of the signals the named methods read (what the probe must compute)."""
+    out: set[str] = set()
+    for n in names:
+        out.update(get_scorer_class(n).requires)
+    return out

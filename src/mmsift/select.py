@@ -1,0 +1,153 @@
+"""The selector: turns one score per sample into the ids to keep, under a budget and optional per-task quotas.
+
+Deterministic: ties are broken by pool order (a stable sort), and every random choice comes from ``seed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmsift.budget import apportion, resolve_budget
+from mmsift.scorers import make_scorer
+from mmsift.scorers.base import Scorer
+from mmsift.store import Signals, SignalStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    """What the selector chose. ``rows`` are store rows in pool order; ``scores`` covers every store row."""
+
+    method: str
+    rows: np.ndarray
+    ids: list[str]
+    index: np.ndarray
+    scores: np.ndarray
+    n_total: int
+    n_keep: int
+    kept_per_task: dict[str, int]
+    total_per_task: dict[str, int]
+    dropped_by_dedup: int = 0
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def summary_lines(self) -> list[str]:
+        kept = self.scores[self.rows] if len(self.rows) else np.zeros(0)
+        lines = [f"method {self.method}: kept {len(self.rows)} of {self.n_total} samples"]
+        if len(kept):
+            finite = self.scores[np.isfinite(self.scores)]
+            lines.append(
+                f"score range kept [{kept.min():.4g}, {kept.max():.4g}] of all [{finite.min():.4g}, {finite.max():.4g}]"
+            )
+        if self.dropped_by_dedup:
+            lines.append(f"dedup removed {self.dropped_by_dedup} near-duplicates before selection")
+        for task in sorted(self.total_per_task):
+            lines.append(f"  {task}: kept {self.kept_per_task.get(task, 0)} of {self.total_per_task[task]}")
+        lines.extend(self.notes)
+        return lines
+
+
+def _top_k(rows: np.ndarray, scores: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` best of ``rows`` by score; equal scores go to the earlier record in the pool."""
+    if k <= 0 or len(rows) == 0:
+        return rows[:0]
+    order = np.lexsort((index[rows], -scores[rows]))
+    return rows[order[:k]]
+
+
+def select_rows(
+    signals: Signals,
+    scorer: Scorer,
+    budget: float | int,
+    *,
+    dedup: Scorer | None = None,
+    balance_tasks: bool = False,
+) -> Selection:
+    """Score every row with ``scorer`` and keep ``budget`` of them.
+
+    ``dedup`` (a scorer with ``keep_mask``, e.g. SemDeDup) removes near-duplicates first. ``balance_tasks`` keeps
+    each task's share of the pool when the method defines no quotas of its own.
+    """
+    n = len(signals)
+    n_keep = resolve_budget(budget, n)
+    scorer.check_signals(signals)
+    scores = np.asarray(scorer.score(signals), dtype=np.float64)
+    if scores.shape != (n,):
+        raise ValueError(f"method {scorer.name!r} returned {scores.shape} scores for {n} samples")
+    if np.isnan(scores).any():
+        bad = signals.ids[np.isnan(scores)][:5]
+        raise ValueError(f"method {scorer.name!r} gave NaN scores (e.g. for records {list(bad)})")
+
+    candidates = np.arange(n)
+    dropped = 0
+    notes = list(scorer.notes_)
+    if dedup is not None:
+        dedup.check_signals(signals)
+        mask = dedup.keep_mask(signals)
+        if mask is None:
+            raise ValueError(f"method {dedup.name!r} cannot be used as a dedup step")
+        candidates = np.flatnonzero(mask)
+        dropped = n - len(candidates)
+        notes.extend(dedup.notes_)
+    n_keep = min(n_keep, len(candidates))
+
+    chosen = None
+    if dedup is None:
+        chosen = scorer.choose(signals, scores, n_keep)
+    if chosen is None:
+        quotas = scorer.quotas(signals, scores, n_keep) if dedup is None else None
+        if quotas is None and balance_tasks:
+            tasks, counts = np.unique(signals.tasks[candidates], return_counts=True)
+            quotas = dict(zip(tasks.tolist(), apportion(counts, n_keep, caps=counts).tolist()))
+        if quotas is None:
+            chosen = _top_k(candidates, scores, signals.index, n_keep)
+        else:
+            parts = []
+            for task, q in quotas.items():
+                rows = candidates[signals.tasks[candidates] == task]
+                parts.append(_top_k(rows, scores, signals.index, int(q)))
+            chosen = np.concatenate(parts) if parts else candidates[:0]
+    chosen = np.asarray(chosen, dtype=np.int64)
+    if len(np.unique(chosen)) != len(chosen):
+        raise ValueError(f"method {scorer.name!r} chose a row twice")
+    if len(chosen) > n_keep:
+        raise ValueError(f"method {scorer.name!r} chose {len(chosen)} rows for a budget of {n_keep}")
+    chosen = chosen[np.argsort(signals.index[chosen], kind="stable")]
+    return Selection(
+        method=scorer.name,
+        rows=chosen,
+        ids=[str(i) for i in signals.ids[chosen]],
+        index=np.asarray(signals.index[chosen]),
+        scores=scores,
+        n_total=n,
+        n_keep=n_keep,
+        kept_per_task=dict(Counter(str(t) for t in signals.tasks[chosen])),
+        total_per_task=dict(Counter(str(t) for t in signals.tasks)),
+        dropped_by_dedup=dropped,
+        notes=notes,
+        details=dict(scorer.details_),
+    )
+
+
+def select_run(
+    run: str,
+    method: str,
+    budget: float | int,
+    *,
+    seed: int = 0,
+    params: dict | None = None,
+    dedup: str | None = None,
+    balance_tasks: bool = False,
+) -> Selection:
+    """Open a run directory, select with ``method`` and return the :class:`Selection` (writes nothing)."""
+    store = SignalStore(run)
+    scorer = make_scorer(method, params, random_state=seed)
+    dedup_scorer = make_scorer(dedup, None, random_state=seed) if dedup else None
+    needed = set(scorer.requires) | (set(dedup_scorer.requires) if dedup_scorer else set())
+    signals = store.load(sorted(needed))
+    return select_rows(signals, scorer, budget, dedup=dedup_scorer, balance_tasks=balance_tasks)

@@ -1,0 +1,45 @@
+"""Canonical signal names: the contract between the probe (which writes them) and the scorers (which read them)."""
+
+from __future__ import annotations
+
+# Always written by the probe (cheap bookkeeping that several methods and reports read).
+BOOKKEEPING = ("loss", "n_tokens", "n_answer_tokens", "n_rounds", "n_images")
+
+SCALARS = {
+    "loss": "mean cross-entropy over answer (assistant) tokens",
+    "n_tokens": "text tokens in the whole conversation (image tokens excluded)",
+    "n_answer_tokens": "answer tokens the loss is averaged over",
+    "n_rounds": "user->assistant rounds",
+    "n_images": "images in the record",
+    "el2n": "mean over answer tokens of ||softmax(logits) - onehot(y)||_2",
+    "loss_noq": "answer loss with the question and image removed",
+    "tok_loss_max": "largest per-token answer loss",
+    "tok_loss_std": "standard deviation of per-token answer losses",
+    "sv_entropy": "entropy of the normalised singular values of the sample's hidden states",
+    "sv_tau": "largest normalised singular value sigma_1 / sum(sigma)",
+    "loss_sym": "answer loss after the symbol attack (multiple-choice only; NaN otherwise)",
+    "loss_perm": "answer loss after the permutation attack (multiple-choice only; NaN otherwise)",
+    "loss_imgnoise": "answer loss with the image noised (image records only; NaN otherwise)",
+    "is_mc": "1 when a turn is multiple-choice with lettered options",
+    "fmt": "instruction format: mc | region | short | caption | other_image | text_only",
+}
+
+VECTORS = {
+    "last": "hidden state of the final token at the probe layer",
+    "mean": "mean of the hidden states over all tokens at the probe layer",
+    "attn_pool": "final token's attention-weighted sum of last-layer hidden states (mean over heads)",
+    "img_mean": "L2-normalised mean over image tokens, concatenated over the chosen layers",
+    "txt_mean": "L2-normalised mean over text tokens, concatenated over the chosen layers",
+}
+
+
+def describe(name: str) -> str:
+    if name in SCALARS:
+        return SCALARS[name]
+    if name in VECTORS:
+        return VECTORS[name]
+    if name.startswith("cap_"):
+        return f"judge rating 0-5 for capability {name[4:]!r}"
+    if name.startswith("style_"):
+        return f"judge label (0/1) for interaction style {name[6:]!r}"
+    return "user-provided signal"
