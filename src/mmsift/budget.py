@@ -40,7 +40,8 @@ def apportion(weights, total: int, caps=None) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     if np.any(w < 0) or not np.all(np.isfinite(w)):
         raise ValueError("weights must be finite and non-negative")
-    caps = np.full(len(w), np.iinfo(np.int64).max, dtype=np.int64) if caps is None else np.asarray(caps, np.int64)
+    # "No cap" is a cap of the whole total: a sentinel like int64 max would overflow when summed.
+    caps = np.full(len(w), int(total), dtype=np.int64) if caps is None else np.asarray(caps, np.int64)
     total = int(min(total, caps.sum()))
     out = np.zeros(len(w), dtype=np.int64)
     remaining = total

@@ -1,0 +1,119 @@
+"""The `mmsift` command line. Each command is a thin wrapper: the work happens in the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+from mmsift import __version__
+
+app = typer.Typer(
+    help="Select the training samples worth keeping from visual-instruction-tuning pools.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+def _parse_params(params: list[str]) -> dict:
+    """``key=value`` pairs; values are read as JSON when they parse (numbers, true/false), else as strings."""
+    out = {}
+    for p in params:
+        if "=" not in p:
+            raise typer.BadParameter(f"--param {p!r} must look like key=value")
+        key, value = p.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+@app.command("select")
+def select_command(
+    run: Path = typer.Argument(..., help="Run directory written by `mmsift probe` (or built from your own arrays)."),
+    method: str = typer.Option(..., "--method", "-m", help="Selection method (see `mmsift methods`)."),
+    budget: str = typer.Option(..., "--budget", "-b", help="Fraction of the pool (0.15) or a count (5000)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Subset file: .json, .jsonl or .parquet."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice; same seed, same ids."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Method parameter key=value (repeatable)."),
+    dedup: str = typer.Option(None, "--dedup", help="Remove near-duplicates first with this method (e.g. semdedup)."),
+    balance_tasks: bool = typer.Option(False, "--balance-tasks", help="Keep each task's share of the pool."),
+    data: Path = typer.Option(None, "--data", help="The pool file, when it moved since the probe ran."),
+    truth_field: str = typer.Option(None, "--truth-field", help="Record field marking known-bad samples (a.b for nested): report AUROC."),
+) -> None:
+    """Score every sample of RUN with a method and write the kept records, exactly as read, to OUT."""
+    from mmsift.budget import parse_budget
+    from mmsift.data.io import read_pool
+    from mmsift.report import truth_labels, truth_summary, write_selection
+    from mmsift.select import select_run
+    from mmsift.store import SignalStore, StoreError
+
+    try:
+        store = SignalStore(run)
+        pool_path = data or store.manifest.get("pool")
+        if not pool_path:
+            raise typer.BadParameter("the run does not say which pool it came from: pass --data POOL")
+        pool_path = Path(pool_path)
+        if not pool_path.is_file():
+            raise typer.BadParameter(f"pool file {pool_path} not found: pass --data POOL")
+        selection = select_run(str(run), method, parse_budget(budget), seed=seed, params=_parse_params(param),
+                               dedup=dedup, balance_tasks=balance_tasks)
+    except (StoreError, KeyError, ValueError) as e:
+        typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
+        raise typer.Exit(2) from None
+    pool = read_pool(pool_path)
+    extra = {"seed": seed, "params": _parse_params(param), "budget": budget, "run": str(run)}
+    if truth_field:
+        by_index = {r.index: r for r in pool.records}
+        signals_index = store.load([]).index
+        labels = truth_labels(by_index, signals_index, truth_field)
+        extra["truth"] = truth_summary(selection, signals_index, labels)
+    report = write_selection(selection, pool, out, skipped=store.manifest.get("skipped", []), extra=extra)
+    for line in selection.summary_lines():
+        typer.echo(line)
+    if report["skipped_records"]:
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report["skipped_by_kind"].items()))
+        typer.echo(f"skipped records (not scored, not in the subset): {report['skipped_records']} ({kinds})")
+    if truth_field:
+        t = extra["truth"]
+        typer.echo(f"truth field {truth_field!r}: flagged {t['flagged_kept']} kept of {t['flagged_in_pool']} in pool "
+                   f"({t['flagged_share_kept']:.1%} of subset vs {t['flagged_share_pool']:.1%} of pool)"
+                   + (f", AUROC {t['auroc_flagged_low_score']:.3f}" if "auroc_flagged_low_score" in t else ""))
+    typer.echo(f"wrote {report['n_kept']} records to {out}, ids to {report['ids']}, report to {report['report']}")
+
+
+@app.command("methods")
+def methods_command(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Each selection method, the signals it needs and the paper it implements."""
+    from mmsift.scorers import SCORERS
+    from mmsift.signals import describe
+
+    rows = [{"name": name, "summary": cls.summary, "requires": list(cls.requires), "paper": cls.paper}
+            for name, cls in SCORERS.items()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        typer.echo(f"{row['name']}: {row['summary']}")
+        typer.echo(f"    paper: {row['paper']}")
+        typer.echo(f"    signals: {', '.join(row['requires']) or '(none)'}")
+    used = sorted({s for r in rows for s in r["requires"]})
+    typer.echo("\nsignals:")
+    for s in used:
+        typer.echo(f"  {s}: {describe(s)}")

@@ -1,0 +1,143 @@
+"""The selector and budget helpers: budgets, quotas, ties, determinism, dedup, errors."""
+
+import numpy as np
+import pytest
+
+from mmsift.budget import apportion, parse_budget, resolve_budget
+from mmsift.scorers import SCORERS, make_scorer
+from mmsift.scorers.base import Scorer
+from mmsift.select import select_rows, select_run
+from mmsift.store import Signals, StoreError, from_arrays
+
+
+def _signals(n_tokens, tasks=None):
+    n = len(n_tokens)
+    return Signals(
+        ids=np.array([f"r{i}" for i in range(n)], dtype=object),
+        index=np.arange(n),
+        tasks=np.array(tasks or ["all"] * n, dtype=object),
+        columns={"n_tokens": np.asarray(n_tokens, dtype=np.float64)},
+    )
+
+
+def test_resolve_budget_fraction_and_count():
+    assert resolve_budget(0.15, 100) == 15
+    assert resolve_budget(1.0, 7) == 7
+    assert resolve_budget(0.01, 10) == 1  # never zero from a positive fraction
+    assert resolve_budget(5000, 100) == 100
+    assert resolve_budget(3, 100) == 3
+    for bad in (0.0, 1.5, -1, 0):
+        with pytest.raises(ValueError):
+            resolve_budget(bad, 10)
+
+
+def test_parse_budget():
+    assert parse_budget("0.15") == 0.15 and isinstance(parse_budget("0.15"), float)
+    assert parse_budget("5000") == 5000 and isinstance(parse_budget("5000"), int)
+    assert parse_budget("1.0") == 1.0 and isinstance(parse_budget("1.0"), float)
+    with pytest.raises(ValueError, match="neither"):
+        parse_budget("half")
+
+
+def test_apportion_proportional_capped_and_exact_total():
+    assert apportion([1, 1, 1], 10).tolist() == [4, 3, 3]  # remainder to the earlier group
+    assert apportion([5, 1], 10, caps=[3, 100]).tolist() == [3, 7]  # cap overflow moves to the others
+    assert apportion([1, 2], 100, caps=[5, 5]).tolist() == [5, 5]  # total limited by caps
+    assert apportion([0, 0], 3).tolist() == [2, 1]  # all-zero weights: split evenly
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        w = rng.random(7)
+        caps = rng.integers(0, 20, 7)
+        total = int(rng.integers(0, 80))
+        got = apportion(w, total, caps=caps)
+        assert got.sum() == min(total, caps.sum()) and np.all(got <= caps) and np.all(got >= 0)
+
+
+def test_top_k_ties_go_to_pool_order():
+    sel = select_rows(_signals([5, 9, 9, 9, 1]), make_scorer("length"), 2)
+    assert sel.ids == ["r1", "r2"]
+    sel = select_rows(_signals([5, 9, 9, 9, 1]), make_scorer("length", {"longest": False}), 2)
+    assert sel.ids == ["r0", "r4"]  # output is in pool order
+
+
+def test_random_is_seeded_and_uniform_without_replacement():
+    s = _signals(np.zeros(1000))
+    a = select_rows(s, make_scorer("random", random_state=3), 0.1).ids
+    b = select_rows(s, make_scorer("random", random_state=3), 0.1).ids
+    c = select_rows(s, make_scorer("random", random_state=4), 0.1).ids
+    assert a == b and a != c and len(set(a)) == 100
+
+
+def test_balance_tasks_keeps_task_shares():
+    s = _signals(list(range(10)), tasks=["a"] * 8 + ["b"] * 2)
+    sel = select_rows(s, make_scorer("length"), 5, balance_tasks=True)
+    assert sel.kept_per_task == {"a": 4, "b": 1}
+    assert sel.ids == ["r4", "r5", "r6", "r7", "r9"]
+
+
+class _Quota(Scorer):
+    name = "quota_test"
+    requires = ("n_tokens",)
+
+    def score(self, signals):
+        return np.asarray(signals["n_tokens"], dtype=float)
+
+    def quotas(self, signals, scores, n_keep):
+        return {"a": n_keep - 1, "b": 1}
+
+
+class _Dedup(Scorer):
+    name = "dedup_test"
+
+    def score(self, signals):
+        return np.zeros(len(signals))
+
+    def keep_mask(self, signals):
+        return np.asarray(signals["n_tokens"]) % 2 == 0
+
+
+def test_method_quotas_and_dedup_step():
+    s = _signals(list(range(10)), tasks=["a"] * 5 + ["b"] * 5)
+    sel = select_rows(s, _Quota(), 3)
+    assert sel.ids == ["r3", "r4", "r9"]
+    sel = select_rows(s, make_scorer("length"), 3, dedup=_Dedup())
+    assert sel.ids == ["r4", "r6", "r8"] and sel.dropped_by_dedup == 5
+
+
+class _Nan(Scorer):
+    name = "nan_test"
+
+    def score(self, signals):
+        return np.full(len(signals), np.nan)
+
+
+def test_nan_scores_and_missing_signals_are_clear_errors():
+    with pytest.raises(ValueError, match="NaN scores.*r0"):
+        select_rows(_signals([1, 2]), _Nan(), 1)
+    s = _signals([1, 2])
+    s.columns.pop("n_tokens")
+    with pytest.raises(KeyError, match="needs signals \\['n_tokens'\\]"):
+        select_rows(s, make_scorer("length"), 1)
+
+
+def test_unknown_method_and_bad_params():
+    with pytest.raises(KeyError, match="unknown method 'nope'"):
+        make_scorer("nope")
+    with pytest.raises(ValueError, match="bad parameters for method 'length'"):
+        make_scorer("length", {"shortest": True})
+
+
+def test_select_run_reads_only_needed_signals_and_is_deterministic(tmp_path):
+    rng = np.random.default_rng(0)
+    from_arrays(tmp_path / "run", ids=[f"x{i}" for i in range(50)],
+                columns={"n_tokens": rng.integers(1, 100, 50), "last": rng.random((50, 8))})
+    a = select_run(str(tmp_path / "run"), "length", 0.2)
+    b = select_run(str(tmp_path / "run"), "length", 0.2)
+    assert a.ids == b.ids and len(a.ids) == 10
+    with pytest.raises(StoreError, match="not a finished mmsift run"):
+        select_run(str(tmp_path / "nothing"), "length", 0.2)
+
+
+def test_registry_names_match_classes():
+    for name, cls in SCORERS.items():
+        assert cls.name == name
