@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from mmsift.scorers.base import Scorer
+from mmsift.scorers.ds2 import DS2
 from mmsift.scorers.length import Length
+from mmsift.scorers.mmssr import MmSSR
 from mmsift.scorers.random import Random
 
 SCORERS: dict[str, type[Scorer]] = {
     Random.name: Random,
     Length.name: Length,
+    MmSSR.name: MmSSR,
+    DS2.name: DS2,
 }
 
 
