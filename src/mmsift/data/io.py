@@ -1,0 +1,256 @@
+"""Reading pools (LLaVA JSON, JSONL, Parquet) and writing subsets of them exactly as they were read.
+
+A pool's records keep their raw form (``Record.raw``: every field, in key order). ``Record.index`` is the
+record's position in ``Pool.records`` (``pool.records[i].index == i``); entries that could not be read (a broken
+JSONL line, a non-object in a JSON list) are not records: they are reported in ``Pool.problems`` and do not take
+an index. Parse-level problem kinds (see ``validate.py`` for all kinds): ``unparseable_file``, ``not_a_list``,
+``unparseable_line``, ``not_an_object``, ``missing_id`` (warning), ``bad_id``.
+
+Writing keeps the container format: a JSONL subset of a JSONL pool copies the selected lines byte for byte, a
+Parquet subset of a Parquet pool takes rows of the original Arrow table (schema and metadata kept), and JSON is
+re-serialised from the raw records with ``ensure_ascii=False`` (same keys, order and values; the indentation of
+the source is imitated, other whitespace is not kept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmsift.data.records import ERROR, WARNING, Problem, Record, parse_record
+from mmsift.data.tasks import task_of
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class Pool:
+    """A pool as read: records in pool order, parse-level problems, and what is needed to write subsets."""
+
+    path: Path
+    format: str  # "json" | "jsonl" | "parquet"
+    records: list[Record]
+    problems: list[Problem] = field(default_factory=list)
+    # Source state at read time, so that a JSONL subset is never copied from a file that changed since.
+    _stat: tuple[int, int] | None = field(default=None, repr=False)
+    _table: object = field(default=None, repr=False)  # the pyarrow Table of a Parquet pool
+    _indent: int | None = field(default=None, repr=False)  # indentation of a JSON source
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def format_of(path: str | os.PathLike, default: str | None = None) -> str:
+    """``json``, ``jsonl`` or ``parquet`` from the file suffix; ``default`` (or an error) for any other suffix."""
+    fmt = FORMATS.get(Path(path).suffix.lower(), default)
+    if fmt is None:
+        raise ValueError(
+            f"{path}: unknown pool format {Path(path).suffix!r}; use .json (a list of records), .jsonl or .parquet"
+        )
+    return fmt
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def read_pool(path: str | os.PathLike, *, task_field: str | None = None) -> Pool:
+    """Read a pool. Content problems go to ``Pool.problems``; a missing file or unknown suffix raises."""
+    path = Path(path)
+    fmt = format_of(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pool file not found: {path}")
+    if fmt == "jsonl":
+        pool = _read_jsonl(path)
+    elif fmt == "parquet":
+        pool = _read_parquet(path)
+    else:
+        pool = _read_json(path)
+    for rec in pool.records:
+        rec.task = task_of(rec, task_field)
+        pool.problems.extend(_id_problems(rec))
+    log.info("read %d records from %s (%s), %d parse problems", len(pool.records), path, pool.format,
+             len(pool.problems))
+    return pool
+
+
+def _id_problems(rec: Record) -> list[Problem]:
+    value = rec.raw.get("id")
+    if value is None and "id" not in rec.raw:
+        return [Problem("missing_id", WARNING, rec.id, rec.index, rec.line,
+                        f"record has no 'id'; using its pool index {rec.id!r}")]
+    if isinstance(value, str) and value:
+        return []
+    if isinstance(value, int) and not isinstance(value, bool):
+        return []
+    return [Problem("bad_id", ERROR, rec.id, rec.index, rec.line,
+                    f"'id' must be a non-empty string or an integer, got {value!r}")]
+
+
+def _read_jsonl(path: Path) -> Pool:
+    records: list[Record] = []
+    problems: list[Problem] = []
+    stat = _stat(path)
+    with open(path, "rb") as f:
+        for lineno, raw_line in enumerate(f, start=1):
+            if lineno == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
+                raw_line = raw_line[3:]
+            if not raw_line.strip():
+                continue
+            try:
+                obj = json.loads(raw_line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                problems.append(Problem("unparseable_line", ERROR, None, None, lineno, f"not UTF-8: {e}"))
+                continue
+            except json.JSONDecodeError as e:
+                problems.append(Problem("unparseable_line", ERROR, None, None, lineno, f"invalid JSON: {e}"))
+                continue
+            if not isinstance(obj, dict):
+                problems.append(Problem("not_an_object", ERROR, None, None, lineno,
+                                        f"line holds a JSON {type(obj).__name__}, not an object"))
+                continue
+            records.append(parse_record(obj, len(records), line=lineno))
+    return Pool(path=path, format="jsonl", records=records, problems=problems, _stat=stat)
+
+
+_INDENT = re.compile(r"^\s*\[\s*?\n([ \t]+)[{\[]")
+
+
+def _read_json(path: Path) -> Pool:
+    stat = _stat(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        return Pool(path, "json", [], [Problem("unparseable_file", ERROR, None, None, None, f"not UTF-8: {e}")],
+                    _stat=stat)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        # Many "pool.json" files are really JSONL: several objects, one per line.
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):
+            log.info("%s holds one JSON object per line; reading it as JSONL", path)
+            return _read_jsonl(path)
+        return Pool(path, "json", [], [Problem("unparseable_file", ERROR, None, None, e.lineno,
+                                               f"invalid JSON: {e}")], _stat=stat)
+    if not isinstance(data, list):
+        return Pool(path, "json", [], [Problem(
+            "not_a_list", ERROR, None, None, None,
+            f"a .json pool must be a list of records, this file holds a JSON {type(data).__name__}")], _stat=stat)
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for pos, obj in enumerate(data):
+        if isinstance(obj, dict):
+            records.append(parse_record(obj, len(records)))
+        else:
+            problems.append(Problem("not_an_object", ERROR, None, None, None,
+                                    f"entry {pos} of the list is a JSON {type(obj).__name__}, not an object"))
+    m = _INDENT.match(text[:4096])
+    indent = len(m.group(1).expandtabs(4)) if m else None
+    return Pool(path, "json", records, problems, _stat=stat, _indent=indent)
+
+
+def _read_parquet(path: Path) -> Pool:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    records = [parse_record(row, i) for i, row in enumerate(rows)]
+    return Pool(path, "parquet", records, [], _stat=_stat(path), _table=table)
+
+
+def write_subset(pool: Pool, indices, out_path: str | os.PathLike) -> Path:
+    """Write the records at ``indices`` (pool positions, any order, duplicates ignored) in pool order.
+
+    The format follows ``out_path``'s suffix (the pool's own format for any other suffix). The file is written
+    to a temporary name first and moved into place, so a failed write never leaves half a subset behind.
+    """
+    out_path = Path(out_path)
+    chosen = sorted({int(i) for i in indices})
+    n = len(pool.records)
+    if chosen and (chosen[0] < 0 or chosen[-1] >= n):
+        bad = [i for i in chosen if i < 0 or i >= n][:5]
+        raise IndexError(f"indices {bad} are outside the pool ({n} records)")
+    fmt = format_of(out_path, default=pool.format)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    try:
+        if fmt == "jsonl" and pool.format == "jsonl":
+            _copy_jsonl_lines(pool, chosen, Path(tmp))
+        elif fmt == "parquet":
+            _write_parquet(pool, chosen, Path(tmp))
+        else:
+            _write_json_like(pool, chosen, Path(tmp), fmt)
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("wrote %d of %d records to %s (%s)", len(chosen), n, out_path, fmt)
+    return out_path
+
+
+def _copy_jsonl_lines(pool: Pool, chosen: list[int], tmp: Path) -> None:
+    if pool._stat is not None and _stat(pool.path) != pool._stat:
+        raise RuntimeError(f"{pool.path} changed since it was read; read the pool again before writing a subset")
+    wanted = {pool.records[i].line for i in chosen}
+    last = max(wanted, default=0)
+    with open(pool.path, "rb") as src, open(tmp, "wb") as dst:
+        for lineno, raw_line in enumerate(src, start=1):
+            if lineno > last:
+                break
+            if lineno in wanted:
+                dst.write(raw_line if raw_line.endswith(b"\n") else raw_line + b"\n")
+
+
+def _json_default(obj):
+    # Parquet rows can hold values JSON has no form for (bytes, timestamps): say which, instead of guessing.
+    raise TypeError(f"a {type(obj).__name__} value cannot be written as JSON; write this subset as .parquet")
+
+
+def _write_json_like(pool: Pool, chosen: list[int], tmp: Path, fmt: str) -> None:
+    with open(tmp, "w", encoding="utf-8") as dst:
+        if fmt == "jsonl":
+            for i in chosen:
+                dst.write(_dumps(pool.records[i], None))
+                dst.write("\n")
+            return
+        indent = pool._indent
+        sep = ",\n" if indent else ", "
+        pad = " " * indent if indent else ""
+        dst.write("[\n" if indent else "[")
+        for k, i in enumerate(chosen):
+            text = _dumps(pool.records[i], indent)
+            if indent:
+                text = pad + text.replace("\n", "\n" + pad)
+            dst.write((sep if k else "") + text)
+        dst.write("\n]\n" if indent else "]\n")
+
+
+def _dumps(rec: Record, indent: int | None) -> str:
+    try:
+        return json.dumps(rec.raw, ensure_ascii=False, indent=indent, default=_json_default)
+    except TypeError as e:
+        raise TypeError(f"record {rec.id!r} (index {rec.index}): {e}") from None
+
+
+def _write_parquet(pool: Pool, chosen: list[int], tmp: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if pool.format == "parquet" and pool._table is not None:
+        table = pool._table.take(pa.array(chosen, type=pa.int64()))
+    else:
+        try:
+            table = pa.Table.from_pylist([pool.records[i].raw for i in chosen])
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ValueError(f"these records do not fit one Parquet schema ({e}); write the subset as .json or "
+                             ".jsonl instead") from None
+    pq.write_table(table, tmp)

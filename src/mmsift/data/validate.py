@@ -1,0 +1,367 @@
+"""Validating a pool: every problem, by kind and record, before any model sees it.
+
+Problem kinds (stable names; "E" = error: the record is bad and every command skips it, "W" = warning: reported,
+record kept):
+
+Parse level (from ``io.read_pool``)
+  unparseable_file   E  a .json file that is not valid JSON (or not UTF-8)
+  not_a_list         E  a .json file whose top level is not a list of records
+  unparseable_line   E  a JSONL line that is not valid JSON (or not UTF-8); the line is not a record
+  not_an_object      E  a JSONL line / JSON list entry that is not an object; not a record
+  missing_id         W  no ``id``: the record gets its pool index as id
+  bad_id             E  ``id`` is neither a non-empty string nor an integer
+Records
+  duplicate_id       E  an id seen before; the first record with it is kept, every later one is an error
+  missing_conversations E  no ``conversations``, or not a list, or an empty list
+  malformed_turn     E  a turn that is not an object with a string ``from`` and a string ``value``
+                        (``role``/``content`` are accepted too); role and placeholder checks are then skipped
+  empty_turn         E  a turn whose text is empty or only whitespace (a user turn holding only ``<image>`` is fine)
+  bad_role           E  a speaker other than human/user, gpt/assistant, system (case-insensitive)
+  roles_out_of_order E  the rule: an optional single leading ``system`` turn, then user and assistant turns
+                        alternating, starting with user and ending with assistant (so every question is answered)
+  image_placeholder_mismatch
+                     E  the number of ``<image>`` placeholders in user turns differs from the number of images,
+                        or a placeholder appears in a system/assistant turn, or a text-only record has one.
+                     W  one image and no placeholder: LLaVA's own loader accepts this and puts the image first
+  bad_image_field    E  ``image``/``images`` is not a path or a list of paths (or both keys are set)
+  unsafe_image_path  E  an absolute image path or one that leaves the images folder (``..``, symlinks); such a
+                        file is never opened
+  missing_image      E  the image file does not exist
+  unreadable_image   E  the file cannot be opened, is not a regular file, or is not an image format PIL knows
+  corrupt_image      E  PIL recognises the format but the data is broken (bad PNG chunks/CRC, truncated JPEG, ...)
+Pool
+  empty_pool         W  the pool has no records
+
+Image checks open each distinct path once (cached), in a small thread pool: PNG files are verified chunk by chunk
+(CRCs), JPEG files must end with an end-of-image marker (when it is missing, a reduced-size decode decides), other
+formats are decoded. ``decode_images=True`` fully decodes every image instead (slower, stricter).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mmsift.data.io import Pool
+from mmsift.data.paths import UnsafePathError, check_relative, resolve_image
+from mmsift.data.records import (
+    ERROR, IMAGE_PLACEHOLDER, ROLE_ALIASES, WARNING, Problem, Record, image_field,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KINDS", "Problem", "ValidationReport", "validate_pool", "check_image_file"]
+
+# Display order of the kinds in reports.
+KINDS = (
+    "unparseable_file", "not_a_list", "unparseable_line", "not_an_object", "missing_id", "bad_id", "duplicate_id",
+    "missing_conversations", "malformed_turn", "empty_turn", "bad_role", "roles_out_of_order",
+    "image_placeholder_mismatch", "bad_image_field", "unsafe_image_path", "missing_image", "unreadable_image",
+    "corrupt_image", "empty_pool",
+)
+_KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
+_UNREADABLE_TURNS = {"missing_conversations", "malformed_turn", "bad_role"}
+
+
+@dataclass
+class ValidationReport:
+    """Every problem found. ``bad_indices`` are the pool positions of records with at least one error."""
+
+    problems: list[Problem]
+    bad_indices: set[int]
+    n_records: int
+    path: str | None = None
+    format: str | None = None
+    images_dir: str | None = None
+    checked_images: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_errors(self) -> int:
+        return sum(1 for p in self.problems if p.severity == ERROR)
+
+    @property
+    def n_warnings(self) -> int:
+        return sum(1 for p in self.problems if p.severity == WARNING)
+
+    def counts_by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for p in self.problems:
+            counts[p.kind] = counts.get(p.kind, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (_KIND_ORDER.get(kv[0], len(KINDS)), kv[0])))
+
+    def good_records(self, pool: Pool) -> list[Record]:
+        """The records without errors, in pool order."""
+        return [r for r in pool.records if r.index not in self.bad_indices]
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "images_dir": self.images_dir,
+            "checked_images": self.checked_images,
+            "n_records": self.n_records,
+            "n_bad_records": len(self.bad_indices),
+            "n_errors": self.n_errors,
+            "n_warnings": self.n_warnings,
+            "counts_by_kind": self.counts_by_kind(),
+            "bad_indices": sorted(self.bad_indices),
+            "notes": list(self.notes),
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+    def format_text(self, max_per_kind: int = 20) -> str:
+        lines = []
+        if self.path is not None:
+            lines.append(f"pool: {self.path} ({self.format}, {self.n_records} records)")
+        if self.images_dir is not None:
+            lines.append(f"images: {self.images_dir}" + ("" if self.checked_images else " (files not checked)"))
+        lines.extend(f"note: {n}" for n in self.notes)
+        if not self.problems:
+            lines.append(f"OK: no problems in {self.n_records} records")
+            return "\n".join(lines)
+        lines.append(f"{self.n_errors} errors, {self.n_warnings} warnings; {len(self.bad_indices)} of "
+                     f"{self.n_records} records have errors and will be skipped")
+        by_kind: dict[str, list[Problem]] = {}
+        for p in self.problems:
+            by_kind.setdefault(p.kind, []).append(p)
+        for kind in self.counts_by_kind():
+            group = by_kind[kind]
+            severities = sorted({p.severity for p in group})
+            lines.append(f"{'/'.join(severities)} {kind} ({len(group)}):")
+            for p in group[:max_per_kind]:
+                lines.append(f"  [{p.where()}] {p.message}")
+            if len(group) > max_per_kind:
+                lines.append(f"  ... and {len(group) - max_per_kind} more")
+        return "\n".join(lines)
+
+
+def validate_pool(
+    pool: Pool,
+    images_dir: str | os.PathLike | None,
+    *,
+    check_images: bool = True,
+    decode_images: bool = False,
+    workers: int = 4,
+) -> ValidationReport:
+    """Check every record of ``pool``; image files under ``images_dir`` when ``check_images`` (the default).
+
+    With ``images_dir=None`` image paths get the checks that need no file system (absolute, ``..``) only.
+    """
+    problems: list[Problem] = list(pool.problems)
+    first_index_of: dict[str, int] = {}
+    uses: dict[str, list[Record]] = {}  # image path -> records that use it, for one check per path
+
+    for rec in pool.records:
+        if rec.id in first_index_of:
+            problems.append(_problem("duplicate_id", ERROR, rec,
+                                     f"id {rec.id!r} was already used by the record at index {first_index_of[rec.id]}"))
+        else:
+            first_index_of[rec.id] = rec.index
+        conv_problems = _check_conversation(rec)
+        problems.extend(conv_problems)
+        image_problem = _check_image_field(rec)
+        if image_problem is not None:
+            problems.append(image_problem)
+            continue
+        # Placeholders are only counted in a conversation whose turns could all be read.
+        if not any(p.kind in _UNREADABLE_TURNS for p in conv_problems):
+            problems.extend(_check_placeholders(rec))
+        for relpath in dict.fromkeys(rec.images):
+            uses.setdefault(relpath, []).append(rec)
+
+    do_files = check_images and images_dir is not None
+    notes = []
+    if images_dir is None and uses:
+        notes.append("no images folder given: image files were not checked")
+    results = _check_paths(list(uses), images_dir, do_files, decode_images, workers)
+    for relpath, recs in uses.items():
+        found = results.get(relpath)
+        if found is None:
+            continue
+        kind, message = found
+        for rec in recs:
+            problems.append(_problem(kind, ERROR, rec, f"image {relpath!r}: {message}"))
+
+    if not pool.records and not pool.problems:
+        problems.append(Problem("empty_pool", WARNING, None, None, None, "the pool has no records"))
+    problems.sort(key=lambda p: (_KIND_ORDER.get(p.kind, len(KINDS)), p.index if p.index is not None else -1,
+                                 p.line or 0))
+    bad = {p.index for p in problems if p.severity == ERROR and p.index is not None}
+    return ValidationReport(
+        problems=problems, bad_indices=bad, n_records=len(pool.records), path=str(pool.path), format=pool.format,
+        images_dir=None if images_dir is None else str(images_dir), checked_images=do_files, notes=notes,
+    )
+
+
+def _problem(kind: str, severity: str, rec: Record, message: str) -> Problem:
+    return Problem(kind, severity, rec.id, rec.index, rec.line, message)
+
+
+def _check_conversation(rec: Record) -> list[Problem]:
+    conv = rec.raw.get("conversations")
+    if not isinstance(conv, (list, tuple)) or not conv:
+        what = "missing" if conv is None else ("empty" if isinstance(conv, (list, tuple)) else
+                                               f"a {type(conv).__name__}, not a list")
+        return [_problem("missing_conversations", ERROR, rec, f"'conversations' is {what}")]
+    malformed, empty, unknown = [], [], []
+    for pos, turn in enumerate(conv):
+        if not isinstance(turn, dict):
+            malformed.append(f"turn {pos} is a {type(turn).__name__}")
+            continue
+        speaker = turn.get("from", turn.get("role"))
+        text = turn.get("value", turn.get("content"))
+        if not isinstance(speaker, str) or not isinstance(text, str):
+            malformed.append(f"turn {pos} needs string 'from' and 'value' (got {speaker!r}, {_short(text)})")
+            continue
+        if speaker.strip().lower() not in ROLE_ALIASES:
+            unknown.append(f"turn {pos} is from {speaker!r}")
+        if not text.strip():
+            empty.append(pos)
+    out = []
+    if malformed:
+        return [_problem("malformed_turn", ERROR, rec, "; ".join(malformed))]
+    if empty:
+        out.append(_problem("empty_turn", ERROR, rec, f"turn(s) {', '.join(map(str, empty))} have no text"))
+    if unknown:
+        out.append(_problem("bad_role", ERROR, rec, "; ".join(unknown) +
+                            " (expected human/user, gpt/assistant or system)"))
+        return out
+    order = _order_error([t.role for t in rec.turns])
+    if order:
+        out.append(_problem("roles_out_of_order", ERROR, rec, order))
+    return out
+
+
+def _order_error(roles: list[str]) -> str | None:
+    start = 1 if roles and roles[0] == "system" else 0
+    body = roles[start:]
+    if not body:
+        return "no user turn after the system turn"
+    for pos, role in enumerate(body, start=start):
+        expected = "user" if (pos - start) % 2 == 0 else "assistant"
+        if role != expected:
+            return f"turn {pos} is {role!r}, expected {expected!r} (turns: {' '.join(roles)})"
+    if body[-1] != "assistant":
+        return f"the last turn is {body[-1]!r}: the conversation must end with an assistant answer"
+    return None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_image_field(rec: Record) -> Problem | None:
+    raw = rec.raw
+    both = [k for k in ("image", "images") if raw.get(k) not in (None, "", [])]
+    if len(both) == 2 and raw["image"] != raw["images"]:
+        return _problem("bad_image_field", ERROR, rec, "both 'image' and 'images' are set; keep one")
+    value = image_field(raw)
+    if value is None or value == [] or isinstance(value, str) and value:
+        return None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
+        return None
+    hint = " (embedded image bytes are not supported; give file paths)" if isinstance(value, dict) else ""
+    return _problem("bad_image_field", ERROR, rec,
+                    f"the image field must be a path or a list of paths, got {_short(value)}{hint}")
+
+
+def _check_placeholders(rec: Record) -> list[Problem]:
+    if not rec.turns:
+        return []
+    in_user = sum(t.text.count(IMAGE_PLACEHOLDER) for t in rec.turns if t.role == "user")
+    elsewhere = sum(t.text.count(IMAGE_PLACEHOLDER) for t in rec.turns if t.role != "user")
+    n_img = len(rec.images)
+    if elsewhere:
+        return [_problem("image_placeholder_mismatch", ERROR, rec,
+                         f"{elsewhere} '<image>' placeholder(s) outside user turns")]
+    if in_user == n_img:
+        return []
+    if n_img == 1 and in_user == 0:
+        return [_problem("image_placeholder_mismatch", WARNING, rec,
+                         "1 image and no '<image>' placeholder (LLaVA puts the image before the first turn)")]
+    if n_img == 0:
+        return [_problem("image_placeholder_mismatch", ERROR, rec,
+                         f"text-only record with {in_user} '<image>' placeholder(s)")]
+    return [_problem("image_placeholder_mismatch", ERROR, rec,
+                     f"{n_img} image(s) but {in_user} '<image>' placeholder(s) in user turns")]
+
+
+def _check_paths(relpaths: list[str], images_dir, do_files: bool, decode: bool,
+                 workers: int) -> dict[str, tuple[str, str]]:
+    """Problems per image path: (kind, message) for the bad ones only."""
+    out: dict[str, tuple[str, str]] = {}
+    to_open: list[tuple[str, Path]] = []
+    for relpath in relpaths:
+        try:
+            if images_dir is None:
+                check_relative(relpath)
+            else:
+                full = resolve_image(images_dir, relpath)
+                if do_files:
+                    to_open.append((relpath, full))
+        except UnsafePathError as e:
+            out[relpath] = ("unsafe_image_path", str(e))
+    if not to_open:
+        return out
+    from tqdm.auto import tqdm
+
+    def one(item):
+        return item[0], check_image_file(item[1], decode=decode)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
+        for relpath, found in tqdm(ex.map(one, to_open), total=len(to_open), desc="checking images",
+                                   unit="img", disable=None, leave=False):
+            if found is not None:
+                out[relpath] = found
+    return out
+
+
+def check_image_file(path: Path, *, decode: bool = False) -> tuple[str, str] | None:
+    """``None`` for a good image file, else ``(kind, message)``. See the module docstring for what is checked."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing_image", f"not found at {path}"
+    except OSError as e:
+        return "unreadable_image", f"cannot stat {path}: {e.strerror or e}"
+    if not stat.S_ISREG(st.st_mode):
+        return "unreadable_image", f"{path} is not a regular file"
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        return "unreadable_image", f"{path} is not an image format PIL can read"
+    except Image.DecompressionBombError as e:
+        return "unreadable_image", f"{path}: {e}"
+    except OSError as e:
+        return "unreadable_image", f"cannot open {path}: {e.strerror or e}"
+    try:
+        with im:
+            fmt = im.format
+            if decode:
+                im.load()
+            elif fmt == "PNG":
+                im.verify()
+            elif fmt == "JPEG":
+                if not _jpeg_has_end(path, st.st_size):
+                    # Missing end marker: often truncated, sometimes only trailing padding; decoding decides.
+                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                    im.load()
+            else:
+                im.load()
+    except Exception as e:  # PIL raises many types here (OSError, SyntaxError, ValueError, struct.error...)
+        return "corrupt_image", f"{path} ({fmt}) is broken: {e}"
+    return None
+
+
+def _jpeg_has_end(path: Path, size: int) -> bool:
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 64))
+        return b"\xff\xd9" in f.read()
