@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from mmsift.scorers.base import Scorer
+from mmsift.scorers.selfcheck import SelfCheck
+from mmsift.scorers.loss import Loss
+from mmsift.scorers.ifd import IFD
+from mmsift.scorers.perplexity import Perplexity
+from mmsift.scorers.el2n import EL2N
 from mmsift.scorers.ds2 import DS2
 from mmsift.scorers.length import Length
 from mmsift.scorers.mmssr import MmSSR
@@ -13,6 +18,11 @@ SCORERS: dict[str, type[Scorer]] = {
     Length.name: Length,
     MmSSR.name: MmSSR,
     DS2.name: DS2,
+    EL2N.name: EL2N,
+    Perplexity.name: Perplexity,
+    IFD.name: IFD,
+    Loss.name: Loss,
+    SelfCheck.name: SelfCheck,
 }
 
 

@@ -1,0 +1,43 @@
+"""Perplexity filtering of the proxy's answer loss (Marion et al. 2023; mmSSR's "PPL-mid")."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmsift.scorers._modes import check_mode, mode_score
+from mmsift.scorers._rank import exclude_nonfinite, scalar
+from mmsift.scorers.base import Scorer
+from mmsift.store import Signals
+
+# exp() overflows float64 above ~709.78; losses beyond this are clipped so the score stays finite.
+_MAX_LOG = 700.0
+
+
+class Perplexity(Scorer):
+    """``ppl_i = exp(loss_i)`` with loss the mean answer-token cross-entropy; the score depends on ``mode``:
+
+    - ``"low"`` (default): ``score = -ppl`` — keep the samples the proxy finds most predictable;
+    - ``"high"``: ``score = ppl`` — keep the most surprising ones;
+    - ``"mid"``: ``score = -|ppl - median(ppl)|`` — keep those closest to the median perplexity.
+
+    Reads ``loss``. Losses above 700 nats are clipped before ``exp`` (float64 overflow). Records with a
+    non-finite loss get -inf (listed in ``notes_``). Paper: Marion et al. 2023, "When Less is More:
+    Investigating Data Pruning for Pretraining LLMs at Scale"; PPL-mid as reported by mmSSR.
+    """
+
+    name = "perplexity"
+    requires = ("loss",)
+    paper = "Marion et al. 2023, When Less is More (perplexity pruning)"
+    summary = "perplexity exp(loss): keep low, high or middle"
+
+    def __init__(self, *, mode: str = "low", random_state: int = 0):
+        super().__init__(random_state=random_state)
+        self.mode = check_mode(mode)
+
+    def score(self, signals: Signals) -> np.ndarray:
+        self.notes_ = []
+        loss = scalar(signals, "loss")
+        bad = ~np.isfinite(loss)
+        ppl = np.exp(np.minimum(np.where(bad, np.nan, loss), _MAX_LOG))
+        s = mode_score(ppl, self.mode)
+        return exclude_nonfinite(s, bad, signals, self.notes_, self.name, "loss is not finite")

@@ -1,0 +1,154 @@
+"""Score-only baselines (el2n, perplexity, loss, ifd, selfcheck) and mmsift.metrics.auroc against hand-computed
+values on tiny tables."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mmsift.metrics import auroc
+from mmsift.scorers import make_scorer
+from mmsift.select import select_rows
+from mmsift.store import Signals
+
+LOSS = [2.0, 0.5, 1.0, 3.0, 1.0, float("nan"), 0.1]
+NOQ = [1.5, 1.0, 1.0, 2.0, 0.4, 1.0, 0.3]
+EL2N = [0.9, 0.2, 0.5, 0.95, 0.5, 0.1, float("inf")]
+REF = [2.5, 0.4, 1.5, 2.0, 1.0, 1.0, 0.2]
+
+
+def _signals(**cols):
+    n = len(next(iter(cols.values())))
+    return Signals(ids=np.array([f"r{i}" for i in range(n)], dtype=object), index=np.arange(n),
+                   tasks=np.array(["all"] * n, dtype=object),
+                   columns={k: np.asarray(v, dtype=np.float64) for k, v in cols.items()})
+
+
+def _median(values):
+    v = sorted(values)
+    m = len(v) // 2
+    return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
+
+
+def _expected_mode(values, mode):
+    finite = [v for v in values if math.isfinite(v)]
+    med = _median(finite)
+    out = []
+    for v in values:
+        if not math.isfinite(v):
+            out.append(-math.inf)
+        elif mode == "low":
+            out.append(-v)
+        elif mode == "high":
+            out.append(v)
+        else:
+            out.append(-abs(v - med))
+    return out
+
+
+def test_el2n_both_directions():
+    sig = _signals(el2n=EL2N)
+    hard = make_scorer("el2n").score(sig)
+    expected = [v if math.isfinite(v) else -math.inf for v in EL2N]
+    np.testing.assert_allclose(hard, expected)
+    easy = make_scorer("el2n", {"hardest": False})
+    s = easy.score(sig)
+    np.testing.assert_allclose(s, [-v if math.isfinite(v) else -math.inf for v in EL2N])
+    assert "1 records excluded" in easy.notes_[0] and "r6" in easy.notes_[0]
+
+
+@pytest.mark.parametrize("mode", ["low", "high", "mid"])
+def test_perplexity_modes(mode):
+    ppl = [math.exp(v) if math.isfinite(v) else math.nan for v in LOSS]
+    got = make_scorer("perplexity", {"mode": mode}).score(_signals(loss=LOSS))
+    np.testing.assert_allclose(got, _expected_mode(ppl, mode))
+
+
+@pytest.mark.parametrize("mode", ["low", "high", "mid"])
+def test_loss_modes(mode):
+    got = make_scorer("loss", {"mode": mode}).score(_signals(loss=LOSS))
+    np.testing.assert_allclose(got, _expected_mode(LOSS, mode))
+
+
+def test_perplexity_mid_differs_from_loss_mid():
+    # the median of exp(loss) is exp(median loss) but distances are not monotone in each other
+    loss = [0.0, 1.0, 1.8]  # loss space: 1.8 is nearer the median 1.0; ppl space: 0.0 is
+    a = np.argsort(-make_scorer("perplexity", {"mode": "mid"}).score(_signals(loss=loss)), kind="stable")
+    b = np.argsort(-make_scorer("loss", {"mode": "mid"}).score(_signals(loss=loss)), kind="stable")
+    assert a.tolist() != b.tolist()
+
+
+def test_bad_mode_is_an_error():
+    with pytest.raises(ValueError, match="mode"):
+        make_scorer("loss", {"mode": "median"})
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_ifd(drop):
+    sig = _signals(loss=LOSS, loss_noq=NOQ)
+    scorer = make_scorer("ifd", {"drop_above_one": drop})
+    got = scorer.score(sig)
+    expected = []
+    for loss, noq in zip(LOSS, NOQ):
+        if not (math.isfinite(loss) and math.isfinite(noq)):
+            expected.append(-math.inf)
+            continue
+        ifd = math.exp(loss) / math.exp(noq)
+        expected.append(-math.inf if drop and ifd > 1 else ifd)
+    np.testing.assert_allclose(got, expected)
+    if drop:
+        assert any("IFD > 1" in n for n in scorer.notes_)
+
+
+@pytest.mark.parametrize("use_ref", [False, True])
+def test_selfcheck(use_ref):
+    sig = _signals(loss=LOSS, loss_ref=REF)
+    got = make_scorer("selfcheck", {"use_reference": use_ref}).score(sig)
+    expected = []
+    for loss, ref in zip(LOSS, REF):
+        v = loss - ref if use_ref else loss
+        expected.append(-v if math.isfinite(v) else -math.inf)
+    np.testing.assert_allclose(got, expected)
+
+
+def test_selfcheck_without_reference_column_uses_loss():
+    got = make_scorer("selfcheck").score(_signals(loss=[1.0, 2.0, 0.5]))
+    np.testing.assert_allclose(got, [-1.0, -2.0, -0.5])
+
+
+def test_selection_keeps_best_and_skips_excluded():
+    sel = select_rows(_signals(loss=LOSS), make_scorer("loss", {"mode": "low"}), 3)
+    assert sel.ids == ["r1", "r2", "r6"]
+    # ties (r2 and r4 both have loss 1.0): the earlier record wins
+    sel = select_rows(_signals(loss=LOSS), make_scorer("loss", {"mode": "low"}), 4)
+    assert set(sel.ids) == {"r6", "r1", "r2", "r4"}
+    sel = select_rows(_signals(loss=LOSS), make_scorer("loss", {"mode": "high"}), 6)
+    assert "r5" not in sel.ids
+
+
+def _auroc_by_pairs(scores, labels):
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    total = 0.0
+    for p in pos:
+        for q in neg:
+            total += 1.0 if p > q else 0.5 if p == q else 0.0
+    return total / (len(pos) * len(neg))
+
+
+def test_auroc_matches_pair_count_and_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 5, 40).astype(float)  # many ties
+    labels = rng.integers(0, 2, 40)
+    assert auroc(scores, labels) == pytest.approx(_auroc_by_pairs(scores, labels))
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert auroc([-np.inf, 1.0, 2.0], [0, 1, 1]) == 1.0
+
+
+def test_auroc_errors():
+    with pytest.raises(ValueError, match="both classes"):
+        auroc([1.0, 2.0], [1, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        auroc([np.nan, 2.0], [0, 1])
