@@ -1,0 +1,106 @@
+"""The bundled real pool: LLaVA-format records built from the ``easy-vqa`` package (shapes, colours, yes/no).
+
+Each chosen image gives, per question type it has questions of (``shape``, ``color``, ``yesno``), one record:
+a multi-turn conversation of that type's questions (2 to 4 rounds) when the image has at least two, and a
+single-turn record otherwise. A record's ``source`` is its question type and its image path's top folder is the
+same type, so :func:`mmsift.data.tasks.task_of` groups records by question type with or without
+``task_field="source"``.
+
+Layout written (pass ``out_dir / "images"`` as the images folder)::
+
+    out_dir/easyvqa_<split>.json                   the pool (a JSON list)
+    out_dir/images/<type>/<split>/<image id>.png   copies (hard links where possible) of the package's images
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHAPES = {"circle", "rectangle", "triangle"}
+YES_NO = {"yes", "no"}
+PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
+MAX_ROUNDS = 4
+
+
+def question_type(answer: str) -> str:
+    """``yesno``, ``shape`` or ``color``, read off the answer (easy-vqa answers are single words)."""
+    if answer in YES_NO:
+        return "yesno"
+    if answer in SHAPES:
+        return "shape"
+    return "color"
+
+
+def _load(split: str):
+    import easy_vqa
+
+    if split == "train":
+        return easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths()
+    if split == "test":
+        return easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths()
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def _conversation(qas: list[tuple[str, str]]) -> list[dict]:
+    turns = []
+    for k, (q, a) in enumerate(qas):
+        question = q[:1].upper() + q[1:]
+        prefix = "<image>\n" if k == 0 else ""
+        turns.append({"from": "human", "value": f"{prefix}{question}{PROMPT_SUFFIX}"})
+        turns.append({"from": "gpt", "value": a[:1].upper() + a[1:]})
+    return turns
+
+
+def _place(src: str, dst: Path) -> None:
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # the images are tiny, but a link is still faster than a copy
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def build_easyvqa_pool(out_dir: str | os.PathLike, *, n_images: int, seed: int = 0, split: str = "train") -> Path:
+    """Write a LLaVA-format pool of ``n_images`` easy-vqa images (chosen with ``seed``); return the JSON path.
+
+    Deterministic: the same ``n_images``, ``seed`` and ``split`` give the same file.
+    """
+    (texts, answers, image_ids), paths = _load(split)
+    available = sorted(paths)
+    if not 0 < n_images <= len(available):
+        raise ValueError(f"n_images must be in 1..{len(available)} for split {split!r}, got {n_images}")
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(available, n_images))
+    by_image: dict[int, dict[str, list[tuple[str, str]]]] = {i: {} for i in chosen}
+    for text, answer, image_id in zip(texts, answers, image_ids):
+        groups = by_image.get(image_id)
+        if groups is not None:
+            groups.setdefault(question_type(answer), []).append((text, answer))
+
+    out_dir = Path(out_dir)
+    records = []
+    for image_id in chosen:
+        for qtype in sorted(by_image[image_id]):
+            qas = by_image[image_id][qtype]
+            rng.shuffle(qas)
+            n_rounds = min(len(qas), rng.randint(2, MAX_ROUNDS)) if len(qas) >= 2 else 1
+            relpath = f"{qtype}/{split}/{image_id}.png"
+            _place(paths[image_id], out_dir / "images" / relpath)
+            records.append({
+                "id": f"easyvqa-{split}-{image_id}-{qtype}",
+                "image": relpath,
+                "conversations": _conversation(qas[:n_rounds]),
+                "source": qtype,
+            })
+    out = out_dir / f"easyvqa_{split}.json"
+    out.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote %d records over %d easy-vqa %s images to %s", len(records), n_images, split, out)
+    return out
