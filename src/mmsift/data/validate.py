@@ -341,7 +341,9 @@ def check_image_file(path: Path, *, decode: bool = False) -> tuple[str, str] | N
     except Image.DecompressionBombError as e:
         return "unreadable_image", f"{path}: {e}"
     except OSError as e:
-        return "unreadable_image", f"cannot open {path}: {e.strerror or e}"
+        if e.errno is not None:  # the OS refused (permissions, I/O error)
+            return "unreadable_image", f"cannot open {path}: {e.strerror or e}"
+        return "corrupt_image", f"{path} has a broken header: {e}"
     try:
         with im:
             fmt = im.format

@@ -1,0 +1,59 @@
+"""The bundled easy-vqa pool: LLaVA format, clean under validate, deterministic, grouped by question type."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import easy_vqa
+import pytest
+
+from mmsift.data.easyvqa import build_easyvqa_pool, question_type
+from mmsift.data.io import read_pool
+from mmsift.data.tasks import task_of
+from mmsift.data.validate import validate_pool
+
+
+def test_pool_is_valid_llava(tmp_path):
+    path = build_easyvqa_pool(tmp_path, n_images=40, seed=3)
+    pool = read_pool(path)
+    report = validate_pool(pool, tmp_path / "images", decode_images=True)
+    assert report.problems == [], report.format_text()
+    assert len({r.images[0].rsplit("/", 1)[1] for r in pool.records}) == 40  # 40 distinct images
+    for rec in pool.records:
+        assert list(rec.raw) == ["id", "image", "conversations", "source"]
+        assert rec.turns[0].text.startswith("<image>\n")
+        assert sum(t.text.count("<image>") for t in rec.turns) == 1  # first human turn only
+        assert task_of(rec) == task_of(rec, "source") == rec.raw["source"]
+        # Every answer has the record's question type.
+        answers = [t.text.lower() for t in rec.turns if t.role == "assistant"]
+        assert {question_type(a) for a in answers} == {rec.raw["source"]}
+    rounds = Counter(r.n_rounds for r in pool.records)
+    assert rounds[1] > 0 and sum(v for k, v in rounds.items() if k > 1) > 0  # single- and multi-turn
+    assert set(r.raw["source"] for r in pool.records) == {"shape", "color", "yesno"}
+
+
+def test_answers_match_the_package(tmp_path):
+    questions, answers, image_ids = easy_vqa.get_test_questions()
+    truth = {(i, q[:1].upper() + q[1:]): a for q, a, i in zip(questions, answers, image_ids)}
+    pool = read_pool(build_easyvqa_pool(tmp_path, n_images=10, seed=0, split="test"))
+    for rec in pool.records:
+        image_id = int(rec.images[0].rsplit("/", 1)[1][:-4])
+        for q, a in zip(rec.turns[::2], rec.turns[1::2]):
+            question = q.text.removeprefix("<image>\n").split("\n")[0]
+            assert truth[(image_id, question)] == a.text.lower()
+
+
+def test_deterministic(tmp_path):
+    a = build_easyvqa_pool(tmp_path / "a", n_images=25, seed=7)
+    b = build_easyvqa_pool(tmp_path / "b", n_images=25, seed=7)
+    c = build_easyvqa_pool(tmp_path / "c", n_images=25, seed=8)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    assert sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png")) == \
+        sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        build_easyvqa_pool(tmp_path, n_images=5, split="val")
+    with pytest.raises(ValueError, match="n_images"):
+        build_easyvqa_pool(tmp_path, n_images=0)
