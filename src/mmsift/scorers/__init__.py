@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mmsift.scorers.base import Scorer
+from mmsift.scorers.datatailor import DataTailor
 from mmsift.scorers.selfcheck import SelfCheck
 from mmsift.scorers.loss import Loss
 from mmsift.scorers.ifd import IFD
@@ -23,6 +24,7 @@ SCORERS: dict[str, type[Scorer]] = {
     IFD.name: IFD,
     Loss.name: Loss,
     SelfCheck.name: SelfCheck,
+    DataTailor.name: DataTailor,
 }
 
 

@@ -1,0 +1,183 @@
+"""Clustering and distance helpers shared by the clustering scorers (DataTailor, ARDS, COINCIDE, SemDeDup).
+
+k-means is faiss's; hierarchical Ward is scipy's. Two pieces are written here because no library offers them:
+Ward on weighted points (micro-cluster centroids carrying their sizes) and a two-level k-means for very many
+centroids, where a flat k-means would cost N x K distance evaluations per iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 65536
+
+
+def as_float32(x: np.ndarray, *, normalize: bool = False, chunk: int = _CHUNK) -> np.ndarray:
+    """Copy a (possibly memory-mapped float16) matrix to contiguous float32, chunk by chunk; optionally L2-normalise
+    each row (zero rows stay zero)."""
+    x = np.asarray(x) if not isinstance(x, np.memmap) else x
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D (N, d) vector signal, got shape {x.shape}")
+    out = np.empty(x.shape, dtype=np.float32)
+    for s in range(0, len(x), chunk):
+        block = np.asarray(x[s:s + chunk], dtype=np.float32)
+        if normalize:
+            norm = np.sqrt(np.einsum("ij,ij->i", block, block))
+            block = block / np.where(norm > 0, norm, 1.0)[:, None]
+        out[s:s + chunk] = block
+    return out
+
+
+def check_finite(x: np.ndarray, name: str, ids) -> None:
+    """Raise a clear error naming records whose vector holds NaN/inf."""
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        examples = ", ".join(str(i) for i in np.asarray(ids)[bad][:5])
+        raise ValueError(f"vector signal {name!r} has NaN/inf in {int(bad.sum())} records (e.g. {examples})")
+
+
+def _flat_kmeans(x: np.ndarray, k: int, *, spherical: bool, seed: int, niter: int,
+                 max_points_per_centroid: int) -> np.ndarray:
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) % (2**31), spherical=spherical,
+                      max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1, verbose=False)
+    km.train(x)
+    return km.centroids.copy()
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, *, spherical: bool, chunk: int = _CHUNK) -> np.ndarray:
+    """Nearest centroid of every row (inner product when ``spherical``, else L2), in chunks."""
+    index = faiss.IndexFlatIP(centroids.shape[1]) if spherical else faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    labels = np.empty(len(x), dtype=np.int64)
+    for s in range(0, len(x), chunk):
+        _, idx = index.search(np.ascontiguousarray(x[s:s + chunk]), 1)
+        labels[s:s + chunk] = idx[:, 0]
+    return labels
+
+
+def kmeans(x: np.ndarray, k: int, *, spherical: bool = False, random_state: int = 0, niter: int = 20,
+           max_points_per_centroid: int = 256, two_level_above: float = 2e11) -> tuple[np.ndarray, np.ndarray, str]:
+    """k-means of float32 rows ``x`` into at most ``k`` clusters: returns (centroids, labels, how).
+
+    faiss trains on at most ``max_points_per_centroid * k`` sampled rows, then every row is assigned to its nearest
+    centroid. When one assignment pass would cost more than ``two_level_above`` multiply-adds (N * k * d), a
+    two-level k-means is used: sqrt(k) coarse clusters, then each split into a share of k proportional to its size.
+    Empty clusters are removed and labels renumbered 0..K'-1 in order of first appearance in ``x``.
+    """
+    n, d = x.shape
+    k = int(max(1, min(k, n)))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if k == 1:
+        cent = x.mean(axis=0, keepdims=True)
+        if spherical:
+            cent /= max(np.linalg.norm(cent), 1e-12)
+        return cent, np.zeros(n, np.int64), "one cluster"
+    if float(n) * k * d <= two_level_above:
+        cent = _flat_kmeans(x, k, spherical=spherical, seed=random_state, niter=niter,
+                            max_points_per_centroid=max_points_per_centroid)
+        labels = assign(x, cent, spherical=spherical)
+        how = f"k-means, {k} clusters"
+    else:
+        k1 = int(np.ceil(np.sqrt(k)))
+        c1 = _flat_kmeans(x, k1, spherical=spherical, seed=random_state, niter=niter,
+                          max_points_per_centroid=max_points_per_centroid)
+        top = assign(x, c1, spherical=spherical)
+        sizes = np.bincount(top, minlength=k1)
+        shares = np.maximum(1, np.round(sizes / n * k).astype(np.int64))
+        cents, labels = [], np.empty(n, np.int64)
+        offset = 0
+        for g in range(k1):
+            rows = np.flatnonzero(top == g)
+            if len(rows) == 0:
+                continue
+            kg = int(min(shares[g], len(rows)))
+            if kg == 1:
+                cg = x[rows].mean(axis=0, keepdims=True)
+                if spherical:
+                    cg /= max(np.linalg.norm(cg), 1e-12)
+                lg = np.zeros(len(rows), np.int64)
+            else:
+                cg = _flat_kmeans(x[rows], kg, spherical=spherical, seed=random_state + g + 1, niter=niter,
+                                  max_points_per_centroid=max_points_per_centroid)
+                lg = assign(x[rows], cg, spherical=spherical)
+            cents.append(cg)
+            labels[rows] = lg + offset
+            offset += len(cg)
+        cent = np.concatenate(cents)
+        how = f"two-level k-means ({k1} coarse clusters, {len(cent)} clusters in all)"
+        log.info("k-means: %s", how)
+    # drop empty clusters; renumber by first appearance so labels do not depend on faiss's centroid order
+    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    used = np.unique(labels)
+    return cent[used][order], rank[inv.reshape(-1)], how
+
+
+def weighted_ward(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Ward linkage of weighted points (each a cluster of ``weights[i]`` members at ``points[i]``), in scipy's
+    linkage-matrix format, heights on scipy's scale.
+
+    scipy's ``linkage`` has no weights, so this is a direct Lance-Williams implementation: the initial squared
+    distance between clusters a and b is 2 n_a n_b / (n_a + n_b) * ||mu_a - mu_b||^2 (for singletons this is
+    scipy's ||a - b||^2), and merging i, j updates d^2(k, ij) = ((n_i + n_k) d^2(k, i) + (n_j + n_k) d^2(k, j)
+    - n_k d^2(i, j)) / (n_i + n_j + n_k). O(m^2) memory and O(m^3) time: use for m up to a few thousand.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64).copy()
+    m = len(p)
+    if m < 2:
+        return np.zeros((0, 4))
+    sq = np.einsum("ij,ij->i", p, p)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * p @ p.T, 0.0)
+    d2 *= 2.0 * w[:, None] * w[None, :] / (w[:, None] + w[None, :])
+    np.fill_diagonal(d2, np.inf)
+    node = np.arange(m)  # scipy cluster id currently held in each slot
+    leaves = np.ones(m, dtype=np.int64)  # scipy's 4th column counts leaves, not weights
+    alive = np.ones(m, dtype=bool)
+    z = np.zeros((m - 1, 4))
+    for step in range(m - 1):
+        flat = int(np.argmin(d2))
+        i, j = divmod(flat, m)
+        if i > j:
+            i, j = j, i
+        dij = d2[i, j]
+        ni, nj = w[i], w[j]
+        z[step] = (min(node[i], node[j]), max(node[i], node[j]), np.sqrt(max(dij, 0.0)), leaves[i] + leaves[j])
+        leaves[i] += leaves[j]
+        nk = w
+        new = ((ni + nk) * d2[i] + (nj + nk) * d2[j] - nk * dij) / (ni + nj + nk)
+        new[~alive] = np.inf
+        d2[i, :] = new
+        d2[:, i] = new
+        d2[i, i] = np.inf
+        d2[j, :] = np.inf
+        d2[:, j] = np.inf
+        alive[j] = False
+        w[i] = ni + nj
+        node[i] = m + step
+    return z
+
+
+def cut_tree(z: np.ndarray, m: int, theta: float) -> np.ndarray:
+    """Labels 0..C-1 (by first appearance) of ``m`` leaves after cutting a linkage tree where the merge height
+    exceeds ``theta`` x the largest merge height (DataTailor's cross-modal domain clustering rule)."""
+    from scipy.cluster.hierarchy import fcluster
+
+    if m < 2 or len(z) == 0:
+        return np.zeros(m, np.int64)
+    top = float(z[:, 2].max())
+    if top <= 0:
+        return np.zeros(m, np.int64)
+    raw = fcluster(z, t=theta * top, criterion="distance")
+    _, first, inv = np.unique(raw, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[inv.reshape(-1)]
