@@ -1,0 +1,284 @@
+"""run_judge: read and validate a pool, ask the judge every question the requested methods need, parse the
+answers strictly, and write the answers as signal columns of a run directory (or merge them into a probe run).
+
+Columns written (NaN = no parseable answer):
+- mmSSR: ``cap_<capability>`` (0-5) for each chosen capability, ``style_<style>`` (0/1) for the nine styles;
+- SCALE: ``caption_general``, ``caption_task`` (strings, missing = null), ``scale_alignment``, ``scale_clarity``,
+  ``scale_coherence``, ``scale_image_clarity`` (0-5; image clarity is not asked for text-only records);
+- ``judge_unparseable``: per record, how many of its answers could not be parsed or were never received.
+The record's task/source (``mmsift.data.tasks.task_of``) goes in the store's ``task`` key column. The manifest's
+``judge`` entry counts unparseable answers per column; ``judge_unparseable.jsonl`` keeps their raw text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mmsift.data.io import read_pool
+from mmsift.data.paths import resolve_image
+from mmsift.data.records import ERROR, Record
+from mmsift.data.validate import validate_pool
+from mmsift.judge import parse, prompts
+from mmsift.judge.backends import JudgeBackend, JudgeRequest, file_digest
+from mmsift.judge.cache import CACHE_FILE, CachedBackend, JudgeCache
+from mmsift.scorers.mmssr import CAPABILITIES, STYLES
+from mmsift.store import SignalStore, write_store
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mmssr", "scale", "ds2")
+SCALE_COLUMNS = tuple(f"scale_{c}" for c in prompts.SCALE_CRITERIA)
+UNPARSEABLE_FILE = "judge_unparseable.jsonl"
+
+
+@dataclass
+class JudgeResult:
+    store: SignalStore
+    n_records: int
+    skipped: list[tuple[str | None, str, str]]
+    n_questions: int = 0
+    n_cached: int = 0
+    n_asked: int = 0
+    n_no_answer: int = 0
+    unparseable: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+    @property
+    def n_unparseable(self) -> int:
+        return sum(self.unparseable.values())
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"judged {self.n_records} records into {self.store.root}",
+                 f"questions: {self.n_questions} ({self.n_cached} from cache, {self.n_asked} asked, "
+                 f"{self.n_no_answer} got no answer)",
+                 f"unparseable or missing answers: {self.n_unparseable}"]
+        lines += [f"  {col}: {k}" for col, k in sorted(self.unparseable.items()) if k]
+        if self.skipped:
+            lines.append(f"skipped {self.n_skipped} records with errors (run `mmsift validate` for details)")
+        return lines + self.notes
+
+
+def _methods(methods) -> list[str]:
+    ms = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+    unknown = [m for m in ms if m not in METHODS]
+    if unknown or not ms:
+        raise ValueError(f"judge methods must be among {', '.join(METHODS)}; got {ms}")
+    # DS2 corrects judge ratings; without another method it corrects mmSSR's capability ratings.
+    if "ds2" in ms and not ({"mmssr", "scale"} & set(ms)):
+        ms.append("mmssr")
+    return ms
+
+
+class _Asker:
+    """Runs questions through the cached backend in chunks and keeps the raw answers by (row, column)."""
+
+    def __init__(self, backend: CachedBackend, chunk_size: int):
+        self.backend = backend
+        self.chunk_size = chunk_size
+        self.n_questions = 0
+
+    def ask(self, jobs: list[tuple[int, str, JudgeRequest]], desc: str) -> dict[tuple[int, str], str | None]:
+        out: dict[tuple[int, str], str | None] = {}
+        self.n_questions += len(jobs)
+        with tqdm(total=len(jobs), desc=desc, unit="q", disable=None) as bar:
+            for s in range(0, len(jobs), self.chunk_size):
+                part = jobs[s:s + self.chunk_size]
+                answers = self.backend.generate([r for _, _, r in part])
+                for (row, col, _), ans in zip(part, answers):
+                    out[(row, col)] = ans
+                bar.update(len(part))
+        return out
+
+
+def run_judge(
+    data: str | os.PathLike,
+    *,
+    images: str | os.PathLike | None,
+    backend: JudgeBackend,
+    out: str | os.PathLike | None,
+    methods=("mmssr",),
+    capabilities=None,
+    task_field: str | None = None,
+    into: str | os.PathLike | None = None,
+    limit: int | None = None,
+    chunk_size: int = 64,
+) -> JudgeResult:
+    """Judge the pool ``data`` and write the judge columns to the run directory ``out``, or, with ``into``, add
+    them to that existing run (aligned by record id; rows the judge did not see get NaN). The answer cache lives
+    in the written run directory, so rerunning the same command asks the judge nothing it has answered."""
+    ms = _methods(methods)
+    caps = list(CAPABILITIES if capabilities is None else
+                ([c.strip() for c in capabilities.split(",") if c.strip()] if isinstance(capabilities, str)
+                 else capabilities))
+    unknown = [c for c in caps if c not in CAPABILITIES]
+    if unknown:
+        raise ValueError(f"unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
+    if out is None and into is None:
+        raise ValueError("give an output run directory (out) or a run to add the columns to (into)")
+    root = Path(into if into is not None else out)
+    if into is not None:
+        SignalStore(into)  # fail early on a run that is not finished
+
+    pool = read_pool(data, task_field=task_field)
+    report = validate_pool(pool, images)
+    skipped = [(p.record_id, p.kind, p.message) for p in report.problems if p.severity == ERROR]
+    records = report.good_records(pool)
+    if limit is not None:
+        records = records[: int(limit)]
+    if images is None and any(r.images for r in records):
+        raise ValueError("the pool has image records: give the images folder (--images)")
+    digests: dict[Path, str] = {}
+
+    def request(prompt: str, rec: Record, with_images: bool = True) -> JudgeRequest:
+        if not with_images or not rec.images:
+            return JudgeRequest(prompt)
+        paths = tuple(resolve_image(images, p) for p in rec.images)
+        for p in paths:
+            if p not in digests:
+                digests[p] = file_digest(p)
+        return JudgeRequest(prompt, paths, tuple(digests[p] for p in paths))
+
+    root.mkdir(parents=True, exist_ok=True)
+    cached = CachedBackend(backend, JudgeCache(root / CACHE_FILE))
+    asker = _Asker(cached, chunk_size)
+    n = len(records)
+    columns: dict[str, np.ndarray] = {}
+    bad: dict[str, list[tuple[int, str | None]]] = {}  # column -> (row, raw answer) that did not parse
+
+    def collect(answers, col, parser, fill):
+        for row in range(n):
+            if (row, col) not in answers:
+                continue
+            raw = answers[(row, col)]
+            value = parser(raw)
+            if value is None:
+                bad.setdefault(col, []).append((row, raw))
+            else:
+                fill(row, value)
+
+    try:
+        if "mmssr" in ms:
+            jobs = [(i, f"cap_{c}", request(prompts.mmssr_rating_prompt(rec, c), rec))
+                    for i, rec in enumerate(records) for c in caps]
+            jobs += [(i, "styles", request(prompts.mmssr_style_prompt(rec), rec)) for i, rec in enumerate(records)]
+            answers = asker.ask(jobs, "judge mmssr")
+            for c in caps:
+                col = columns.setdefault(f"cap_{c}", np.full(n, np.nan))
+                collect(answers, f"cap_{c}", parse.parse_rating, lambda r, v, col=col: col.__setitem__(r, v))
+            for s in STYLES:
+                columns[f"style_{s}"] = np.full(n, np.nan)
+
+            def set_styles(row, found):
+                for s in STYLES:
+                    columns[f"style_{s}"][row] = 1.0 if s in found else 0.0
+            collect(answers, "styles", parse.parse_styles, set_styles)
+        if "scale" in ms:
+            _scale(records, asker, request, columns, collect, bad)
+    finally:
+        cached.close()
+
+    per_row_bad = np.zeros(n, dtype=np.int64)
+    for col, items in bad.items():
+        for row, _ in items:
+            per_row_bad[row] += 1
+    columns["judge_unparseable"] = per_row_bad
+    unparseable = {col: len(items) for col, items in bad.items()}
+    with open(root / UNPARSEABLE_FILE, "w", encoding="utf-8") as f:
+        for col, items in sorted(bad.items()):
+            for row, raw in items:
+                f.write(json.dumps({"id": records[row].id, "column": col, "answer": raw}, ensure_ascii=False) + "\n")
+    meta = {"judge": {"model": backend.model_id, "backend": type(backend).__name__, "methods": ms,
+                      "capabilities": caps if "mmssr" in ms else [], "n_records": n,
+                      "n_skipped": len(skipped), "skipped_by_kind": report.counts_by_kind(),
+                      "questions": asker.n_questions, "from_cache": cached.hits, "asked": cached.asked,
+                      "no_answer": cached.failed, "unparseable": unparseable,
+                      "n_unparseable": int(sum(unparseable.values()))}}
+    notes: list[str] = []
+    ids = [r.id for r in records]
+    if into is None:
+        store = write_store(root, ids=ids, index=[r.index for r in records], tasks=[r.task for r in records],
+                            columns=columns, meta=meta)
+    else:
+        store, notes = _merge_into(Path(into), ids, columns, meta)
+    log.info("judge wrote %d records to %s", n, store.root)
+    return JudgeResult(store=store, n_records=n, skipped=skipped, n_questions=asker.n_questions,
+                       n_cached=cached.hits, n_asked=cached.asked, n_no_answer=cached.failed,
+                       unparseable=unparseable, notes=notes)
+
+
+def _scale(records, asker, request, columns, collect, bad) -> None:
+    """SCALE: two captions per image record, then the text-only criteria ratings built on them."""
+    n = len(records)
+    gen = np.full(n, None, dtype=object)
+    spec = np.full(n, None, dtype=object)
+    jobs = []
+    for i, rec in enumerate(records):
+        if rec.images:
+            general, specific = prompts.scale_caption_prompts(rec.task or "all")
+            jobs += [(i, "caption_general", request(general, rec)), (i, "caption_task", request(specific, rec))]
+    answers = asker.ask(jobs, "judge scale captions")
+    collect(answers, "caption_general", parse.parse_caption, gen.__setitem__)
+    collect(answers, "caption_task", parse.parse_caption, spec.__setitem__)
+    columns["caption_general"], columns["caption_task"] = gen, spec
+    jobs = []
+    for i, rec in enumerate(records):
+        if rec.images and (gen[i] is None or spec[i] is None):
+            continue  # no caption to judge against: its ratings stay NaN, counted below
+        g, s = (gen[i], spec[i]) if rec.images else ("(no image)", "(no image)")
+        for crit in prompts.SCALE_CRITERIA:
+            if crit == "image_clarity" and not rec.images:
+                continue
+            jobs.append((i, f"scale_{crit}", request(prompts.scale_rating_prompt(rec, crit, g, s), rec,
+                                                     with_images=False)))
+    answers = asker.ask(jobs, "judge scale ratings")
+    for crit in prompts.SCALE_CRITERIA:
+        col = columns.setdefault(f"scale_{crit}", np.full(n, np.nan))
+        collect(answers, f"scale_{crit}", parse.parse_rating, lambda r, v, col=col: col.__setitem__(r, v))
+    no_caption = [(i, None) for i, rec in enumerate(records) if rec.images and (gen[i] is None or spec[i] is None)]
+    if no_caption:
+        bad["scale_not_rated_no_caption"] = no_caption
+
+
+def _merge_into(run: Path, ids: list[str], columns: dict[str, np.ndarray], meta: dict):
+    """Rewrite ``run`` with the judge columns added, aligned by id (vectors are read fully first, since the
+    files they are mapped from are rewritten)."""
+    old = SignalStore(run)
+    sig = old.load(None, mmap=False)
+    pos = {rid: i for i, rid in enumerate(ids)}
+    rows = np.array([pos.get(str(rid), -1) for rid in sig.ids], dtype=np.int64)
+    have = rows >= 0
+    merged = dict(sig.columns)
+    for name, arr in columns.items():
+        if arr.dtype == object:
+            full = np.full(len(sig), None, dtype=object)
+        elif name == "judge_unparseable":
+            full = np.zeros(len(sig), dtype=np.int64)
+        else:
+            full = np.full(len(sig), np.nan)
+        full[have] = arr[rows[have]]
+        merged[name] = full
+    keep_meta = {k: v for k, v in old.manifest.items() if k not in ("mmsift_version", "created", "count", "signals")}
+    n_unjudged = int((~have).sum())
+    n_extra = len(ids) - int(have.sum())
+    notes = []
+    if n_unjudged:
+        notes.append(f"{n_unjudged} rows of {run} were not judged (skipped or not in the pool): their judge "
+                     "columns are NaN")
+    if n_extra:
+        notes.append(f"{n_extra} judged records are not in {run} and were left out")
+    meta = {**meta, "judge": {**meta["judge"], "merged_into": str(run), "rows_not_judged": n_unjudged,
+                              "judged_not_in_run": n_extra}}
+    store = write_store(run, ids=sig.ids, index=sig.index, tasks=sig.tasks, columns=merged,
+                        meta={**keep_meta, **meta})
+    return store, notes
