@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mmsift.scorers.base import Scorer
+from mmsift.scorers.semdedup import SemDeDup
 from mmsift.scorers.datatailor import DataTailor
 from mmsift.scorers.selfcheck import SelfCheck
 from mmsift.scorers.loss import Loss
@@ -25,6 +26,7 @@ SCORERS: dict[str, type[Scorer]] = {
     Loss.name: Loss,
     SelfCheck.name: SelfCheck,
     DataTailor.name: DataTailor,
+    SemDeDup.name: SemDeDup,
 }
 
 

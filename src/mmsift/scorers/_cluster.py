@@ -61,11 +61,12 @@ def assign(x: np.ndarray, centroids: np.ndarray, *, spherical: bool, chunk: int 
 
 
 def kmeans(x: np.ndarray, k: int, *, spherical: bool = False, random_state: int = 0, niter: int = 20,
-           max_points_per_centroid: int = 256, two_level_above: float = 2e11) -> tuple[np.ndarray, np.ndarray, str]:
+           max_points_per_centroid: int = 256, two_level_above: float = 2e11,
+           small_below: float = 2e7) -> tuple[np.ndarray, np.ndarray, str]:
     """k-means of float32 rows ``x`` into at most ``k`` clusters: returns (centroids, labels, how).
 
     faiss trains on at most ``max_points_per_centroid * k`` sampled rows, then every row is assigned to its nearest
-    centroid. When one assignment pass would cost more than ``two_level_above`` multiply-adds (N * k * d), a
+    centroid. Problems with N * k * d up to ``small_below`` use scikit-learn's k-means++ instead. When one assignment pass would cost more than ``two_level_above`` multiply-adds (N * k * d), a
     two-level k-means is used: sqrt(k) coarse clusters, then each split into a share of k proportional to its size.
     Empty clusters are removed and labels renumbered 0..K'-1 in order of first appearance in ``x``.
     """
@@ -77,7 +78,18 @@ def kmeans(x: np.ndarray, k: int, *, spherical: bool = False, random_state: int 
         if spherical:
             cent /= max(np.linalg.norm(cent), 1e-12)
         return cent, np.zeros(n, np.int64), "one cluster"
-    if float(n) * k * d <= two_level_above:
+    if float(n) * k * d <= small_below:
+        # small problems: scikit-learn's k-means++ seeding avoids the poor local optima of faiss's random
+        # seeding on tiny tables; on unit rows Euclidean k-means followed by normalised centroids is spherical
+        from sklearn.cluster import KMeans
+
+        km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=100, random_state=random_state).fit(x)
+        cent = km.cluster_centers_.astype(np.float32)
+        if spherical:
+            cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+        labels = assign(x, cent, spherical=spherical)
+        how = f"k-means++ (scikit-learn), {k} clusters"
+    elif float(n) * k * d <= two_level_above:
         cent = _flat_kmeans(x, k, spherical=spherical, seed=random_state, niter=niter,
                             max_points_per_centroid=max_points_per_centroid)
         labels = assign(x, cent, spherical=spherical)

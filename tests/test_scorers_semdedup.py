@@ -1,0 +1,80 @@
+"""SemDeDup against a loop transcription on a hand-made table with two obvious clusters."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mmsift.scorers import make_scorer
+from mmsift.select import select_rows
+from mmsift.store import Signals
+
+# cluster A around (1, 0, 0): rows 0, 1 and 3 are near-duplicates of one another, row 2 is not
+# cluster B around (0, 0, 1): rows 5 and 6 are near-duplicates, rows 4 and 7 are not
+VECS = [[1.0, 0.0, 0.05], [1.0, 0.02, 0.06], [1.0, 0.4, 0.0], [0.98, 0.01, 0.05],
+        [0.0, 0.3, 1.0], [0.05, 0.0, 1.0], [0.06, 0.01, 1.0], [0.3, -0.3, 1.0]]
+CLUSTERS = [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def _signals(vecs=VECS):
+    n = len(vecs)
+    return Signals(ids=np.array([f"v{i}" for i in range(n)], dtype=object), index=np.arange(n),
+                   tasks=np.array(["all"] * n, dtype=object), columns={"last": np.array(vecs, np.float16)})
+
+
+def _unit(v):
+    v = [float(np.float16(a)) for a in v]
+    s = math.sqrt(sum(a * a for a in v))
+    return [a / s for a in v]
+
+
+def _dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def _expected_keep(eps, keep_far=True, clusters=CLUSTERS):
+    units = [_unit(v) for v in VECS]
+    keep = [True] * len(VECS)
+    for members in clusters:
+        mean = [sum(units[i][d] for i in members) / len(members) for d in range(3)]
+        norm = math.sqrt(sum(a * a for a in mean))
+        cent = [a / norm for a in mean]
+        sim = {i: _dot(units[i], cent) for i in members}
+        visit = sorted(members, key=lambda i: (sim[i] if keep_far else -sim[i], i))
+        for pos, j in enumerate(visit):
+            if any(_dot(units[i], units[j]) > 1 - eps for i in visit[:pos]):
+                keep[j] = False
+    return keep
+
+
+@pytest.mark.parametrize("keep", ["far", "near"])
+@pytest.mark.parametrize("eps", [0.001, 0.01, 0.2])
+def test_keep_mask_matches_transcription(eps, keep):
+    scorer = make_scorer("semdedup", {"eps": eps, "n_clusters": 2, "keep": keep})
+    got = scorer.keep_mask(_signals())
+    assert got.tolist() == _expected_keep(eps, keep == "far")
+    assert "semdedup: removed" in scorer.notes_[0]
+
+
+def test_known_duplicates_removed_at_moderate_eps():
+    keep = make_scorer("semdedup", {"eps": 0.01, "n_clusters": 2}).keep_mask(_signals())
+    assert keep[[2, 4, 7]].all()          # the distinct ones stay
+    assert keep[[0, 1, 3]].sum() == 1     # one of each duplicate group
+    assert keep[[5, 6]].sum() == 1
+
+
+def test_score_puts_kept_first_and_serves_as_dedup_step():
+    sig = _signals()
+    scorer = make_scorer("semdedup", {"eps": 0.01, "n_clusters": 2})
+    s = scorer.score(sig)
+    kept = scorer.details_["kept"].astype(bool)
+    assert s[kept].min() > s[~kept].max() and (s[kept] < 1.5).all() and (s[~kept] >= 0).all()
+    sel = select_rows(sig, make_scorer("random"), 1.0, dedup=make_scorer("semdedup", {"eps": 0.01, "n_clusters": 2}))
+    assert len(sel.rows) == kept.sum() and sel.dropped_by_dedup == (~kept).sum()
+
+
+def test_other_vector_changes_requires():
+    scorer = make_scorer("semdedup", {"vector": "img_mean"})
+    assert scorer.requires == ("img_mean",)
+    with pytest.raises(KeyError, match="img_mean"):
+        scorer.check_signals(_signals())
