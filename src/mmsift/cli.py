@@ -117,3 +117,13 @@ def methods_command(
     typer.echo("\nsignals:")
     for s in used:
         typer.echo(f"  {s}: {describe(s)}")
+
+
+def _wire_commands() -> None:
+    """Commands whose options live beside the code they drive."""
+    from mmsift.data.command import validate_command
+
+    app.command("validate")(validate_command)
+
+
+_wire_commands()

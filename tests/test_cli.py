@@ -1,0 +1,79 @@
+"""The command line as a user runs it: select writes the subset exactly as read, ids, a report, truth AUROC."""
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from mmsift.cli import app
+from mmsift.data.io import read_pool
+from mmsift.store import from_arrays
+
+runner = CliRunner()
+
+
+def _run_for_pool(tmp_path, pool_path, n_tokens, skipped=()):
+    pool = read_pool(pool_path)
+    ids = [r.id for r in pool.records]
+    return from_arrays(tmp_path / "run", ids=ids, index=[r.index for r in pool.records],
+                       columns={"n_tokens": np.asarray(n_tokens[: len(ids)], float)},
+                       meta={"pool": str(pool_path), "skipped": list(skipped)})
+
+
+def test_select_full_budget_gives_back_identical_records(tmp_path):
+    records = [
+        {"id": "é1", "image": ["a.png", "b.png"], "extra": {"z": 1, "a": [1, 2]},
+         "conversations": [{"from": "human", "value": "<image>\n<image>\n比较?"}, {"from": "gpt", "value": "同じ"}]},
+        {"conversations": [{"from": "human", "value": "text only"}, {"from": "gpt", "value": "ok"}], "id": "t",
+         "zzz": None},
+    ]
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    _run_for_pool(tmp_path, pool, [3, 4])
+    out = tmp_path / "sub" / "subset.json"
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "--method", "length", "--budget", "1.0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text(encoding="utf-8"))
+    assert got == records and [list(r) for r in got] == [list(r) for r in records]
+    assert (tmp_path / "sub" / "ids.txt").read_text(encoding="utf-8").split() == ["é1", "t"]
+    report = json.loads((tmp_path / "sub" / "subset.report.json").read_text(encoding="utf-8"))
+    assert report["n_kept"] == 2 and report["method"] == "length"
+
+
+def test_select_reports_skipped_and_truth_auroc(tmp_path):
+    records = [{"id": f"r{i}", "bench": {"defect": "wrong_answer" if i < 3 else "none"},
+                "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}
+               for i in range(10)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    # Defective records are the shortest here, so "length" ranks them last: AUROC 1.
+    _run_for_pool(tmp_path, pool, list(range(10)), skipped=[{"id": "x", "kind": "missing_image", "message": "m"}])
+    out = tmp_path / "subset.jsonl"
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "length", "-b", "5", "-o", str(out),
+                              "--truth-field", "bench.defect"])
+    assert res.exit_code == 0, res.output
+    assert "AUROC 1.000" in res.output and "skipped records (not scored, not in the subset): 1" in res.output
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["r5", "r6", "r7", "r8", "r9"]
+    truth = json.loads((tmp_path / "subset.report.json").read_text())["truth"]
+    assert truth["flagged_in_pool"] == 3 and truth["flagged_kept"] == 0
+
+
+def test_select_errors_are_clear(tmp_path):
+    res = runner.invoke(app, ["select", str(tmp_path / "none"), "-m", "length", "-b", "0.5", "-o", str(tmp_path / "o.json")])
+    assert res.exit_code != 0 and "not a finished mmsift run" in res.output
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps([{"id": "a", "conversations": [{"from": "human", "value": "q"},
+                                                              {"from": "gpt", "value": "a"}]}]))
+    _run_for_pool(tmp_path, pool, [1])
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "nope", "-b", "0.5", "-o", str(tmp_path / "o.json")])
+    assert res.exit_code == 2 and "unknown method 'nope'" in res.output
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "length", "-b", "half", "-o", str(tmp_path / "o.json")])
+    assert res.exit_code == 2 and "neither a fraction" in res.output
+
+
+def test_methods_lists_every_registered_method():
+    from mmsift.scorers import SCORERS
+
+    res = runner.invoke(app, ["methods", "--json"])
+    assert res.exit_code == 0
+    assert [m["name"] for m in json.loads(res.output)] == list(SCORERS)
