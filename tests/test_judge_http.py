@@ -236,3 +236,23 @@ def test_merge_into_probe_run(server, tmp_path):
     assert sig["loss"].tolist() == [1, 2, 3, 4]
     assert any("1 rows" in n for n in res.notes) and any("3 judged records" in n for n in res.notes)
     assert all(f"style_{s}" in sig for s in STYLES)
+
+
+def test_judge_command_prints_summary(server, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from mmsift.judge.command import judge_command
+
+    app = typer.Typer()
+    app.command()(judge_command)
+    url = server(Script())
+    pool, img = write_pool(tmp_path, extra_text={3: "GIBBERISH"})
+    args = [str(pool), "--images", str(img), "--out", str(tmp_path / "run"), "--model", "judge-m", "--base-url", url,
+            "--capabilities", ",".join(CAPS), "--concurrency", "2", "--timeout", "5", "--retries", "0"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "judged 6 records" in res.output and "unparseable or missing answers: 3" in res.output
+    assert "skipped 1 records" in res.output
+    bad = CliRunner().invoke(app, [str(pool), "--out", str(tmp_path / "r2"), "--model", "m", "--backend", "x"])
+    assert bad.exit_code == 2
