@@ -1,0 +1,102 @@
+"""The probe's per-sample input work (image decoding, templating, tokenising, attacks), as a torch Dataset.
+
+It holds the family adapter (processor only, no model), so ``DataLoader(num_workers>0)`` can run it in worker
+processes while the model runs in the main one. A record that cannot be encoded comes back as
+``{"pos": i, "error": (kind, message)}`` instead of raising, so one bad image never stops a shard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmsift.data.records import Record, Turn
+from mmsift.probe.models import EncodeError, FamilyAdapter
+from mmsift.probe.perturb import diffusion_noise, permutation_attack, stable_seed, symbol_attack
+
+VARIANTS = ("loss_noq", "loss_sym", "loss_perm", "loss_imgnoise")
+
+
+def variants_for(signals) -> tuple[str, ...]:
+    return tuple(v for v in VARIANTS if v in set(signals))
+
+
+def as_list(items):
+    """DataLoader collate that keeps items as they are (the model side collates after dropping failures)."""
+    return list(items)
+
+
+def load_images(record: Record, images_dir) -> list:
+    """The record's images decoded to RGB PIL images (paths resolved safely inside ``images_dir``)."""
+    from PIL import Image
+
+    from mmsift.data.paths import resolve_image
+
+    out = []
+    for rel in record.images:
+        path = resolve_image(images_dir, rel)
+        with Image.open(path) as im:
+            im.load()
+            out.append(im.convert("RGB"))
+    return out
+
+
+def without_question(turns: list[Turn]) -> list[Turn]:
+    """The IFD "answer alone" conversation: user turns emptied (question and image placeholders removed)."""
+    return [Turn(t.role, "") if t.role == "user" else t for t in turns]
+
+
+class ProbeDataset:
+    """Item i: ``{"pos": i, "enc": Encoded, "variants": {signal: Encoded}}`` or ``{"pos": i, "error": ...}``."""
+
+    def __init__(self, records: list[Record], adapter: FamilyAdapter, images_dir, *, variants=(), seed: int = 0,
+                 max_length: int | None = None):
+        self.records = records
+        self.adapter = adapter
+        self.images_dir = None if images_dir is None else str(Path(images_dir))
+        self.variants = tuple(variants)
+        self.seed = seed
+        self.max_length = max_length
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.records[i]
+        try:
+            images = load_images(rec, self.images_dir) if rec.images else []
+        except Exception as e:  # missing/corrupt file found only now (validation may have been skipped)
+            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}")}
+        try:
+            enc = self.adapter.encode(rec.turns, images)
+            if self.max_length and len(enc) > self.max_length:
+                raise EncodeError(f"{len(enc)} tokens, longer than the model's context of {self.max_length}")
+            variants = {}
+            for name in self.variants:
+                v = self._variant(name, rec, images, enc)
+                if v is not None:
+                    variants[name] = v
+        except EncodeError as e:
+            kind = "too_long" if "longer than" in str(e) else "encode_error"
+            return {"pos": i, "error": (kind, str(e))}
+        except Exception as e:
+            return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}")}
+        return {"pos": i, "enc": enc, "variants": variants}
+
+    def _variant(self, name: str, rec: Record, images, enc):
+        import torch
+
+        if name == "loss_noq":
+            return self.adapter.encode(without_question(rec.turns), [])
+        if name == "loss_sym":
+            turns = symbol_attack(rec.turns)
+            return None if turns is None else self.adapter.encode(turns, images)
+        if name == "loss_perm":
+            turns = permutation_attack(rec.turns, seed=self.seed, key=rec.id)
+            return None if turns is None else self.adapter.encode(turns, images)
+        if name == "loss_imgnoise":
+            if not images:
+                return None
+            gen = torch.Generator().manual_seed(stable_seed(self.seed, rec.id, "imgnoise") % (2**63))
+            extra = self.adapter.noise_images(enc.extra, lambda x: diffusion_noise(x, generator=gen))
+            return type(enc)(enc.input_ids, enc.answer_mask, enc.image_mask, extra, enc.n_images)
+        raise ValueError(f"unknown variant {name!r}")

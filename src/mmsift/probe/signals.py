@@ -1,0 +1,212 @@
+"""What the probe computes from one forward pass of a batch (the "Signals" table of METHODS.md).
+
+Conventions (all per sample, padding never counts: every reduction is masked by ``attention_mask``):
+- Answer tokens: positions t whose answer mask is set (see models.py); token t is scored from the logits at t-1.
+  Logits are computed only at those positions (the LM head never runs over the whole sequence).
+- ``loss`` mean CE over answer tokens; ``tok_loss_max`` / ``tok_loss_std`` (population std, ddof=0) over them;
+  ``el2n`` mean over answer tokens of ||softmax(logits) - onehot(y)||_2. A sample without answer tokens: NaN.
+- Layers index the L+1 hidden states as transformers returns them (0 = embeddings, -1 = output of the last
+  decoder layer after the final norm); ``layer=-2`` is the output of the second-to-last decoder layer.
+- ``last``: hidden state of the final (non-pad) token at ``layer``; ``mean``: mean over all non-pad tokens there.
+- ``attn_pool`` = sum_{t < final} a_t H_t (METHODS.md / ARDS: t = 1..L-1), a = the final token's attention row at
+  the last decoder layer, mean over heads, recomputed from that layer's q/k projections with RoPE
+  (``FamilyAdapter.final_token_attention``); H = hidden states -1.
+- ``img_mean`` / ``txt_mean``: per feature layer, the mean over image-token / text-token positions, L2-normalised,
+  concatenated over the feature layers (COINCIDE). A sample with no image tokens gets zeros for ``img_mean``.
+  Default feature layers: COINCIDE's 3, 7, 11, 15, 19 of 32 decoder layers, scaled to the model's depth.
+- ``sv_entropy`` / ``sv_tau``: singular values of H (n_tokens x D, non-pad tokens, at ``layer``) from the
+  eigenvalues of the smaller Gram matrix (H H^T or H^T H) in float64 with ``torch.linalg.eigvalsh``, batched on
+  the model's device. Eigenvalues below max(eig) * size * eps(float64) are set to zero: padding rows add exact
+  zeros in theory and rounding noise in practice, and this keeps batched and single results equal.
+- Vectors can be reduced to ``vector_dim`` columns with a seeded Gaussian random projection (N(0, 1/k) entries,
+  seed from (seed, signal name, width)), identical in every process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmsift import signals as names_
+from mmsift.probe.models import Batch, FamilyAdapter
+from mmsift.probe.perturb import stable_seed
+
+FORWARD_SCALARS = ("loss", "el2n", "tok_loss_max", "tok_loss_std", "sv_entropy", "sv_tau")
+BOOK_SCALARS = ("n_tokens", "n_answer_tokens", "n_rounds", "n_images")
+VARIANT_LOSSES = ("loss_noq", "loss_sym", "loss_perm", "loss_imgnoise")
+TEXT_SIGNALS = ("is_mc", "fmt")
+VECTOR_SIGNALS = ("last", "mean", "attn_pool", "img_mean", "txt_mean")
+KNOWN = frozenset(FORWARD_SCALARS + BOOK_SCALARS + VARIANT_LOSSES + TEXT_SIGNALS + VECTOR_SIGNALS)
+COINCIDE_LAYERS_OF_32 = (3, 7, 11, 15, 19)
+
+
+def resolve_signals(methods=None, signals=None) -> tuple[str, ...]:
+    """Signals to compute: the methods' needs, the extra names asked for, and the bookkeeping signals."""
+    from mmsift.scorers import required_signals
+
+    wanted = set(names_.BOOKKEEPING)
+    if methods:
+        wanted |= required_signals(methods)
+    if signals:
+        wanted |= set(signals)
+    # Judge columns (cap_*, style_*) come from the judge, not the probe.
+    wanted = {n for n in wanted if not n.startswith(("cap_", "style_", "caption"))}
+    unknown = sorted(wanted - KNOWN)
+    if unknown:
+        raise ValueError(f"the probe cannot compute {unknown}; it computes: {', '.join(sorted(KNOWN))}")
+    return tuple(sorted(wanted))
+
+
+@dataclass(frozen=True)
+class SignalOptions:
+    layer: int = -2
+    feature_layers: tuple[int, ...] | None = None  # hidden-state indices for img_mean / txt_mean
+    vector_dim: int | None = None
+    seed: int = 0
+
+
+def default_feature_layers(n_layers: int) -> tuple[int, ...]:
+    """COINCIDE's decoder layers 3, 7, 11, 15, 19 (of 32, 0-based) as hidden-state indices, scaled to depth."""
+    idx = [min(n_layers, max(1, round((k + 1) * n_layers / 32))) for k in COINCIDE_LAYERS_OF_32]
+    return tuple(sorted(set(idx)))
+
+
+def hidden_layers_needed(names, n_layers: int, opts: SignalOptions) -> list[int]:
+    """Hidden-state indices (normalised to 0..L) the forward pass must return for ``names``."""
+    total = n_layers + 1
+    need = set()
+    if {"last", "mean", "sv_entropy", "sv_tau"} & set(names):
+        need.add(opts.layer % total)
+    if "attn_pool" in names:
+        need.update({total - 2, total - 1})
+    if {"img_mean", "txt_mean"} & set(names):
+        need.update(i % total for i in (opts.feature_layers or default_feature_layers(n_layers)))
+    return sorted(need)
+
+
+def token_losses(adapter: FamilyAdapter, model, last_hidden: torch.Tensor, batch: Batch, *, want_el2n: bool):
+    """Per answer token: (sample row, CE loss, ||p - onehot||_2 or None), all float32 on the model device."""
+    target_mask = batch.answer_mask[:, 1:] & batch.attention_mask[:, 1:].bool()
+    rows, cols = target_mask.nonzero(as_tuple=True)
+    h = last_hidden[rows, cols]  # predicts token cols + 1
+    targets = batch.input_ids[rows, cols + 1]
+    logits = adapter.lm_head(model, h).float()
+    logp = torch.log_softmax(logits, dim=-1)
+    lp_y = logp.gather(1, targets[:, None]).squeeze(1)
+    ce = -lp_y
+    el2n = None
+    if want_el2n:
+        p = logp.exp()
+        el2n = (p.pow(2).sum(-1) - 2 * lp_y.exp() + 1.0).clamp(min=0).sqrt()
+    return rows, ce, el2n
+
+
+def _segment_mean(rows, values, b):
+    s = torch.zeros(b, dtype=torch.float64, device=values.device).index_add_(0, rows, values.double())
+    n = torch.zeros(b, dtype=torch.float64, device=values.device).index_add_(
+        0, rows, torch.ones_like(values, dtype=torch.float64))
+    return s / n, n  # 0/0 -> NaN for samples without answer tokens
+
+
+def answer_loss(adapter, model, batch: Batch) -> np.ndarray:
+    """Mean answer CE per sample from a forward pass without hidden states (the attacks' second passes)."""
+    last_hidden, _ = adapter.forward(model, batch)
+    rows, ce, _ = token_losses(adapter, model, last_hidden, batch, want_el2n=False)
+    mean, _ = _segment_mean(rows, ce, len(batch))
+    return mean.cpu().numpy()
+
+
+def spectrum_stats(h: torch.Tensor, valid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(sv_entropy, sv_tau) per sample from hidden states h (B, T, D) and the non-pad mask (B, T)."""
+    x = h.double() * valid[..., None].double()
+    b, t, d = x.shape
+    gram = x @ x.transpose(1, 2) if t <= d else x.transpose(1, 2) @ x
+    eig = torch.linalg.eigvalsh(gram)
+    top = eig.max(dim=-1, keepdim=True).values.clamp(min=0)
+    eig = torch.where(eig > top * max(t, d) * torch.finfo(torch.float64).eps, eig, torch.zeros_like(eig))
+    sv = eig.sqrt()
+    total = sv.sum(-1, keepdim=True)
+    p = sv / total
+    ent = -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(-1)
+    tau = sv.max(-1).values / total.squeeze(-1)
+    return ent.cpu().numpy(), tau.cpu().numpy()
+
+
+def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask[..., None].to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+def _normalise(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+_PROJECTIONS: dict[tuple, torch.Tensor] = {}
+
+
+def project(name: str, v: torch.Tensor, dim: int | None, seed: int) -> torch.Tensor:
+    """Seeded Gaussian random projection of (B, D) vectors to ``dim`` columns (unchanged when D <= dim)."""
+    d = v.shape[1]
+    if dim is None or d <= dim:
+        return v
+    key = (name, d, dim, seed, str(v.device))
+    if key not in _PROJECTIONS:
+        g = torch.Generator().manual_seed(stable_seed(seed, name, d, dim) % (2**63))
+        r = torch.randn(d, dim, generator=g, dtype=torch.float32) / np.sqrt(dim)
+        _PROJECTIONS[key] = r.to(v.device)
+    return v.float() @ _PROJECTIONS[key]
+
+
+def batch_signals(adapter: FamilyAdapter, model, batch: Batch, names, opts: SignalOptions) -> dict[str, np.ndarray]:
+    """Forward-pass signals of one batch (rows in batch order). Text and variant signals are added by the runner."""
+    names = set(names)
+    n_layers = adapter.num_layers(model)
+    total = n_layers + 1
+    layers = hidden_layers_needed(names, n_layers, opts)
+    last_hidden, hs = adapter.forward(model, batch, hidden_layers=layers)
+    b = len(batch)
+    valid = batch.attention_mask.bool()
+    last_pos = valid.long().sum(1) - 1
+    rows_b = torch.arange(b, device=valid.device)
+    out: dict[str, np.ndarray] = {}
+
+    rows, ce, el2n = token_losses(adapter, model, last_hidden, batch, want_el2n="el2n" in names)
+    mean, count = _segment_mean(rows, ce, b)
+    out["loss"] = mean.cpu().numpy()
+    out["n_answer_tokens"] = count.cpu().numpy().astype(np.int64)
+    if "el2n" in names:
+        out["el2n"] = _segment_mean(rows, el2n, b)[0].cpu().numpy()
+    if "tok_loss_max" in names:
+        mx = torch.full((b,), float("nan"), dtype=torch.float64, device=ce.device)
+        mx = mx.scatter_reduce(0, rows, ce.double(), reduce="amax", include_self=False)
+        out["tok_loss_max"] = mx.cpu().numpy()
+    if "tok_loss_std" in names:
+        sq, _ = _segment_mean(rows, ce.double().pow(2), b)
+        out["tok_loss_std"] = (sq - mean.pow(2)).clamp(min=0).sqrt().cpu().numpy()
+    out["n_tokens"] = (valid & ~batch.image_mask).sum(1).cpu().numpy().astype(np.int64)
+
+    h = hs[opts.layer % total] if hs is not None and (opts.layer % total) in layers else None
+    if "last" in names:
+        out["last"] = project("last", h[rows_b, last_pos].float(), opts.vector_dim, opts.seed).cpu().numpy()
+    if "mean" in names:
+        out["mean"] = project("mean", _masked_mean(h.float(), valid), opts.vector_dim, opts.seed).cpu().numpy()
+    if "sv_entropy" in names or "sv_tau" in names:
+        ent, tau = spectrum_stats(h, valid)
+        out["sv_entropy"], out["sv_tau"] = ent, tau
+    if "attn_pool" in names:
+        a = adapter.final_token_attention(model, hs[total - 2], batch.attention_mask, last_pos).mean(1)  # (B, T)
+        before = torch.arange(a.shape[1], device=a.device)[None, :] < last_pos[:, None]
+        a = a * before
+        pooled = torch.einsum("bt,btd->bd", a, hs[total - 1].float())
+        out["attn_pool"] = project("attn_pool", pooled, opts.vector_dim, opts.seed).cpu().numpy()
+    if {"img_mean", "txt_mean"} & names:
+        feat = [i % total for i in (opts.feature_layers or default_feature_layers(n_layers))]
+        img = valid & batch.image_mask
+        txt = valid & ~batch.image_mask
+        for name, mask in (("img_mean", img), ("txt_mean", txt)):
+            if name in names:
+                parts = [_normalise(_masked_mean(hs[i].float(), mask)) * mask.any(1, keepdim=True) for i in feat]
+                out[name] = project(name, torch.cat(parts, dim=1), opts.vector_dim, opts.seed).cpu().numpy()
+    return out
