@@ -14,12 +14,14 @@ from mmsift.scorers.ds2 import DS2
 from mmsift.scorers.length import Length
 from mmsift.scorers.mmssr import MmSSR
 from mmsift.scorers.random import Random
+from mmsift.scorers.scale import Scale
 
 SCORERS: dict[str, type[Scorer]] = {
     Random.name: Random,
     Length.name: Length,
     MmSSR.name: MmSSR,
     DS2.name: DS2,
+    Scale.name: Scale,
     EL2N.name: EL2N,
     Perplexity.name: Perplexity,
     IFD.name: IFD,
