@@ -17,6 +17,7 @@ from mmsift.judge.cache import CACHE_FILE, JudgeCache
 from mmsift.judge.http_backend import OpenAIBackend
 from mmsift.judge.runner import UNPARSEABLE_FILE, run_judge
 from mmsift.scorers.mmssr import STYLES
+from mmsift.select import select_run
 from mmsift.store import SignalStore, from_arrays
 
 CAPS = ["optical_character_recognition", "scene_understanding"]
@@ -216,6 +217,9 @@ def test_second_run_makes_zero_requests(server, tmp_path):
     assert sig["caption_general"][0] == "a red square on white" and sig["caption_general"][5] is None
     assert sig["scale_alignment"][0] == 2 and np.isnan(sig["scale_image_clarity"][5])
     assert sig["scale_clarity"][5] == 3
+    # the judged run feeds the selector for both methods
+    assert len(select_run(str(tmp_path / "run"), "scale", 3).ids) == 3
+    assert len(select_run(str(tmp_path / "run"), "mmssr", 3, params={"capabilities": CAPS}).ids) == 3
 
 
 def test_merge_into_probe_run(server, tmp_path):
@@ -236,6 +240,9 @@ def test_merge_into_probe_run(server, tmp_path):
     assert sig["loss"].tolist() == [1, 2, 3, 4]
     assert any("1 rows" in n for n in res.notes) and any("3 judged records" in n for n in res.notes)
     assert all(f"style_{s}" in sig for s in STYLES)
+    # DS2 then runs on the merged run: probe embeddings + judge ratings (the unjudged row is imputed).
+    sel = select_run(str(tmp_path / "probe"), "ds2", 2, params={"capabilities": CAPS, "k": 2})
+    assert len(sel.ids) == 2 and np.isfinite(sel.scores).all()
 
 
 def test_judge_command_prints_summary(server, tmp_path):

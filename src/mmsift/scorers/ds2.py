@@ -18,11 +18,11 @@ log = logging.getLogger(__name__)
 N_LEVELS = 6  # ratings 0..5
 
 
-def rated_levels(signals: Signals, column: str | None) -> np.ndarray:
-    """Integer rating 0-5 per row, -1 where unrated. ``column=None``: the mean of the ``cap_*`` columns the
-    store has (NaN ignored); otherwise that column. Values are rounded half up and clipped to 0-5."""
+def rated_levels(signals: Signals, column: str | None, cap_columns=CAP_COLUMNS) -> np.ndarray:
+    """Integer rating 0-5 per row, -1 where unrated. ``column=None``: the mean of the ``cap_columns`` the
+    signals have (NaN ignored); otherwise that column. Values are rounded half up and clipped to 0-5."""
     if column is None:
-        cols = [c for c in CAP_COLUMNS if c in signals]
+        cols = [c for c in cap_columns if c in signals]
         if not cols:
             raise KeyError("ds2 needs judge ratings: no cap_* column in this run (run `mmsift judge` first) "
                            "or name a score column with column=...")
@@ -115,8 +115,9 @@ class DS2(Scorer):
     """DS2 score curation on any judge rating column, then a long-tail tie-break.
 
     Reads ``last`` (embedding, from the probe) and the rating: ``column`` (any 0-5 score column, e.g.
-    ``cap_ocr`` or SCALE's ``scale_score``) or, by default, the mean of the ``cap_*`` columns. Ratings are
-    rounded to integer levels r_i in 0..5; NaN = unrated.
+    ``cap_stem_knowledge`` or ``scale_alignment``) or, by default, the mean of the ``cap_*`` columns of
+    ``capabilities`` (default all 14, NaN ignored). Ratings are rounded half up to integer levels r_i in 0..5;
+    NaN = unrated.
 
     Estimator (the k-NN clusterability assumption of DS2: a sample and its k nearest neighbours by cosine of
     ``last`` share one true score, and every rating is an independent noisy draw from row ``T[true]``):
@@ -138,8 +139,8 @@ class DS2(Scorer):
     paper = "DS2: diversity-aware score curation for data selection (papers/003, listed abstract)"
     summary = "judge ratings corrected by a k-NN score-transition matrix, long-tail tie-break"
 
-    def __init__(self, *, column: str | None = None, k: int = 10, alpha: float = 1.0, exact_max: int = 200_000,
-                 random_state: int = 0):
+    def __init__(self, *, column: str | None = None, capabilities=None, k: int = 10, alpha: float = 1.0,
+                 exact_max: int = 200_000, random_state: int = 0):
         super().__init__(random_state=random_state)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -149,12 +150,17 @@ class DS2(Scorer):
         self.k = int(k)
         self.alpha = float(alpha)
         self.exact_max = int(exact_max)
-        if column is not None:
-            self.requires = ("last", column)
+        if isinstance(capabilities, str):
+            capabilities = [c.strip() for c in capabilities.split(",") if c.strip()]
+        self.cap_columns = CAP_COLUMNS if capabilities is None else tuple(f"cap_{c}" for c in capabilities)
+        unknown = [c for c in self.cap_columns if c not in CAP_COLUMNS]
+        if unknown or not self.cap_columns:
+            raise ValueError(f"unknown capabilities {[c[4:] for c in unknown]}")
+        self.requires = ("last", column) if column is not None else ("last",) + self.cap_columns
         self.transition_: np.ndarray | None = None
 
     def score(self, signals: Signals) -> np.ndarray:
-        rated = rated_levels(signals, self.column)
+        rated = rated_levels(signals, self.column, self.cap_columns)
         n = len(rated)
         if not (rated >= 0).any():
             raise ValueError("ds2: no sample has a usable rating")
