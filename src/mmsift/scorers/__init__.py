@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mmsift.scorers.base import Scorer
+from mmsift.scorers.coincide import Coincide
 from mmsift.scorers.semdedup import SemDeDup
 from mmsift.scorers.datatailor import DataTailor
 from mmsift.scorers.selfcheck import SelfCheck
@@ -29,6 +30,7 @@ SCORERS: dict[str, type[Scorer]] = {
     SelfCheck.name: SelfCheck,
     DataTailor.name: DataTailor,
     SemDeDup.name: SemDeDup,
+    Coincide.name: Coincide,
 }
 
 

@@ -41,8 +41,31 @@ def check_finite(x: np.ndarray, name: str, ids) -> None:
         raise ValueError(f"vector signal {name!r} has NaN/inf in {int(bad.sum())} records (e.g. {examples})")
 
 
+class _faiss_threads:
+    """Run small faiss jobs on one thread: OpenMP start-up and spinning cost more than the work on tiny inputs,
+    especially on a busy machine."""
+
+    def __init__(self, work: float):
+        self.single = work < 1e9
+
+    def __enter__(self):
+        self.before = faiss.omp_get_max_threads()
+        if self.single:
+            faiss.omp_set_num_threads(1)
+
+    def __exit__(self, *exc):
+        faiss.omp_set_num_threads(self.before)
+
+
 def _flat_kmeans(x: np.ndarray, k: int, *, spherical: bool, seed: int, niter: int,
                  max_points_per_centroid: int) -> np.ndarray:
+    with _faiss_threads(float(min(len(x), k * max_points_per_centroid)) * k * x.shape[1] * niter):
+        return _train(x, k, spherical=spherical, seed=seed, niter=niter,
+                      max_points_per_centroid=max_points_per_centroid)
+
+
+def _train(x: np.ndarray, k: int, *, spherical: bool, seed: int, niter: int,
+           max_points_per_centroid: int) -> np.ndarray:
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed) % (2**31), spherical=spherical,
                       max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1, verbose=False)
     km.train(x)
@@ -54,14 +77,15 @@ def assign(x: np.ndarray, centroids: np.ndarray, *, spherical: bool, chunk: int 
     index = faiss.IndexFlatIP(centroids.shape[1]) if spherical else faiss.IndexFlatL2(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     labels = np.empty(len(x), dtype=np.int64)
-    for s in range(0, len(x), chunk):
-        _, idx = index.search(np.ascontiguousarray(x[s:s + chunk]), 1)
-        labels[s:s + chunk] = idx[:, 0]
+    with _faiss_threads(float(len(x)) * len(centroids) * centroids.shape[1]):
+        for s in range(0, len(x), chunk):
+            _, idx = index.search(np.ascontiguousarray(x[s:s + chunk]), 1)
+            labels[s:s + chunk] = idx[:, 0]
     return labels
 
 
 def kmeans(x: np.ndarray, k: int, *, spherical: bool = False, random_state: int = 0, niter: int = 20,
-           max_points_per_centroid: int = 256, two_level_above: float = 2e11,
+           max_points_per_centroid: int = 256, two_level_above: float = 1e10,
            small_below: float = 2e7) -> tuple[np.ndarray, np.ndarray, str]:
     """k-means of float32 rows ``x`` into at most ``k`` clusters: returns (centroids, labels, how).
 

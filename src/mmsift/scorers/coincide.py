@@ -1,0 +1,162 @@
+"""COINCIDE (Lee et al. 2024): cluster-level transferability and density decide each cluster's share; samples
+inside a cluster are picked greedily to match the cluster's distribution (minimum MMD)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmsift.budget import apportion
+from mmsift.scorers._cluster import as_float32, check_finite, kmeans
+from mmsift.scorers.base import Scorer
+from mmsift.store import Signals
+
+
+def _kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Gaussian kernel exp(-||a - b||^2 / (2 sigma^2)) between unit rows: ||a - b||^2 = 2 - 2 cos."""
+    return np.exp((a @ b.T - 1.0) / bandwidth**2)
+
+
+def transferability(cent: np.ndarray, sim_cap: float, chunk: int = 2048) -> np.ndarray:
+    """``T_c`` = mean cosine of centroid c to the other centroids, ignoring pairs with cosine > ``sim_cap``
+    (0 when no pair is left). Centroid rows are unit; computed in row chunks (memory O(chunk * K))."""
+    k = len(cent)
+    out = np.zeros(k)
+    for s in range(0, k, chunk):
+        sims = cent[s:s + chunk] @ cent.T
+        sims[np.arange(len(sims)), np.arange(s, s + len(sims))] = np.inf  # the centroid itself
+        ok = sims <= sim_cap
+        cnt = ok.sum(axis=1)
+        out[s:s + chunk] = np.where(cnt > 0, np.where(ok, sims, 0.0).sum(axis=1, dtype=np.float64) / np.maximum(cnt, 1), 0.0)
+    return out
+
+
+def herd(x: np.ndarray, q: int, bandwidth: float, ref: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Greedy MMD minimisation (kernel herding) of ``q`` rows of ``x`` against the distribution of ``x[ref]``.
+
+    Adding x to the chosen set S (|S| = t) lowers MMD^2(S + x, P) most when ``m(x) - sum_{s in S} k(x, s) / (t + 1)``
+    is largest, with ``m(x) = mean_{y in P} k(x, y)``, because k(x, x) = 1 is the same for every x. Ties go to the
+    earliest row. Returns positions in pick order.
+    """
+    n = len(x)
+    m = np.empty(n)
+    for s in range(0, n, chunk):
+        m[s:s + chunk] = _kernel(x[s:s + chunk], x[ref], bandwidth).mean(axis=1, dtype=np.float64)
+    acc = np.zeros(n)
+    taken = np.zeros(n, dtype=bool)
+    picks = np.empty(q, dtype=np.int64)
+    for t in range(q):
+        gain = np.where(taken, -np.inf, m - acc / (t + 1))
+        j = int(np.argmax(gain))
+        picks[t] = j
+        taken[j] = True
+        acc += _kernel(x, x[j:j + 1], bandwidth)[:, 0]
+    return picks
+
+
+class Coincide(Scorer):
+    """COINCIDE: features ``x_i`` = L2-normalised concatenation of ``img_mean_i`` and ``txt_mean_i``; spherical
+    k-means into K clusters (``n_clusters``; default min(10000, N // 20), at least 1); for each cluster c
+
+    - transferability ``T_c`` = mean cosine of its centroid to the other centroids, ignoring pairs above ``sim_cap``
+      (0.9);
+    - density ``D_c`` = mean Gaussian kernel ``k(x, y) = exp(-||x - y||^2 / (2 bandwidth^2))`` over pairs of distinct
+      members (1 for a singleton; over ``max_members`` sampled members for larger clusters, noted in ``notes_``);
+    - budget share ``w_c = softmax_c(T_c / D_c / temperature)``, temperature 0.1: clusters that transfer to
+      the rest of the pool and are not dense get more of the budget.
+
+    :meth:`choose` turns the shares into per-cluster counts (largest remainder, capped at the cluster size) and
+    picks each cluster's count greedily to minimise the MMD between the picks and the cluster (kernel herding with
+    the same kernel; the cluster's distribution is estimated from at most ``max_members`` members).
+    :meth:`score` is the per-member rate ``w_c / |C_c|`` (higher = keep); it is only what the selector ranks by
+    when ``choose`` is off (with ``--dedup``). ``details_``: cluster, T, D of each sample's cluster.
+    Reads ``img_mean``, ``txt_mean``. Paper: Lee et al. 2024, "Concept-skill Transferability-based Data Selection
+    for Large Vision-Language Models" (COINCIDE). The paper concatenates several layers' means; the probe
+    decides which layers go into ``img_mean``/``txt_mean``.
+    """
+
+    name = "coincide"
+    requires = ("img_mean", "txt_mean")
+    paper = "Lee et al. 2024, Concept-skill Transferability-based Data Selection (COINCIDE)"
+    summary = "cluster shares from transferability/density, MMD-greedy picks inside clusters"
+
+    def __init__(self, *, n_clusters: int | None = None, temperature: float = 0.1, sim_cap: float = 0.9,
+                 bandwidth: float = 1.0, max_members: int = 2000, random_state: int = 0):
+        super().__init__(random_state=random_state)
+        if temperature <= 0 or bandwidth <= 0:
+            raise ValueError("temperature and bandwidth must be > 0")
+        if n_clusters is not None and n_clusters < 1:
+            raise ValueError("n_clusters must be >= 1")
+        if max_members < 2:
+            raise ValueError("max_members must be >= 2")
+        self.n_clusters = n_clusters
+        self.temperature = temperature
+        self.sim_cap = sim_cap
+        self.bandwidth = bandwidth
+        self.max_members = max_members
+        self._state = None
+
+    def _features(self, signals: Signals) -> np.ndarray:
+        img, txt = signals["img_mean"], signals["txt_mean"]
+        x = np.empty((len(signals), img.shape[1] + txt.shape[1]), dtype=np.float32)
+        x[:, :img.shape[1]] = as_float32(img)
+        x[:, img.shape[1]:] = as_float32(txt)
+        check_finite(x, "img_mean/txt_mean", signals.ids)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        return x
+
+    def _ref(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Positions (within ``members``) that stand for the cluster's distribution."""
+        if len(members) <= self.max_members:
+            return np.arange(len(members))
+        return np.sort(rng.choice(len(members), size=self.max_members, replace=False))
+
+    def score(self, signals: Signals) -> np.ndarray:
+        self.notes_ = []
+        n = len(signals)
+        x = self._features(signals)
+        k = self.n_clusters or max(1, min(10000, n // 20))
+        cent, labels, how = kmeans(x, k, spherical=True, random_state=self.random_state)
+        cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+        kk = len(cent)
+        t = transferability(cent, self.sim_cap)
+        order = np.argsort(labels, kind="stable")
+        bounds = np.searchsorted(labels[order], np.arange(kk + 1))
+        rng = np.random.default_rng(self.random_state)
+        d = np.ones(kk)
+        n_sampled = 0
+        for c in range(kk):
+            members = order[bounds[c]:bounds[c + 1]]
+            if len(members) < 2:
+                continue
+            ref = members[self._ref(members, rng)]
+            n_sampled += len(ref) < len(members)
+            g = _kernel(x[ref], x[ref], self.bandwidth).astype(np.float64)
+            d[c] = (g.sum() - np.trace(g)) / (len(ref) * (len(ref) - 1))
+        logits = t / d / self.temperature
+        w = np.exp(logits - logits.max())
+        w /= w.sum()
+        sizes = np.diff(bounds)
+        self.notes_.append(f"coincide: {how}; cluster shares softmax(T/D/{self.temperature:g})")
+        if n_sampled:
+            self.notes_.append(f"coincide: density of {n_sampled} clusters above max_members={self.max_members} "
+                               "estimated from sampled members")
+        self._state = (id(signals), x, labels, order, bounds, w)
+        self.details_ = {"cluster": labels.astype(np.float64), "T": t[labels], "D": d[labels]}
+        return w[labels] / sizes[labels]
+
+    def choose(self, signals: Signals, scores: np.ndarray, n_keep: int) -> np.ndarray:
+        if self._state is None or self._state[0] != id(signals):
+            self.score(signals)
+        _, x, labels, order, bounds, w = self._state
+        sizes = np.diff(bounds)
+        quota = apportion(w, n_keep, caps=sizes)
+        rng = np.random.default_rng(self.random_state + 1)
+        picked = []
+        for c in np.flatnonzero(quota):
+            members = order[bounds[c]:bounds[c + 1]]  # pool order inside the cluster (stable sort)
+            if quota[c] >= len(members):
+                picked.append(members)
+                continue
+            picks = herd(x[members], int(quota[c]), self.bandwidth, self._ref(members, rng))
+            picked.append(members[picks])
+        return np.concatenate(picked) if picked else np.zeros(0, np.int64)
