@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mmsift.scorers.base import Scorer
+from mmsift.scorers.ards import ARDS
 from mmsift.scorers.coincide import Coincide
 from mmsift.scorers.semdedup import SemDeDup
 from mmsift.scorers.datatailor import DataTailor
@@ -31,6 +32,7 @@ SCORERS: dict[str, type[Scorer]] = {
     DataTailor.name: DataTailor,
     SemDeDup.name: SemDeDup,
     Coincide.name: Coincide,
+    ARDS.name: ARDS,
 }
 
 

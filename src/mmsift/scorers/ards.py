@@ -1,0 +1,136 @@
+"""ARDS (papers/001): robustness-aware selection against worst-case evaluation subgroups."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmsift.scorers._cluster import as_float32, check_finite, kmeans
+from mmsift.scorers._rank import scalar
+from mmsift.scorers.base import Scorer
+from mmsift.store import Signals
+
+AGGS = ("mean", "max")
+TEXT_ONLY = "text_only"
+
+
+def conversation_vectors(last: np.ndarray, attn_pool: np.ndarray) -> np.ndarray:
+    """``r_i = [last_i / ||last_i|| ; attn_pool_i / ||attn_pool_i||] / sqrt(2)``: unit rows, so ``r_i . r_j`` is
+    the cosine of the concatenated vectors (the average of the two halves' cosines)."""
+    a = as_float32(last, normalize=True)
+    b = as_float32(attn_pool, normalize=True)
+    r = np.empty((len(a), a.shape[1] + b.shape[1]), dtype=np.float32)
+    r[:, :a.shape[1]] = a
+    r[:, a.shape[1]:] = b
+    r *= np.float32(1.0 / np.sqrt(2.0))
+    return r
+
+
+def perturbation_gap(fmt: np.ndarray, loss, loss_sym, loss_perm, loss_imgnoise) -> np.ndarray:
+    """|loss(perturbed) - loss(clean)|: for multiple-choice items the larger of the symbol- and permutation-attack
+    gaps (either alone when the other is missing), for other image items the image-noise gap; NaN when missing."""
+    mc = fmt == "mc"
+    with np.errstate(invalid="ignore"):
+        sym, perm = np.abs(loss_sym - loss), np.abs(loss_perm - loss)
+        mc_gap = np.where(np.isnan(sym), perm, np.where(np.isnan(perm), sym, np.maximum(sym, perm)))
+        gap = np.where(mc, mc_gap, np.abs(loss_imgnoise - loss))
+    gap[fmt == TEXT_ONLY] = np.nan
+    return gap
+
+
+class ARDS(Scorer):
+    """ARDS: score each training sample by its similarity to worst-case evaluation subgroups.
+
+    1. Conversation vector ``r_i = [norm(last_i); norm(attn_pool_i)]`` (cosines computed on unit rows).
+    2. The pool is split by instruction format (``fmt``); each format except ``text_only`` is clustered into
+       ``n_subgroups`` subgroups by spherical k-means of r.
+    3. Worst-case evaluation set: in each subgroup, the ``n_worst`` members with the largest perturbation gap
+       ``|loss(perturbed) - loss|`` — for ``fmt == "mc"`` the larger of the symbol (``loss_sym``) and permutation
+       (``loss_perm``) attacks, otherwise image noise (``loss_imgnoise``). Members without a usable gap are not
+       candidates; ties go to the earlier record.
+    4. Subgroup weight ``w_m = softmax_m(mean clean loss over S_m)``.
+    5. ``score_i = sum_m w_m * agg_{j in S_m} cos(r_i, r_j)`` with ``agg="mean"`` (the paper/slides, default) or
+       ``"max"`` (the public code's default). Worst-case members get -inf (they are the evaluation set, never
+       training candidates); ``notes_`` counts them.
+
+    Direction: higher = keep (the paper keeps the top 30%). Reads ``last``, ``attn_pool``, ``fmt``, ``loss``,
+    ``loss_sym``, ``loss_perm``, ``loss_imgnoise``. The code's variant that keeps multiple-choice items whose
+    generated answer flips needs generation and is not implemented. Memory O(N d): the mean aggregation reduces to
+    one dot product per sample, the max aggregation works in row chunks against the |S| evaluation vectors.
+    Paper: Yang, Liu & Wei, "Data Selection Matters: Towards Robust Instruction Tuning of Large Multimodal
+    Models" (ARDS).
+    """
+
+    name = "ards"
+    requires = ("last", "attn_pool", "fmt", "loss", "loss_sym", "loss_perm", "loss_imgnoise")
+    paper = "Yang, Liu & Wei, Data Selection Matters: Towards Robust Instruction Tuning of LMMs (ARDS)"
+    summary = "closest to worst-case (attack-sensitive) subgroups, per instruction format"
+
+    def __init__(self, *, n_subgroups: int = 8, n_worst: int = 10, agg: str = "mean", random_state: int = 0):
+        super().__init__(random_state=random_state)
+        if agg not in AGGS:
+            raise ValueError(f"agg must be one of {AGGS}, got {agg!r}")
+        if n_subgroups < 1 or n_worst < 1:
+            raise ValueError("n_subgroups and n_worst must be >= 1")
+        self.n_subgroups = n_subgroups
+        self.n_worst = n_worst
+        self.agg = agg
+
+    def score(self, signals: Signals) -> np.ndarray:
+        self.notes_ = []
+        n = len(signals)
+        fmt = np.asarray(signals["fmt"]).astype(str)
+        loss = scalar(signals, "loss")
+        gap = perturbation_gap(fmt, loss, scalar(signals, "loss_sym"), scalar(signals, "loss_perm"),
+                               scalar(signals, "loss_imgnoise"))
+        gap[~np.isfinite(loss)] = np.nan
+        r = conversation_vectors(signals["last"], signals["attn_pool"])
+        check_finite(r, "last/attn_pool", signals.ids)
+        subgroup = np.full(n, -1, np.int64)
+        worst: list[np.ndarray] = []
+        for f in sorted(set(fmt.tolist()) - {TEXT_ONLY}):
+            rows = np.flatnonzero(fmt == f)
+            _, labels, _ = kmeans(r[rows], self.n_subgroups, spherical=True, random_state=self.random_state)
+            for g in range(int(labels.max()) + 1):
+                members = rows[labels == g]
+                subgroup[members] = len(worst)
+                cand = members[np.isfinite(gap[members])]
+                top = cand[np.lexsort((signals.index[cand], -gap[cand]))[: self.n_worst]]
+                worst.append(top)
+        worst = [s for s in worst if len(s)]
+        if not worst:
+            raise ValueError("ards: no worst-case evaluation items: every non-text-only record lacks a finite "
+                             "perturbed loss (loss_sym/loss_perm for mc, loss_imgnoise otherwise); "
+                             "probe with --methods ards")
+        mean_loss = np.array([loss[s].mean() for s in worst])
+        w = np.exp(mean_loss - mean_loss.max())
+        w /= w.sum()
+        if self.agg == "mean":
+            target = sum(wm * r[s].astype(np.float64).mean(axis=0) for wm, s in zip(w, worst))
+            score = r.astype(np.float64, copy=False) @ target if n * r.shape[1] < 5e7 else _chunked_dot(r, target)
+        else:
+            score = _weighted_max(r, worst, w)
+        eval_rows = np.concatenate(worst)
+        score[eval_rows] = -np.inf
+        self.notes_.append(f"ards: {len(eval_rows)} worst-case evaluation items in {len(worst)} subgroups "
+                           f"excluded from selection (score -inf); agg={self.agg}")
+        self.details_ = {"subgroup": subgroup.astype(np.float64), "gap": gap}
+        return score
+
+
+def _chunked_dot(r: np.ndarray, target: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    out = np.empty(len(r))
+    t32 = target.astype(np.float32)
+    for s in range(0, len(r), chunk):
+        out[s:s + chunk] = r[s:s + chunk] @ t32
+    return out
+
+
+def _weighted_max(r: np.ndarray, worst: list[np.ndarray], w: np.ndarray, chunk: int = 16384) -> np.ndarray:
+    """``sum_m w_m * max_{j in S_m} r_i . r_j`` in row chunks (memory O(chunk * |S|))."""
+    ev = r[np.concatenate(worst)]
+    starts = np.cumsum([0] + [len(s) for s in worst[:-1]])
+    out = np.empty(len(r))
+    for s in range(0, len(r), chunk):
+        sims = r[s:s + chunk] @ ev.T
+        out[s:s + chunk] = np.maximum.reduceat(sims, starts, axis=1).astype(np.float64) @ w
+    return out

@@ -1,0 +1,120 @@
+"""ARDS against a loop transcription on a hand-made 12-row table (two formats + text-only)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from mmsift.scorers import make_scorer
+from mmsift.select import select_rows
+from mmsift.store import Signals
+
+NAN = float("nan")
+FMT = ["mc", "mc", "mc", "mc", "caption", "caption", "caption", "caption", "caption", "text_only", "text_only", "mc"]
+LAST = [[1, 0, 0], [0.9, 0.1, 0], [1, 0.2, 0.1], [0.8, 0, 0.3], [0, 1, 0], [0.1, 1, 0.1], [0, 0.9, 0.4],
+        [0.3, 1, 0], [0, 0.2, 1], [0, 0, 1], [0.5, 0.5, 0.5], [1, -0.2, 0]]
+ATTN = [[0, 1], [0.1, 1], [0.3, 1], [0, 1], [1, 0], [1, 0.2], [0.9, 0.1], [1, -0.1], [0.5, 0.5], [0, 1],
+        [1, 1], [0.2, 0.9]]
+LOSS = [1.0, 2.0, 0.5, 1.5, 0.8, 1.2, 0.3, 2.5, 1.0, 0.7, 0.9, 1.1]
+SYM = [1.5, 2.1, 2.5, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 1.0]
+PERM = [0.2, 3.0, 0.4, 2.5, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN]
+NOISE = [NAN, NAN, NAN, NAN, 1.6, 1.1, 0.4, 2.6, NAN, NAN, NAN, NAN]
+
+
+def _signals():
+    n = len(FMT)
+    return Signals(ids=np.array([f"a{i}" for i in range(n)], dtype=object), index=np.arange(n),
+                   tasks=np.array(["all"] * n, dtype=object),
+                   columns={"fmt": np.array(FMT, dtype=object), "loss": np.array(LOSS), "loss_sym": np.array(SYM),
+                            "loss_perm": np.array(PERM), "loss_imgnoise": np.array(NOISE),
+                            "is_mc": np.array([f == "mc" for f in FMT], float),
+                            "last": np.array(LAST, np.float16), "attn_pool": np.array(ATTN, np.float16)})
+
+
+def _unit(v):
+    v = [float(np.float16(t)) for t in v]
+    s = math.sqrt(sum(t * t for t in v))
+    return [t / s for t in v]
+
+
+def _cos_r(i, j):
+    # cos of [unit(last); unit(attn)] vectors: each half has norm 1, the whole sqrt(2)
+    a = _unit(LAST[i]) + _unit(ATTN[i])
+    b = _unit(LAST[j]) + _unit(ATTN[j])
+    return sum(x * y for x, y in zip(a, b)) / 2.0
+
+
+def _gap(i):
+    if FMT[i] == "text_only":
+        return NAN
+    if FMT[i] == "mc":
+        gaps = [abs(v - LOSS[i]) for v in (SYM[i], PERM[i]) if not math.isnan(v)]
+        return max(gaps) if gaps else NAN
+    return abs(NOISE[i] - LOSS[i]) if not math.isnan(NOISE[i]) else NAN
+
+
+def _expected(agg, n_worst):
+    # one subgroup per format (n_subgroups=1): the subgroups are the formats, in sorted order
+    groups = []
+    for f in sorted(set(FMT) - {"text_only"}):
+        members = [i for i in range(len(FMT)) if FMT[i] == f and not math.isnan(_gap(i))]
+        members.sort(key=lambda i: (-_gap(i), i))
+        groups.append(members[:n_worst])
+    means = [sum(LOSS[j] for j in s) / len(s) for s in groups]
+    z = sum(math.exp(m) for m in means)
+    w = [math.exp(m) / z for m in means]
+    worst = {j for s in groups for j in s}
+    out = []
+    for i in range(len(FMT)):
+        if i in worst:
+            out.append(-math.inf)
+            continue
+        total = 0.0
+        for wm, s in zip(w, groups):
+            sims = [_cos_r(i, j) for j in s]
+            total += wm * (sum(sims) / len(sims) if agg == "mean" else max(sims))
+        out.append(total)
+    return out
+
+
+@pytest.mark.parametrize("agg", ["mean", "max"])
+@pytest.mark.parametrize("n_worst", [1, 2, 3])
+def test_scores_match_loop_transcription(agg, n_worst):
+    scorer = make_scorer("ards", {"agg": agg, "n_worst": n_worst, "n_subgroups": 1})
+    got = scorer.score(_signals())
+    np.testing.assert_allclose(got, _expected(agg, n_worst), rtol=1e-5, atol=1e-6)
+    assert f"{sum(1 for v in got if v == -np.inf)} worst-case" in scorer.notes_[0]
+
+
+def test_worst_case_members_are_the_attack_sensitive_ones():
+    scorer = make_scorer("ards", {"n_worst": 2, "n_subgroups": 1})
+    s = scorer.score(_signals())
+    # mc gaps: a0 .8, a1 1.0, a2 2.0, a3 1.0, a11 .1 -> a2, then a1 before a3 on the 1.0 tie
+    worst = set(np.flatnonzero(s == -np.inf).tolist())
+    assert {1, 2} <= worst and 3 not in worst                   # pool order breaks the 1.0 tie
+    assert 9 not in worst and 10 not in worst                   # text-only items are never evaluation items
+    assert np.isfinite(s[[9, 10]]).all()                        # ...but they are scored as training candidates
+
+
+def test_subgroups_split_a_format_and_selection_skips_evaluation_items():
+    sig = _signals()
+    scorer = make_scorer("ards", {"n_subgroups": 2, "n_worst": 1})
+    s = scorer.score(sig)
+    groups = scorer.details_["subgroup"]
+    assert len(set(groups[groups >= 0].tolist())) == 4  # 2 formats x 2 subgroups
+    usable = {g for g, gap in zip(groups, scorer.details_["gap"]) if g >= 0 and np.isfinite(gap)}
+    assert np.isinf(s).sum() == len(usable)  # one item per subgroup that has a perturbed loss
+    for g in usable:  # ...and it is the subgroup's most attack-sensitive member
+        members = np.flatnonzero(groups == g)
+        gaps = np.where(np.isfinite(scorer.details_["gap"][members]), scorer.details_["gap"][members], -1)
+        assert s[members[np.argmax(gaps)]] == -np.inf
+    sel = select_rows(sig, scorer, 6)
+    assert np.isfinite(s[sel.rows]).all()
+
+
+def test_missing_perturbations_is_a_clear_error():
+    sig = _signals()
+    for k in ("loss_sym", "loss_perm", "loss_imgnoise"):
+        sig.columns[k] = np.full(len(FMT), np.nan)
+    with pytest.raises(ValueError, match="worst-case"):
+        make_scorer("ards").score(sig)
