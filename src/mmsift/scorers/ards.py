@@ -43,10 +43,11 @@ class ARDS(Scorer):
     1. Conversation vector ``r_i = [norm(last_i); norm(attn_pool_i)]`` (cosines computed on unit rows).
     2. The pool is split by instruction format (``fmt``); each format except ``text_only`` is clustered into
        ``n_subgroups`` subgroups by spherical k-means of r.
-    3. Worst-case evaluation set: in each subgroup, the ``n_worst`` members with the largest perturbation gap
+    3. Worst-case evaluation set: in each subgroup, the B members with the largest perturbation gap
        ``|loss(perturbed) - loss|`` — for ``fmt == "mc"`` the larger of the symbol (``loss_sym``) and permutation
        (``loss_perm``) attacks, otherwise image noise (``loss_imgnoise``). Members without a usable gap are not
-       candidates; ties go to the earlier record.
+       candidates; ties go to the earlier record. B = ``n_worst``; ``None`` (default) takes 5% of the subgroup,
+       at least 1 and at most 10, so the evaluation set never eats a small pool.
     4. Subgroup weight ``w_m = softmax_m(mean clean loss over S_m)``.
     5. ``score_i = sum_m w_m * agg_{j in S_m} cos(r_i, r_j)`` with ``agg="mean"`` (the paper/slides, default) or
        ``"max"`` (the public code's default). Worst-case members get -inf (they are the evaluation set, never
@@ -65,11 +66,12 @@ class ARDS(Scorer):
     paper = "Yang, Liu & Wei, Data Selection Matters: Towards Robust Instruction Tuning of LMMs (ARDS)"
     summary = "closest to worst-case (attack-sensitive) subgroups, per instruction format"
 
-    def __init__(self, *, n_subgroups: int = 8, n_worst: int = 10, agg: str = "mean", random_state: int = 0):
+    def __init__(self, *, n_subgroups: int = 8, n_worst: int | None = None, agg: str = "mean",
+                 random_state: int = 0):
         super().__init__(random_state=random_state)
         if agg not in AGGS:
             raise ValueError(f"agg must be one of {AGGS}, got {agg!r}")
-        if n_subgroups < 1 or n_worst < 1:
+        if n_subgroups < 1 or (n_worst is not None and n_worst < 1):
             raise ValueError("n_subgroups and n_worst must be >= 1")
         self.n_subgroups = n_subgroups
         self.n_worst = n_worst
@@ -94,7 +96,8 @@ class ARDS(Scorer):
                 members = rows[labels == g]
                 subgroup[members] = len(worst)
                 cand = members[np.isfinite(gap[members])]
-                top = cand[np.lexsort((signals.index[cand], -gap[cand]))[: self.n_worst]]
+                b = self.n_worst or max(1, min(10, len(members) // 20))
+                top = cand[np.lexsort((signals.index[cand], -gap[cand]))[:b]]
                 worst.append(top)
         worst = [s for s in worst if len(s)]
         if not worst:
