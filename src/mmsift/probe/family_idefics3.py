@@ -1,0 +1,109 @@
+"""Idefics3 family adapter (Idefics3 and SmolVLM checkpoints whose ``model_type`` is ``idefics3``).
+
+What differs from LLaVA:
+
+- Image expansion inserts other tokens: each ``<image>`` becomes, per crop, ``<fake_token_around_image>``, a
+  ``<row_i_col_j>`` tag and ``image_seq_len`` image tokens, with newlines between crop rows, then the global view
+  ``<fake_token_around_image><global-img>`` + image tokens + ``<fake_token_around_image>``. :meth:`expand_mask`
+  therefore maps one template ``<image>`` token to that whole block (never an answer token).
+- ``pixel_values`` is ``(1, n_crops, C, H, W)`` per sample with a ``pixel_attention_mask`` (1, n_crops, H, W);
+  batching zero-pads the crop axis (the model drops all-zero crops) and the pixel axes (masked out).
+- The decoder is ``model.model.text_model`` (a Llama), not ``language_model``.
+
+The chat template writes ``<|im_start|>`` (the BOS) itself and then ``User:`` / ``Assistant:`` turns ending in
+``<end_of_utterance>``; the base class's rendering rule gives answer spans from the content to
+``<end_of_utterance>`` inclusive.
+"""
+
+from __future__ import annotations
+
+from mmsift.probe.family_llava_next import noise_crops, pad_cat
+from mmsift.probe.models import FAMILIES, Batch, Encoded, EncodeError, FamilyAdapter
+
+# Nominal image side used only to estimate sequence lengths for length-sorted batching (no image is decoded then).
+_NOMINAL_SIDE = 512
+
+
+class Idefics3Adapter(FamilyAdapter):
+    """Idefics3 / SmolVLM (``idefics3``, ``Idefics3ForConditionalGeneration``)."""
+
+    def __init__(self, processor, config):
+        super().__init__(processor, config)
+        tok = self.tokenizer
+        self.fake_token_id = tok.convert_tokens_to_ids(processor.fake_image_token)
+        self.global_token_id = tok.convert_tokens_to_ids(processor.global_image_tag)
+
+    def messages(self, turns, n_images: int) -> list[dict]:
+        # Idefics3/SmolVLM templates read ``content[0]`` of every message; an emptied user turn (the IFD
+        # "answer alone" variant) must still have one (empty) text part.
+        msgs = super().messages(turns, n_images)
+        for m in msgs:
+            if not m["content"]:
+                m["content"] = [{"type": "text", "text": ""}]
+        return msgs
+
+    def image_seq_length(self) -> int:
+        counts = self.processor._get_num_multimodal_tokens(image_sizes=[[_NOMINAL_SIDE, _NOMINAL_SIDE]])
+        return int(counts["num_image_tokens"][0])
+
+    def expand_mask(self, raw_ids: list[int], raw_mask: list[bool], ids: list[int]) -> list[bool]:
+        img, fake, glob = self.image_token_id, self.fake_token_id, self.global_token_id
+        out: list[bool] = []
+        i = j = 0
+        while i < len(raw_ids) or j < len(ids):
+            if i < len(raw_ids) and raw_ids[i] == img:
+                # One placeholder -> crops ... <fake><global-img><image>*n<fake>; the block ends at the fake token
+                # that closes the global view.
+                if j >= len(ids) or ids[j] != fake:
+                    raise EncodeError("processor output lost an image placeholder")
+                start = j
+                while j < len(ids) and ids[j] != glob:
+                    j += 1
+                while j + 1 < len(ids) and ids[j + 1] == img:
+                    j += 1
+                if j + 1 >= len(ids) or ids[j + 1] != fake:
+                    raise EncodeError("image block does not end with <fake_token_around_image>")
+                j += 2
+                out.extend([False] * (j - start))
+                i += 1
+                continue
+            if i >= len(raw_ids) or j >= len(ids) or raw_ids[i] != ids[j]:
+                raise EncodeError("processor tokens differ from the template's tokens outside image placeholders")
+            out.append(raw_mask[i])
+            i += 1
+            j += 1
+        return out
+
+    def collate(self, encs: list[Encoded]) -> Batch:
+        keys = ("pixel_values", "pixel_attention_mask")
+        with_images = [e for e in encs if "pixel_values" in e.extra]
+        rest = [Encoded(e.input_ids, e.answer_mask, e.image_mask,
+                        {k: v for k, v in e.extra.items() if k not in keys}, e.n_images) for e in encs]
+        batch = super().collate(rest)
+        if not with_images:
+            return batch
+        # One (zero) crop row per text-only sample keeps pixel rows aligned with samples; the model drops
+        # all-zero crops, so they cost nothing but padding.
+        ref = with_images[0].extra
+        for key in keys:
+            if key not in ref:
+                continue
+            parts = [e.extra[key] if key in e.extra else ref[key].new_zeros((1, 1) + tuple(ref[key].shape[2:]))
+                     for e in encs]
+            batch.extra[key] = pad_cat(parts, pad_dims=tuple(range(1, ref[key].dim())))
+        return batch
+
+    @staticmethod
+    def decoder_layers(model):
+        lm = model.model.text_model
+        return lm, lm.layers
+
+    def noise_images(self, extra: dict, noise_fn) -> dict:
+        if "pixel_values" not in extra:
+            return extra
+        mean, std = self.pixel_mean_std()
+        pv = noise_crops(extra["pixel_values"], mean, std, noise_fn, valid=extra.get("pixel_attention_mask"))
+        return {**extra, "pixel_values": pv}
+
+
+FAMILIES.update(idefics3=Idefics3Adapter)
