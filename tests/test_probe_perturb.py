@@ -1,0 +1,115 @@
+"""ARDS attacks, multiple-choice detection and the format label, checked by hand on small texts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mmsift.data.records import Turn
+from mmsift.probe.perturb import (
+    alpha_bar, find_mc_rounds, instruction_format, is_multiple_choice, permutation_attack, sigmoid_betas,
+    symbol_attack,
+)
+
+Q = "What is shown?\nA. a cat\nB. a dog\nC. a bird\nAnswer with the option's letter."
+
+
+def turns(q, a):
+    return [Turn("user", q), Turn("assistant", a)]
+
+
+@pytest.mark.parametrize("answer", ["B", "B.", "(B)", "B. a dog", "The answer is B.", "Answer: B"])
+def test_mc_detected_with_answer_forms(answer):
+    rounds = find_mc_rounds(turns(Q, answer))
+    assert len(rounds) == 1
+    assert rounds[0].answer == "B"
+    assert [o.label for o in rounds[0].options] == ["A", "B", "C"]
+    assert [o.text for o in rounds[0].options] == ["a cat", "a dog", "a bird"]
+
+
+@pytest.mark.parametrize("q", ["Pick:\n(A) red\n(B) blue", "Pick:\nA) red\nB) blue", "Pick:\n  A. red\n  B. blue"])
+def test_mc_label_styles(q):
+    assert is_multiple_choice(turns(q, "A"))
+
+
+@pytest.mark.parametrize("q,a", [
+    ("What is it?", "A cat."),                       # no options
+    ("Pick:\nA. red", "A"),                          # one option only
+    (Q, "D"),                                        # answer not an option
+    (Q, "A dog sitting on a mat."),                  # free text starting with a capital A
+    ("Pick:\nA. red\nC. blue", "A"),                 # letters not consecutive from A
+])
+def test_not_mc(q, a):
+    assert not is_multiple_choice(turns(q, a))
+
+
+def test_symbol_attack_by_hand():
+    out = symbol_attack(turns(Q, "B. a dog"))
+    assert out[0].text == "What is shown?\nQ. a cat\nW. a dog\nE. a bird\nAnswer with the option's letter."
+    assert out[1].text == "W. a dog"
+    paren = symbol_attack(turns("Pick:\n(A) red\n(B) blue", "(A)"))
+    assert paren[0].text == "Pick:\n(Q) red\n(W) blue" and paren[1].text == "(Q)"
+    assert symbol_attack(turns("What is it?", "A cat.")) is None
+
+
+def test_permutation_attack_answer_follows_option():
+    for seed in range(20):
+        out = permutation_attack(turns(Q, "B"), seed=seed, key="rec1")
+        lines = out[0].text.split("\n")
+        options = {ln[0]: ln[3:] for ln in lines[1:4]}
+        assert sorted(options.values()) == ["a bird", "a cat", "a dog"]
+        assert list(options) == ["A", "B", "C"]
+        assert options[out[1].text] == "a dog"  # the answer letter still names the correct option
+        assert [options[k] for k in "ABC"] != ["a cat", "a dog", "a bird"]  # always reordered
+        assert lines[0] == "What is shown?" and lines[4] == "Answer with the option's letter."
+    # Seeded: same (seed, key) -> same order; the permutation depends on the key.
+    a = permutation_attack(turns(Q, "B"), seed=3, key="x")
+    assert a == permutation_attack(turns(Q, "B"), seed=3, key="x")
+    orders = {permutation_attack(turns(Q, "B"), seed=3, key=f"k{i}")[0].text for i in range(12)}
+    assert len(orders) > 1
+
+
+def test_multi_turn_only_mc_round_changes():
+    t = [Turn("user", "Hello?"), Turn("assistant", "Hi."), Turn("user", Q), Turn("assistant", "C")]
+    out = symbol_attack(t)
+    assert out[:2] == t[:2] and out[3].text == "E"
+
+
+def test_instruction_format():
+    assert instruction_format(turns(Q, "B"), 1) == "mc"
+    assert instruction_format(turns(Q, "B"), 0) == "text_only"
+    assert instruction_format(turns("Where is the dog? Give [x1, y1, x2, y2].", "[0.1, 0.2, 0.5, 0.9]"), 1) == "region"
+    assert instruction_format(turns("What colour?\nAnswer the question using a single word or phrase.",
+                                    "Red"), 1) == "short"
+    assert instruction_format(turns("Describe the image in detail.", " ".join(["word"] * 30)), 1) == "caption"
+    assert instruction_format(turns("Why is the man running?", "Because " + "he is late " * 5), 1) == "other_image"
+
+
+def test_sigmoid_schedule_and_alpha_bar_by_hand():
+    betas = sigmoid_betas()
+    assert betas.shape == (1000,)
+    assert betas[0] == pytest.approx(1e-5 + (5e-3 - 1e-5) / (1 + math.exp(6)))
+    assert betas[-1] == pytest.approx(1e-5 + (5e-3 - 1e-5) / (1 + math.exp(-6)))
+    prod = 1.0
+    for t in range(301):
+        x = -6 + 12 * t / 999
+        prod *= 1 - (1 / (1 + math.exp(-x)) * (5e-3 - 1e-5) + 1e-5)
+    assert alpha_bar(300) == pytest.approx(prod, rel=1e-12)
+    assert 0.5 < alpha_bar(300) < 1.0  # mild noise at step 300 (the schedule's small betas come first)
+
+
+def test_diffusion_noise_statistics():
+    torch = pytest.importorskip("torch")
+    from mmsift.probe.perturb import diffusion_noise
+
+    x = torch.zeros(200_000)
+    g = torch.Generator().manual_seed(0)
+    y = diffusion_noise(x, generator=g)
+    assert float(y.std()) == pytest.approx(math.sqrt(1 - alpha_bar(300)), rel=0.01)
+    x1 = torch.ones(10)
+    y1 = diffusion_noise(x1, generator=torch.Generator().manual_seed(1))
+    eps = torch.randn(10, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(y1.numpy(), (math.sqrt(alpha_bar(300)) + math.sqrt(1 - alpha_bar(300)) * eps).numpy(),
+                               rtol=1e-6)
