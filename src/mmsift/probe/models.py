@@ -116,6 +116,13 @@ class FamilyAdapter:
         # Templates that write the BOS token themselves must not get a second one from the tokenizer.
         self.add_special_tokens = not (bos and probe.startswith(bos))
 
+    @classmethod
+    def load_processor(cls, path):
+        """The family's processor from a local model directory (override where AutoProcessor cannot build it)."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, local_files_only=True)
+
     # ---- text side -------------------------------------------------------------------------------------------
     def messages(self, turns: list[Turn], n_images: int) -> list[dict]:
         """Chat messages for the template. Images without a placeholder go before the first user text."""
@@ -356,33 +363,37 @@ def resolve_dtype(dtype, device: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}") from None
 
 
-def adapter_for(processor, config) -> FamilyAdapter:
-    model_type = config.model_type
+def family_class(model_type: str) -> type[FamilyAdapter]:
     try:
-        cls = FAMILIES[model_type]
+        return FAMILIES[model_type]
     except KeyError:
         raise ValueError(f"model type {model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}") \
             from None
-    return cls(processor, config)
+
+
+def adapter_for(processor, config) -> FamilyAdapter:
+    return family_class(config.model_type)(processor, config)
 
 
 def load_model(path: str | os.PathLike, *, device: str = "cpu", dtype=None,
                attn_implementation: str = "sdpa") -> LoadedModel:
     """Load a vision-language model and its own processor from a local directory (never from a hub)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model directory (no config.json); models are loaded from local "
                                 "disk only (build one with `mmsift warmup`)")
     torch_dtype = resolve_dtype(dtype, device)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    cls = family_class(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
+    processor = cls.load_processor(path)
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch_dtype,
                                                         attn_implementation=attn_implementation)
     model.to(device).eval()
-    adapter = adapter_for(processor, model.config)
+    adapter = cls(processor, model.config)
     return LoadedModel(model, processor, adapter, str(path), model.config.model_type, str(device),
                        str(torch_dtype).replace("torch.", ""))
 
 
-from mmsift.probe import family_idefics3, family_llava_next, family_qwen2vl  # noqa: E402,F401  (they add themselves to FAMILIES)
+# Other families register themselves in FAMILIES when imported (an import at the bottom works in any import order).
+from mmsift.probe import family_idefics3, family_llava_next, family_qwen2vl  # noqa: E402,F401
