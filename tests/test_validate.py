@@ -213,6 +213,13 @@ def test_resolve_image(tmp_path):
     os.symlink(tmp_path, base / "up")
     os.symlink(base / "a", base / "inside")
     assert resolve_image(base, "inside/z.png") == (base / "a" / "z.png").resolve()
+    # The OS follows a symlink before "..": "deep/../x" is the parent of where deep points, outside here.
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    os.symlink(tmp_path / "out" / "sub", base / "deep")
+    with pytest.raises(UnsafePathError, match="outside"):
+        resolve_image(base, "deep/../x.png")
+    with pytest.raises(UnsafePathError, match="outside"):
+        resolve_image(base, "deep/x.png")
     for bad in ["/etc/passwd", "../x.png", "a/../../x.png", "up/x.png", "C:\\x.png", "\\\\srv\\x.png", "", ".",
                 "a\x00.png"]:
         with pytest.raises(UnsafePathError):

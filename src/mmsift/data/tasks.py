@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 from mmsift.data.records import Record
 
 DEFAULT_TASK = "all"
@@ -23,7 +21,7 @@ def task_of(record: Record, task_field: str | None = None) -> str:
             return str(value)
     if record.images:
         # Backslashes too, so that Windows-made pools group the same way.
-        parts = [p for p in PurePosixPath(record.images[0].replace("\\", "/")).parts if p not in (".", "/")]
+        parts = [p for p in record.images[0].replace("\\", "/").split("/") if p not in ("", ".")]
         if len(parts) > 1:
             return parts[0]
     return DEFAULT_TASK

@@ -44,10 +44,9 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from mmsift.data.io import Pool
-from mmsift.data.paths import UnsafePathError, check_relative, resolve_image
+from mmsift.data.paths import ImageResolver, UnsafePathError, check_relative
 from mmsift.data.records import (
     ERROR, IMAGE_PLACEHOLDER, ROLE_ALIASES, WARNING, Problem, Record, image_field,
 )
@@ -296,13 +295,14 @@ def _check_paths(relpaths: list[str], images_dir, do_files: bool, decode: bool,
                  workers: int) -> dict[str, tuple[str, str]]:
     """Problems per image path: (kind, message) for the bad ones only."""
     out: dict[str, tuple[str, str]] = {}
-    to_open: list[tuple[str, Path]] = []
+    to_open: list[tuple[str, str]] = []
+    resolver = ImageResolver(images_dir) if images_dir is not None else None
     for relpath in relpaths:
         try:
-            if images_dir is None:
+            if resolver is None:
                 check_relative(relpath)
             else:
-                full = resolve_image(images_dir, relpath)
+                full = resolver.resolve(relpath)
                 if do_files:
                     to_open.append((relpath, full))
         except UnsafePathError as e:
@@ -322,48 +322,49 @@ def _check_paths(relpaths: list[str], images_dir, do_files: bool, decode: bool,
     return out
 
 
-def check_image_file(path: Path, *, decode: bool = False) -> tuple[str, str] | None:
+def check_image_file(path: str | os.PathLike, *, decode: bool = False) -> tuple[str, str] | None:
     """``None`` for a good image file, else ``(kind, message)``. See the module docstring for what is checked."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        st = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
         return "missing_image", f"not found at {path}"
     except OSError as e:
         return "unreadable_image", f"cannot stat {path}: {e.strerror or e}"
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode):  # checked before opening: opening a FIFO would block
         return "unreadable_image", f"{path} is not a regular file"
     try:
-        im = Image.open(path)
-    except UnidentifiedImageError:
-        return "unreadable_image", f"{path} is not an image format PIL can read"
-    except Image.DecompressionBombError as e:
-        return "unreadable_image", f"{path}: {e}"
+        f = open(path, "rb")
     except OSError as e:
-        if e.errno is not None:  # the OS refused (permissions, I/O error)
-            return "unreadable_image", f"cannot open {path}: {e.strerror or e}"
-        return "corrupt_image", f"{path} has a broken header: {e}"
-    try:
-        with im:
-            fmt = im.format
+        return "unreadable_image", f"cannot open {path}: {e.strerror or e}"
+    with f:  # one open per file: PIL reads from it, and so does the JPEG end-marker check
+        try:
+            im = Image.open(f)
+        except UnidentifiedImageError:
+            return "unreadable_image", f"{path} is not an image format PIL can read"
+        except Image.DecompressionBombError as e:
+            return "unreadable_image", f"{path}: {e}"
+        except OSError as e:
+            if e.errno is not None:  # the OS refused (I/O error)
+                return "unreadable_image", f"cannot read {path}: {e.strerror or e}"
+            return "corrupt_image", f"{path} has a broken header: {e}"
+        fmt = im.format
+        try:
             if decode:
                 im.load()
             elif fmt == "PNG":
                 im.verify()
             elif fmt == "JPEG":
-                if not _jpeg_has_end(path, st.st_size):
-                    # Missing end marker: often truncated, sometimes only trailing padding; decoding decides.
+                f.seek(max(0, st.st_size - 64))
+                if b"\xff\xd9" not in f.read():
+                    # No end marker: often truncated, sometimes only trailing padding; decoding decides.
                     im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                     im.load()
             else:
                 im.load()
-    except Exception as e:  # PIL raises many types here (OSError, SyntaxError, ValueError, struct.error...)
-        return "corrupt_image", f"{path} ({fmt}) is broken: {e}"
+        except Exception as e:  # PIL raises many types here (OSError, SyntaxError, ValueError, struct.error...)
+            return "corrupt_image", f"{path} ({fmt}) is broken: {e}"
+        finally:
+            im.close()
     return None
-
-
-def _jpeg_has_end(path: Path, size: int) -> bool:
-    with open(path, "rb") as f:
-        f.seek(max(0, size - 64))
-        return b"\xff\xd9" in f.read()
