@@ -112,6 +112,7 @@ def test_cross_format_subsets(tmp_path):
     pool = read_pool(src)
     as_json = write_subset(pool, [0, 1, 3], tmp_path / "out.json")
     assert all(_same(x, RECORDS[i]) for x, i in zip(json.loads(as_json.read_text("utf-8")), [0, 1, 3]))
+    assert len(as_json.read_text("utf-8").splitlines()) == 3 + 2  # one record per line between [ and ]
     as_pq = write_subset(read_pool(as_json), [0, 1], tmp_path / "out.parquet")
     assert pq.read_table(as_pq).column("id").to_pylist() == ["a", "b"]
     # Unknown suffix: the pool's own format.

@@ -223,15 +223,21 @@ def _write_json_like(pool: Pool, chosen: list[int], tmp: Path, fmt: str) -> None
                 dst.write("\n")
             return
         indent = pool._indent
-        sep = ",\n" if indent else ", "
-        pad = " " * indent if indent else ""
-        dst.write("[\n" if indent else "[")
-        for k, i in enumerate(chosen):
-            text = _dumps(pool.records[i], indent)
-            if indent:
-                text = pad + text.replace("\n", "\n" + pad)
-            dst.write((sep if k else "") + text)
-        dst.write("\n]\n" if indent else "]\n")
+        if indent:  # imitate an indented source
+            pad = " " * indent
+            dst.write("[\n")
+            for k, i in enumerate(chosen):
+                dst.write((",\n" if k else "") + pad + _dumps(pool.records[i], indent).replace("\n", "\n" + pad))
+            dst.write("\n]\n")
+        else:
+            # A compact JSON source stays compact; from JSONL or Parquet, one record per line (easy to diff).
+            compact = pool.format == "json"
+            dst.write("[" if compact else "[\n")
+            for k, i in enumerate(chosen):
+                if k:
+                    dst.write(", " if compact else ",\n")
+                dst.write(_dumps(pool.records[i], None))
+            dst.write("]\n" if compact else "\n]\n")
 
 
 def _dumps(rec: Record, indent: int | None) -> str:
