@@ -122,8 +122,29 @@ def methods_command(
 def _wire_commands() -> None:
     """Commands whose options live beside the code they drive."""
     from mmsift.data.command import validate_command
+    from mmsift.judge.command import judge_command
+    from mmsift.probe.command import probe_command, warmup_command
 
     app.command("validate")(validate_command)
+    app.command("warmup")(warmup_command)
+    app.command("probe")(probe_command)
+    app.command("judge")(judge_command)
 
 
 _wire_commands()
+
+
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("mmsift-demo"), "--out", "-o", help="Folder for the pool, model, run and subsets."),
+    n_images: int = typer.Option(300, "--n-images", help="easy-vqa images to build the pool from."),
+    budget: float = typer.Option(0.15, "--budget", help="Fraction of the pool to keep."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """End to end on the bundled easy-vqa pool: build, validate, warm up a proxy, probe, select, explain."""
+    from mmsift.demo import run_demo
+
+    result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device)
+    for line in result.lines:
+        typer.echo(line)

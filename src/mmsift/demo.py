@@ -58,7 +58,7 @@ def run_demo(
     t0 = time.perf_counter()
 
     pool_path = build_easyvqa_pool(out / "pool", n_images=n_images, seed=seed)
-    images = pool_path.parent
+    images = pool_path.parent / "images"
     pool = read_pool(pool_path)
     report = validate_pool(pool, images)
     say(f"1. pool: {len(pool.records)} records from {n_images} easy-vqa images -> {pool_path}")
