@@ -1,0 +1,88 @@
+"""The Ray executor on a local 2-CPU Ray cluster: a worker killed in the middle of a shard costs only that shard,
+and the finished run holds the same signals as a clean local run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SIGNALS = ["loss", "el2n", "tok_loss_std", "sv_entropy", "loss_noq", "loss_imgnoise", "last", "attn_pool",
+           "img_mean", "fmt"]
+
+
+def make_dying_shard_fn(log_dir: str, victim: int):
+    """The probe's shard function, except that the first attempt at shard ``victim`` computes everything, writes
+    part of its output and then kills its worker process before the completion marker.
+
+    Built in a closure so Ray ships it by value (the test module cannot be imported in Ray's workers).
+    """
+
+    def shard_fn(spec):
+        import os
+        from pathlib import Path
+
+        from mmsift.probe import runner
+
+        log = Path(log_dir) / f"shard-{spec.shard}.log"
+        first = not log.exists()
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        if spec.shard == victim and first:
+            class DyingWriter(runner.ShardWriter):
+                def write(self, shard, *, ids, index, tasks, columns):
+                    # a partial shard on disk (scalars only, no vectors, no .done marker), then the process dies
+                    super().write(shard, ids=ids, index=index, tasks=tasks,
+                                  columns={k: v for k, v in columns.items() if np.ndim(v) == 1})
+                    self._stem(shard).with_suffix(".done").unlink()
+                    os._exit(1)
+
+            runner.ShardWriter = DyingWriter
+        runner.probe_shard(spec)
+
+    return shard_fn
+
+
+def test_killed_worker_costs_only_its_shard_and_results_match_local(tiny_llava_pool, tmp_path, monkeypatch):
+    from mmsift.data.io import read_pool
+    from mmsift.probe import runner
+    from mmsift.probe.proxy import build_proxy
+
+    pool, images = tiny_llava_pool
+    texts = [t.text for r in read_pool(pool).records for t in r.turns]
+    model = build_proxy(tmp_path / "proxy", texts=texts, hidden_size=32, num_layers=2, vocab_size=300)
+    common = dict(images=images, model=model, signals=SIGNALS, batch_size=3, shard_size=3)
+    clean = runner.run_probe(pool, out=tmp_path / "local", executor="local", **common)
+
+    logs = tmp_path / "attempts"
+    logs.mkdir()
+    monkeypatch.setattr(runner, "probe_shard", make_dying_shard_fn(str(logs), victim=1))
+    monkeypatch.setenv("MMSIFT_RAY_WORKERS", "2")  # one actor per shard; the 2 CPUs hold 4 half-CPU actors
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        result = runner.run_probe(pool, out=tmp_path / "ray", executor="ray", **common)
+    finally:
+        ray.shutdown()
+
+    pids = {k: (logs / f"shard-{k}.log").read_text().split() for k in range(2)}
+    assert len(pids[1]) == 2 and pids[1][0] != pids[1][1], "shard 1 ran twice, in two processes"
+    assert len(pids[0]) == 1, "the other shard ran once"
+    assert result.n_skipped == 0 and len(result.store) == 6
+
+    a, b = clean.store.load(), result.store.load()
+    assert a.ids.tolist() == b.ids.tolist()
+    assert sorted(a.columns) == sorted(b.columns)
+    for name in a.columns:
+        x, y = np.asarray(a[name]), np.asarray(b[name])
+        if x.dtype.kind in "fc":
+            np.testing.assert_allclose(y.astype(np.float64), x.astype(np.float64), rtol=1e-4, atol=1e-4,
+                                       equal_nan=True, err_msg=name)
+        else:
+            assert x.tolist() == y.tolist(), name
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert manifest["n_shards"] == 2
