@@ -146,6 +146,8 @@ def test_clean_pool_has_no_problems(tiny_llava_pool, tmp_path):
     report = validate_pool(read_pool(path), images)
     assert report.problems == [] and report.bad_indices == set() and report.n_errors == 0
     assert report.checked_images and "OK: no problems in 6 records" in report.format_text()
+    assert report.tasks == {"shapes": 3, "colors": 2, "all": 1}
+    assert "tasks: shapes 3, colors 2, all 1" in report.format_text()
     # Same records as JSONL with a system turn and user/assistant spelled out: still clean.
     recs = json.loads(path.read_text())
     recs[5]["conversations"] = conv("Be brief.", "Say hi.", "Hi!", roles=["system", "user", "assistant"])
@@ -265,7 +267,7 @@ def test_validate_command_exit_codes(tiny_llava_pool, tmp_path):
     # No --images: relative to the data file's folder, and said so (here images/ is one level down: all missing).
     res = runner.invoke(_app(), [str(path)])
     assert res.exit_code == 1 and "relative to the data file's folder" in res.output
-    assert "missing_image (6)" in res.output
+    assert "missing_image (6)" in res.output and f"try --images {images.resolve()}" in res.output
     assert runner.invoke(_app(), [str(path), "--no-check-images"]).exit_code == 0
 
     res = runner.invoke(_app(), [str(tmp_path / "nope.json")])

@@ -46,6 +46,9 @@ def validate_command(
     report = validate_pool(pool, images, check_images=check_images, decode_images=decode_images, workers=workers)
     if note:
         report.notes.insert(0, note)
+        beside = data.resolve().parent / "images"
+        if report.counts_by_kind().get("missing_image") and beside.is_dir():
+            report.notes.insert(1, f"images are missing here, but there is a folder {beside}: try --images {beside}")
     if json_out:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:

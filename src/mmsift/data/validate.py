@@ -78,6 +78,7 @@ class ValidationReport:
     images_dir: str | None = None
     checked_images: bool = False
     notes: list[str] = field(default_factory=list)
+    tasks: dict[str, int] = field(default_factory=dict)  # records per task (``Record.task``), largest first
 
     @property
     def n_errors(self) -> int:
@@ -110,6 +111,7 @@ class ValidationReport:
             "counts_by_kind": self.counts_by_kind(),
             "bad_indices": sorted(self.bad_indices),
             "notes": list(self.notes),
+            "tasks": dict(self.tasks),
             "problems": [asdict(p) for p in self.problems],
         }
 
@@ -120,6 +122,10 @@ class ValidationReport:
         if self.images_dir is not None:
             lines.append(f"images: {self.images_dir}" + ("" if self.checked_images else " (files not checked)"))
         lines.extend(f"note: {n}" for n in self.notes)
+        if self.tasks:
+            shown = ", ".join(f"{t} {n}" for t, n in list(self.tasks.items())[:10])
+            more = f", ... {len(self.tasks) - 10} more" if len(self.tasks) > 10 else ""
+            lines.append(f"tasks: {shown}{more}")
         if not self.problems:
             lines.append(f"OK: no problems in {self.n_records} records")
             return "\n".join(lines)
@@ -191,9 +197,14 @@ def validate_pool(
     problems.sort(key=lambda p: (_KIND_ORDER.get(p.kind, len(KINDS)), p.index if p.index is not None else -1,
                                  p.line or 0))
     bad = {p.index for p in problems if p.severity == ERROR and p.index is not None}
+    tasks: dict[str, int] = {}
+    for rec in pool.records:
+        if rec.task is not None:
+            tasks[rec.task] = tasks.get(rec.task, 0) + 1
     return ValidationReport(
         problems=problems, bad_indices=bad, n_records=len(pool.records), path=str(pool.path), format=pool.format,
         images_dir=None if images_dir is None else str(images_dir), checked_images=do_files, notes=notes,
+        tasks=dict(sorted(tasks.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
 
 
