@@ -170,18 +170,6 @@ ADAPTERS = {"qwen2_vl": "Qwen2VLAdapter", "qwen2_5_vl": "Qwen2VLAdapter", "idefi
             "llava_next": "LlavaNextAdapter"}
 
 
-def _loader_asks_family_for_processor() -> bool:
-    import inspect
-
-    return "load_processor" in inspect.getsource(probe_models.load_model)
-
-
-# AutoProcessor cannot build a Qwen processor without torchvision; load_model has to ask the family
-# (Qwen2VLAdapter.load_processor). Until it does, the Qwen cases are expected to fail at loading.
-_QWEN_NEEDS_HOOK = pytest.mark.xfail(not _loader_asks_family_for_processor(), raises=ImportError, strict=True,
-                                     reason="load_model does not call the family's load_processor yet")
-
-
 @pytest.fixture(scope="module", params=[pytest.param(n, marks=_QWEN_NEEDS_HOOK) if n.startswith("qwen") else n
                                         for n in sorted(BUILDERS)])
 def family(request, tmp_path_factory):
