@@ -149,6 +149,15 @@ def test_json_file_problems(tmp_path):
     assert [p.kind for p in read_pool(tmp_path / "d.json").problems] == ["bad_id"] * 3
 
 
+def test_json_with_bom(tmp_path):
+    src = tmp_path / "p.json"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps(RECORDS, indent=2, ensure_ascii=False).encode("utf-8"))
+    pool = read_pool(src)
+    assert pool.problems == [] and [r.id for r in pool.records] == ["a", "b", "c", "d"]
+    out = write_subset(pool, [1, 2], tmp_path / "o.json")
+    assert out.read_text("utf-8").rstrip("\n") == json.dumps(RECORDS[1:3], indent=2, ensure_ascii=False)
+
+
 def test_json_that_is_really_jsonl(tmp_path):
     src = tmp_path / "p.json"
     _write_jsonl(src, RECORDS)

@@ -195,6 +195,8 @@ def test_without_file_checks(tmp_path):
         assert [(p.kind, p.record_id) for p in report.problems] == [
             ("unsafe_image_path", "1"), ("unsafe_image_path", "2"), ("unsafe_image_path", "3")]
         assert not report.checked_images
+    report = validate_pool(pool, tmp_path / "nowhere")
+    assert f"the images folder {tmp_path / 'nowhere'} does not exist" in report.format_text()
 
 
 def test_format_text_caps_listing(tmp_path):

@@ -183,6 +183,8 @@ def validate_pool(
     notes = []
     if images_dir is None and uses:
         notes.append("no images folder given: image files were not checked")
+    elif do_files and uses and not os.path.isdir(images_dir):
+        notes.append(f"the images folder {images_dir} does not exist")
     results = _check_paths(list(uses), images_dir, do_files, decode_images, workers)
     for relpath, recs in uses.items():
         found = results.get(relpath)
