@@ -112,11 +112,23 @@ def methods_command(
     for row in rows:
         typer.echo(f"{row['name']}: {row['summary']}")
         typer.echo(f"    paper: {row['paper']}")
-        typer.echo(f"    signals: {', '.join(row['requires']) or '(none)'}")
-    used = sorted({s for r in rows for s in r["requires"]})
+        typer.echo(f"    signals: {_compact_signals(row['requires']) or '(none)'}")
+    used = sorted({s for r in rows for s in r["requires"] if not s.startswith(_JUDGE_PREFIXES)})
     typer.echo("\nsignals:")
     for s in used:
         typer.echo(f"  {s}: {describe(s)}")
+    typer.echo("  cap_*: judge rating 0-5 per capability; style_*: judge label per interaction style (mmsift judge)")
+
+
+_JUDGE_PREFIXES = ("cap_", "style_")
+
+
+def _compact_signals(names: list[str]) -> str:
+    """List signal names, folding the judge's many per-capability/per-style columns into ``cap_* (14)``."""
+    plain = [n for n in names if not n.startswith(_JUDGE_PREFIXES)]
+    folded = [f"{p}* ({sum(n.startswith(p) for n in names)})" for p in _JUDGE_PREFIXES
+              if any(n.startswith(p) for n in names)]
+    return ", ".join(plain + folded)
 
 
 def _wire_commands() -> None:
@@ -141,10 +153,13 @@ def demo_command(
     budget: float = typer.Option(0.15, "--budget", help="Fraction of the pool to keep."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    warmup_samples: int = typer.Option(400, "--warmup-samples", help="Pool samples the proxy is warmed up on."),
+    warmup_epochs: int = typer.Option(2, "--warmup-epochs"),
 ) -> None:
     """End to end on the bundled easy-vqa pool: build, validate, warm up a proxy, probe, select, explain."""
     from mmsift.demo import run_demo
 
-    result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device)
+    result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device,
+                      warmup_samples=warmup_samples, warmup_epochs=warmup_epochs)
     for line in result.lines:
         typer.echo(line)

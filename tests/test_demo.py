@@ -1,0 +1,25 @@
+"""`mmsift demo` as a user runs it, at a small size: every stage runs and the subsets are real pool records."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mmsift.cli import app
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--out", str(out), "--n-images", "24", "--warmup-samples", "32",
+                                   "--warmup-epochs", "1", "--budget", "0.25"])
+    assert res.exit_code == 0, res.output
+    pool = json.loads((out / "pool" / "easyvqa_train.json").read_text())
+    by_id = {r["id"]: r for r in pool}
+    for method in ("datatailor", "perplexity", "random"):
+        subset = json.loads((out / "subsets" / method / "subset.json").read_text())
+        assert len(subset) == round(0.25 * len(pool))
+        assert all(by_id[r["id"]] == r for r in subset)
+        assert f"{method}: kept {len(subset)} of {len(pool)}" in res.output
+    assert "why (datatailor)" in res.output and "0 skipped" in res.output
+    assert (out / "proxy" / "config.json").is_file() and (out / "run" / "manifest.json").is_file()
