@@ -192,7 +192,7 @@ def validate_pool(
             continue
         kind, message = found
         for rec in recs:
-            problems.append(_problem(kind, ERROR, rec, f"image {relpath!r}: {message}"))
+            problems.append(_problem(kind, ERROR, rec, message))
 
     if not pool.records and not pool.problems:
         problems.append(Problem("empty_pool", WARNING, None, None, None, "the pool has no records"))
@@ -325,7 +325,8 @@ def _check_paths(relpaths: list[str], images_dir, do_files: bool, decode: bool,
     from tqdm.auto import tqdm
 
     def one(item):
-        return item[0], check_image_file(item[1], decode=decode)
+        found = check_image_file(item[1], decode=decode)
+        return item[0], None if found is None else (found[0], f"image {item[0]!r}: {found[1]}")
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
         for relpath, found in tqdm(ex.map(one, to_open), total=len(to_open), desc="checking images",
