@@ -170,8 +170,7 @@ ADAPTERS = {"qwen2_vl": "Qwen2VLAdapter", "qwen2_5_vl": "Qwen2VLAdapter", "idefi
             "llava_next": "LlavaNextAdapter"}
 
 
-@pytest.fixture(scope="module", params=[pytest.param(n, marks=_QWEN_NEEDS_HOOK) if n.startswith("qwen") else n
-                                        for n in sorted(BUILDERS)])
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
 def family(request, tmp_path_factory):
     """(family name, model directory) of a tiny saved model."""
     torch.set_num_threads(1)
