@@ -76,12 +76,13 @@ def test_matches_loop_transcription_on_tiny_table():
     assert np.all(np.diff((s - np.floor(s))[order_in_level]) > 0)
 
 
-def test_recovers_known_corruption():
+@pytest.mark.parametrize("exact_max,dim", [(10**6, 16), (100, 96)])  # exact k-NN; IVF + PCA path
+def test_recovers_known_corruption(exact_max, dim):
     rng = np.random.default_rng(0)
     per, n_lvl = 120, 6
-    centers = rng.normal(size=(n_lvl, 16)) * 4
+    centers = rng.normal(size=(n_lvl, dim)) * 4
     true = np.repeat(np.arange(n_lvl), per)
-    emb = centers[true] + rng.normal(size=(len(true), 16))
+    emb = centers[true] + rng.normal(size=(len(true), dim))
     # Known corruption: keep with 0.7, else move one level down or up (0.15 each, clipped into 0..5).
     u = rng.random(len(true))
     rated = np.where(u < 0.7, true, np.where(u < 0.85, true - 1, true + 1)).clip(0, 5)
@@ -90,12 +91,13 @@ def test_recovers_known_corruption():
         t_true[a, a] += 0.7
         t_true[a, max(a - 1, 0)] += 0.15
         t_true[a, min(a + 1, 5)] += 0.15
-    m = DS2(column="score", k=10, alpha=1.0)
+    m = DS2(column="score", k=10, alpha=1.0, exact_max=exact_max)
     m.score(signals(emb, rated.astype(float)))
+    assert ("approximate" in m.notes_[0]) == (exact_max < len(true))
     assert np.abs(m.transition_ - t_true).max() < 0.1
     fixed = np.floor(m.details_["ds2_corrected"] + 0.5)
     acc_raw, acc_fixed = (rated == true).mean(), (fixed == true).mean()
-    assert acc_raw < 0.75 and acc_fixed > 0.97, (acc_raw, acc_fixed)
+    assert acc_raw < 0.8 and acc_fixed > 0.97, (acc_raw, acc_fixed)  # expected raw: 0.7 + 2 * 0.15 / 6 = 0.75
 
 
 def test_long_tail_breaks_ties_and_unrated_are_imputed():

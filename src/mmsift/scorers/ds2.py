@@ -40,8 +40,10 @@ def rated_levels(signals: Signals, column: str | None, cap_columns=CAP_COLUMNS) 
 def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int) -> tuple[np.ndarray, np.ndarray, str]:
     """The k nearest other rows by cosine similarity: (neighbour ids (N, k), cosine distances (N, k), note).
 
-    Exact (faiss ``IndexFlatIP`` on L2-normalised float32) up to ``exact_max`` rows; above that an IVF index
-    (nlist = 4 sqrt(N), nprobe = 16) trained on a seeded sample, which is approximate and says so.
+    Exact (faiss ``IndexFlatIP`` on L2-normalised float32) up to ``exact_max`` rows. Above that, approximate:
+    vectors wider than 64 are PCA-projected to 64 dims and re-normalised, then an IVF index (nlist = sqrt(N),
+    nprobe = 8) trained on a seeded sample of 40 nlist rows is searched; the note says so. Distances are then
+    those of the projected vectors. Missing neighbours (an IVF probe that found too few) have id -1, distance NaN.
     """
     import faiss
 
@@ -53,13 +55,22 @@ def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int) -> tuple[
         index = faiss.IndexFlatIP(d)
         note = f"ds2: exact k-NN (k={k}) over {n} rows"
     else:
-        nlist = int(4 * np.sqrt(n))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(random_state)
-        train = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-        index.train(train)
-        index.nprobe = 16
-        note = f"ds2: approximate k-NN (IVF, nlist={nlist}, nprobe=16, k={k}) over {n} rows"
+        nlist = int(np.sqrt(n))
+        train = x[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
+        proj = ""
+        if d > 64:
+            pca = faiss.PCAMatrix(d, 64)
+            pca.train(train)
+            x = pca.apply(x)
+            x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            train = pca.apply(train)
+            d, proj = 64, ", PCA to 64 dims"
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = int(random_state)
+        index.train(np.ascontiguousarray(train, dtype=np.float32))
+        index.nprobe = 8
+        note = f"ds2: approximate k-NN (IVF nlist={nlist}, nprobe=8{proj}, k={k}) over {n} rows"
     index.add(x)
     sim, ids = index.search(x, kk)
     # Drop each row itself (it is normally its own first hit; with duplicates it may come later or not at all).
@@ -140,7 +151,7 @@ class DS2(Scorer):
     summary = "judge ratings corrected by a k-NN score-transition matrix, long-tail tie-break"
 
     def __init__(self, *, column: str | None = None, capabilities=None, k: int = 10, alpha: float = 1.0,
-                 exact_max: int = 200_000, random_state: int = 0):
+                 exact_max: int = 50_000, random_state: int = 0):
         super().__init__(random_state=random_state)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
