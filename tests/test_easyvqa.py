@@ -52,6 +52,17 @@ def test_deterministic(tmp_path):
         sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.png"))
 
 
+def test_images_are_copies(tmp_path):
+    # Corrupting a pool image (as the bench does) must leave the easy-vqa package's files alone.
+    pool = read_pool(build_easyvqa_pool(tmp_path, n_images=3, seed=1))
+    image = tmp_path / "images" / pool.records[0].images[0]
+    original = easy_vqa.get_train_image_paths()[int(image.stem)]
+    assert image.stat().st_nlink == 1 and not image.is_symlink()
+    before = open(original, "rb").read()
+    image.write_bytes(b"broken")
+    assert open(original, "rb").read() == before
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="split"):
         build_easyvqa_pool(tmp_path, n_images=5, split="val")

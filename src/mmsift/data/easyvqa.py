@@ -9,7 +9,7 @@ same type, so :func:`mmsift.data.tasks.task_of` groups records by question type 
 Layout written (pass ``out_dir / "images"`` as the images folder)::
 
     out_dir/easyvqa_<split>.json                   the pool (a JSON list)
-    out_dir/images/<type>/<split>/<image id>.png   copies (hard links where possible) of the package's images
+    out_dir/images/<type>/<split>/<image id>.png   copies of the package's images
 """
 
 from __future__ import annotations
@@ -59,12 +59,10 @@ def _conversation(qas: list[tuple[str, str]]) -> list[dict]:
 
 
 def _place(src: str, dst: Path) -> None:
-    if dst.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)  # the images are tiny, but a link is still faster than a copy
-    except OSError:
+    # A copy, never a hard link: callers corrupt pool images on purpose (the bench), which must not reach the
+    # package's own files.
+    if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
 
 
