@@ -263,3 +263,35 @@ def test_judge_command_prints_summary(server, tmp_path):
     assert "skipped 1 records" in res.output
     bad = CliRunner().invoke(app, [str(pool), "--out", str(tmp_path / "r2"), "--model", "m", "--backend", "x"])
     assert bad.exit_code == 2
+
+
+class EasyVQAScript(Script):
+    """A judge that sees easy-vqa: yes/no conversations are labelled yes/no, the others word/short-phrase;
+    colour questions rate 5 for attribute identification, shape questions 4, the rest 1."""
+
+    def answer(self, body):
+        prompt = body["messages"][0]["content"][0]["text"]
+        yesno = "Answer: Yes" in prompt or "Answer: No" in prompt
+        if "Styles:" in prompt:
+            return 200, "Styles: yes/no" if yesno else "Styles: word/short-phrase", 0
+        if "Rating:" in prompt:
+            return 200, "Rating: 5" if "color of" in prompt else ("Rating: 4" if "shape" in prompt else "Rating: 1"), 0
+        return 200, "Caption: a shape", 0
+
+
+def test_easyvqa_pool_judged_and_sampled_across_styles(server, tmp_path):
+    from mmsift.data.easyvqa import build_easyvqa_pool
+
+    pool = build_easyvqa_pool(tmp_path / "pool", n_images=12, seed=1)
+    url = server(EasyVQAScript())
+    res = run_judge(pool, images=pool.parent / "images", backend=backend(url), out=tmp_path / "run", methods="mmssr",
+                    capabilities=["attribute_identification"])
+    assert res.n_unparseable == 0 and res.n_skipped == 0
+    sig = SignalStore(tmp_path / "run").load()
+    yes_no = sig["style_yes_no"] == 1
+    assert 0 < yes_no.sum() < len(sig) and set(sig.tasks) >= {"color", "yesno"}
+    sel = select_run(str(tmp_path / "run"), "mmssr", 6, params={"capabilities": ["attribute_identification"]})
+    chosen = np.isin(sig.ids, sel.ids)
+    # Top-6 by rating alone would be colour questions only; the style x source bins spread the budget.
+    assert (chosen & yes_no).any() and (chosen & ~yes_no).any()
+    assert set(sig.tasks[chosen]) == set(sig.tasks)
