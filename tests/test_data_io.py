@@ -11,6 +11,7 @@ import pytest
 from mmsift.data.io import read_pool, write_subset
 from mmsift.data.records import Turn
 from mmsift.data.tasks import task_of
+from mmsift.data.validate import validate_pool
 
 # Extra fields in odd key orders, unicode, multi-image, text-only, nested values, a system turn.
 RECORDS = [
@@ -145,8 +146,13 @@ def test_json_file_problems(tmp_path):
     (tmp_path / "c.json").write_text('[{"id": "1"},\n{"id": ')
     (p,) = read_pool(tmp_path / "c.json").problems
     assert p.kind == "unparseable_file" and p.line == 2
-    (tmp_path / "d.json").write_text('[{"id": [1]}, {"id": ""}, {"id": true}]')
-    assert [p.kind for p in read_pool(tmp_path / "d.json").problems] == ["bad_id"] * 3
+    (tmp_path / "d.json").write_text('[{"id": [1]}, {"id": ""}, {"id": true}, {"id": null}, {"id": 7}]')
+    pool = read_pool(tmp_path / "d.json")
+    assert [r.id for r in pool.records] == ["0", "1", "2", "3", "7"]
+    assert [(p.kind, p.index) for p in pool.problems] == [("missing_id", 3)]  # bad ids: validate's job
+    report = validate_pool(pool, None)
+    assert [(p.kind, p.index) for p in report.problems if p.kind.endswith("_id")] == [
+        ("missing_id", 3), ("bad_id", 0), ("bad_id", 1), ("bad_id", 2)]
 
 
 def test_json_with_bom(tmp_path):

@@ -3,8 +3,9 @@
 A pool's records keep their raw form (``Record.raw``: every field, in key order). ``Record.index`` is the
 record's position in ``Pool.records`` (``pool.records[i].index == i``); entries that could not be read (a broken
 JSONL line, a non-object in a JSON list) are not records: they are reported in ``Pool.problems`` and do not take
-an index. Parse-level problem kinds (see ``validate.py`` for all kinds): ``unparseable_file``, ``not_a_list``,
-``unparseable_line``, ``not_an_object``, ``missing_id`` (warning), ``bad_id``.
+an index. ``Pool.problems`` holds the parse-level problems (see ``validate.py`` for all kinds): the errors
+``unparseable_file``, ``not_a_list``, ``unparseable_line``, ``not_an_object`` (each one an entry that is not a
+record, so records + these errors = entries in the file) and ``missing_id`` warnings (records).
 
 Writing keeps the container format: a JSONL subset of a JSONL pool copies the selected lines byte for byte, a
 Parquet subset of a Parquet pool takes rows of the original Arrow table (schema and metadata kept), and JSON is
@@ -83,16 +84,10 @@ def read_pool(path: str | os.PathLike, *, task_field: str | None = None) -> Pool
 
 
 def _id_problems(rec: Record) -> list[Problem]:
-    value = rec.raw.get("id")
-    if value is None and "id" not in rec.raw:
+    if rec.raw.get("id") is None:  # absent, or null (a Parquet id column with gaps)
         return [Problem("missing_id", WARNING, rec.id, rec.index, rec.line,
                         f"record has no 'id'; using its pool index {rec.id!r}")]
-    if isinstance(value, str) and value:
-        return []
-    if isinstance(value, int) and not isinstance(value, bool):
-        return []
-    return [Problem("bad_id", ERROR, rec.id, rec.index, rec.line,
-                    f"'id' must be a non-empty string or an integer, got {value!r}")]
+    return []
 
 
 def _read_jsonl(path: Path) -> Pool:

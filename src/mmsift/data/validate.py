@@ -8,9 +8,9 @@ Parse level (from ``io.read_pool``)
   not_a_list         E  a .json file whose top level is not a list of records
   unparseable_line   E  a JSONL line that is not valid JSON (or not UTF-8); the line is not a record
   not_an_object      E  a JSONL line / JSON list entry that is not an object; not a record
-  missing_id         W  no ``id``: the record gets its pool index as id
-  bad_id             E  ``id`` is neither a non-empty string nor an integer
+  missing_id         W  no ``id`` (or null): the record gets its pool index as id
 Records
+  bad_id             E  ``id`` is neither a non-empty string nor an integer
   duplicate_id       E  an id seen before; the first record with it is kept, every later one is an error
   missing_conversations E  no ``conversations``, or not a list, or an empty list
   malformed_turn     E  a turn that is not an object with a string ``from`` and a string ``value``
@@ -167,6 +167,9 @@ def validate_pool(
                                      f"id {rec.id!r} was already used by the record at index {first_index_of[rec.id]}"))
         else:
             first_index_of[rec.id] = rec.index
+        id_problem = _check_id(rec)
+        if id_problem is not None:
+            problems.append(id_problem)
         conv_problems = _check_conversation(rec)
         problems.extend(conv_problems)
         image_problem = _check_image_field(rec)
@@ -212,6 +215,13 @@ def validate_pool(
 
 def _problem(kind: str, severity: str, rec: Record, message: str) -> Problem:
     return Problem(kind, severity, rec.id, rec.index, rec.line, message)
+
+
+def _check_id(rec: Record) -> Problem | None:
+    value = rec.raw.get("id")
+    if value is None or isinstance(value, str) and value or isinstance(value, int) and not isinstance(value, bool):
+        return None  # a missing or null id is a missing_id warning from read_pool
+    return _problem("bad_id", ERROR, rec, f"'id' must be a non-empty string or an integer, got {_short(value)}")
 
 
 def _check_conversation(rec: Record) -> list[Problem]:
