@@ -91,13 +91,16 @@ def test_jsonl_round_trip_is_verbatim(tmp_path):
 
 def test_parquet_round_trip_keeps_schema(tmp_path):
     src = tmp_path / "p.parquet"
-    rows = [{"id": r["id"], "image": r.get("image"), "conversations": r["conversations"], "note": f"n{k} é"}
-            for k, r in enumerate(RECORDS)]
+    # Multi-image as a list column; the text-only record has null.
+    rows = [{"id": r["id"], "images": r.get("images", [r["image"]] if "image" in r else None),
+             "conversations": r["conversations"], "note": f"n{k} é"} for k, r in enumerate(RECORDS)]
     table = pa.Table.from_pylist(rows).replace_schema_metadata({"owner": "test"})
     pq.write_table(table, src)
     pool = read_pool(src)
     assert pool.format == "parquet" and len(pool) == 4 and pool.problems == []
-    assert pool.records[0].images == ["coco/train2017/1.jpg"] and pool.records[2].images == []
+    assert [r.images for r in pool.records] == [["coco/train2017/1.jpg"], ["gqa/1.jpg", "gqa/2.jpg"], [], ["e.png"]]
+    assert pool.records[1].turns[0].text == "<image> and <image>: same?" and pool.records[0].extra == {"note": "n0 é"}
+    assert validate_pool(pool, None).problems == []
     table = pq.read_table(src)  # as stored (Parquet names list items "element")
     out = write_subset(pool, range(4), tmp_path / "out.parquet")
     back = pq.read_table(out)
