@@ -202,6 +202,8 @@ def validate_pool(
     problems.sort(key=lambda p: (_KIND_ORDER.get(p.kind, len(KINDS)), p.index if p.index is not None else -1,
                                  p.line or 0))
     bad = {p.index for p in problems if p.severity == ERROR and p.index is not None}
+    log.info("validated %d records of %s: %d problems, %d records with errors", len(pool.records), pool.path,
+             len(problems), len(bad))
     tasks: dict[str, int] = {}
     for rec in pool.records:
         if rec.task is not None:
