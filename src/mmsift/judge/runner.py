@@ -16,7 +16,9 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 from tqdm import tqdm
@@ -81,24 +83,30 @@ def _methods(methods) -> list[str]:
 
 
 class _Asker:
-    """Runs questions through the cached backend in chunks and keeps the raw answers by (row, column)."""
+    """Streams questions through the cached backend in chunks and hands each parsed answer to ``fill``;
+    answers that do not parse go to ``bad`` (column -> [(row, raw answer)]). Jobs are generated lazily, so a
+    million-record pool never holds all its prompts in memory."""
 
-    def __init__(self, backend: CachedBackend, chunk_size: int):
+    def __init__(self, backend: CachedBackend, chunk_size: int, bad: dict[str, list[tuple[int, str | None]]]):
         self.backend = backend
         self.chunk_size = chunk_size
+        self.bad = bad
         self.n_questions = 0
 
-    def ask(self, jobs: list[tuple[int, str, JudgeRequest]], desc: str) -> dict[tuple[int, str], str | None]:
-        out: dict[tuple[int, str], str | None] = {}
-        self.n_questions += len(jobs)
-        with tqdm(total=len(jobs), desc=desc, unit="q", disable=None) as bar:
-            for s in range(0, len(jobs), self.chunk_size):
-                part = jobs[s:s + self.chunk_size]
+    def ask(self, jobs: Iterable[tuple[int, str, JudgeRequest]], total: int, desc: str,
+            parsers: dict[str, Callable], fill: Callable[[int, str, object], None]) -> None:
+        it = iter(jobs)
+        with tqdm(total=total, desc=desc, unit="q", disable=None) as bar:
+            while part := list(islice(it, self.chunk_size)):
                 answers = self.backend.generate([r for _, _, r in part])
-                for (row, col, _), ans in zip(part, answers):
-                    out[(row, col)] = ans
+                for (row, col, _), raw in zip(part, answers):
+                    value = parsers[col](raw)
+                    if value is None:
+                        self.bad.setdefault(col, []).append((row, raw))
+                    else:
+                        fill(row, col, value)
+                self.n_questions += len(part)
                 bar.update(len(part))
-        return out
 
 
 def run_judge(
@@ -151,40 +159,31 @@ def run_judge(
 
     root.mkdir(parents=True, exist_ok=True)
     cached = CachedBackend(backend, JudgeCache(root / CACHE_FILE))
-    asker = _Asker(cached, chunk_size)
     n = len(records)
     columns: dict[str, np.ndarray] = {}
     bad: dict[str, list[tuple[int, str | None]]] = {}  # column -> (row, raw answer) that did not parse
+    asker = _Asker(cached, chunk_size, bad)
 
-    def collect(answers, col, parser, fill):
-        for row in range(n):
-            if (row, col) not in answers:
-                continue
-            raw = answers[(row, col)]
-            value = parser(raw)
-            if value is None:
-                bad.setdefault(col, []).append((row, raw))
-            else:
-                fill(row, value)
+    def fill(row: int, col: str, value) -> None:
+        if col == "styles":
+            for st in STYLES:
+                columns[f"style_{st}"][row] = 1.0 if st in value else 0.0
+        else:
+            columns[col][row] = value
 
     try:
         if "mmssr" in ms:
-            jobs = [(i, f"cap_{c}", request(prompts.mmssr_rating_prompt(rec, c), rec))
-                    for i, rec in enumerate(records) for c in caps]
-            jobs += [(i, "styles", request(prompts.mmssr_style_prompt(rec), rec)) for i, rec in enumerate(records)]
-            answers = asker.ask(jobs, "judge mmssr")
             for c in caps:
-                col = columns.setdefault(f"cap_{c}", np.full(n, np.nan))
-                collect(answers, f"cap_{c}", parse.parse_rating, lambda r, v, col=col: col.__setitem__(r, v))
-            for s in STYLES:
-                columns[f"style_{s}"] = np.full(n, np.nan)
-
-            def set_styles(row, found):
-                for s in STYLES:
-                    columns[f"style_{s}"][row] = 1.0 if s in found else 0.0
-            collect(answers, "styles", parse.parse_styles, set_styles)
+                columns[f"cap_{c}"] = np.full(n, np.nan)
+            for st in STYLES:
+                columns[f"style_{st}"] = np.full(n, np.nan)
+            jobs = ((i, col, request(prompt, rec)) for i, rec in enumerate(records)
+                    for col, prompt in [(f"cap_{c}", prompts.mmssr_rating_prompt(rec, c)) for c in caps]
+                    + [("styles", prompts.mmssr_style_prompt(rec))])
+            parsers = {f"cap_{c}": parse.parse_rating for c in caps} | {"styles": parse.parse_styles}
+            asker.ask(jobs, n * (len(caps) + 1), "judge mmssr", parsers, fill)
         if "scale" in ms:
-            _scale(records, asker, request, columns, collect, bad)
+            _scale(records, asker, request, columns, fill, bad)
     finally:
         cached.close()
 
@@ -217,37 +216,40 @@ def run_judge(
                        unparseable=unparseable, notes=notes)
 
 
-def _scale(records, asker, request, columns, collect, bad) -> None:
+def _scale(records, asker, request, columns, fill, bad) -> None:
     """SCALE: two captions per image record, then the text-only criteria ratings built on them."""
     n = len(records)
-    gen = np.full(n, None, dtype=object)
-    spec = np.full(n, None, dtype=object)
-    jobs = []
-    for i, rec in enumerate(records):
-        if rec.images:
-            general, specific = prompts.scale_caption_prompts(rec.task or "all")
-            jobs += [(i, "caption_general", request(general, rec)), (i, "caption_task", request(specific, rec))]
-    answers = asker.ask(jobs, "judge scale captions")
-    collect(answers, "caption_general", parse.parse_caption, gen.__setitem__)
-    collect(answers, "caption_task", parse.parse_caption, spec.__setitem__)
-    columns["caption_general"], columns["caption_task"] = gen, spec
-    jobs = []
-    for i, rec in enumerate(records):
-        if rec.images and (gen[i] is None or spec[i] is None):
-            continue  # no caption to judge against: its ratings stay NaN, counted below
-        g, s = (gen[i], spec[i]) if rec.images else ("(no image)", "(no image)")
-        for crit in prompts.SCALE_CRITERIA:
-            if crit == "image_clarity" and not rec.images:
-                continue
-            jobs.append((i, f"scale_{crit}", request(prompts.scale_rating_prompt(rec, crit, g, s), rec,
-                                                     with_images=False)))
-    answers = asker.ask(jobs, "judge scale ratings")
+    columns["caption_general"] = np.full(n, None, dtype=object)
+    columns["caption_task"] = np.full(n, None, dtype=object)
+    with_images = [i for i, rec in enumerate(records) if rec.images]
+    jobs = ((i, col, request(prompt, records[i])) for i in with_images
+            for col, prompt in zip(("caption_general", "caption_task"),
+                                   prompts.scale_caption_prompts(records[i].task or "all")))
+    parsers = {"caption_general": parse.parse_caption, "caption_task": parse.parse_caption}
+    asker.ask(jobs, 2 * len(with_images), "judge scale captions", parsers, fill)
+    gen, spec = columns["caption_general"], columns["caption_task"]
     for crit in prompts.SCALE_CRITERIA:
-        col = columns.setdefault(f"scale_{crit}", np.full(n, np.nan))
-        collect(answers, f"scale_{crit}", parse.parse_rating, lambda r, v, col=col: col.__setitem__(r, v))
-    no_caption = [(i, None) for i, rec in enumerate(records) if rec.images and (gen[i] is None or spec[i] is None)]
+        columns[f"scale_{crit}"] = np.full(n, np.nan)
+    # A record whose captions did not come back has nothing to be judged against: its ratings stay NaN.
+    no_caption = [i for i in with_images if gen[i] is None or spec[i] is None]
     if no_caption:
-        bad["scale_not_rated_no_caption"] = no_caption
+        bad["scale_not_rated_no_caption"] = [(i, None) for i in no_caption]
+    skip = set(no_caption)
+
+    def rating_jobs():
+        for i, rec in enumerate(records):
+            if i in skip:
+                continue
+            g, s = (gen[i], spec[i]) if rec.images else ("(no image)", "(no image)")
+            for crit in prompts.SCALE_CRITERIA:
+                if crit == "image_clarity" and not rec.images:
+                    continue
+                yield i, f"scale_{crit}", request(prompts.scale_rating_prompt(rec, crit, g, s), rec, with_images=False)
+
+    n_img, n_txt = len(with_images) - len(skip), n - len(with_images)
+    total = n_img * len(prompts.SCALE_CRITERIA) + n_txt * (len(prompts.SCALE_CRITERIA) - 1)
+    parsers = {f"scale_{c}": parse.parse_rating for c in prompts.SCALE_CRITERIA}
+    asker.ask(rating_jobs(), total, "judge scale ratings", parsers, fill)
 
 
 def _merge_into(run: Path, ids: list[str], columns: dict[str, np.ndarray], meta: dict):
