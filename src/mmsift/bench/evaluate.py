@@ -1,0 +1,256 @@
+"""Evaluation of a trained target on the easy-vqa *test* split (never part of the pool).
+
+- Open questions: the model's answer loss (mean cross-entropy over the answer tokens and their eos, in the
+  template of :mod:`mmsift.bench.train`) is computed for each of the 13 easy-vqa answers; the lowest-loss answer
+  is the prediction. No generation, so a tiny model is scored on what it prefers, not on what it can spell.
+  Accuracy overall and per question type (shape / color / yesno), and for rendered-text items (ocr, ranked over
+  the OCR word list).
+- Multiple choice (ARDS's four columns): test shape and colour questions with 3-5 lettered options, scored by
+  the loss of each option label, in four versions: clean, permutation attack (options reordered, the answer's
+  label follows its option), symbol attack (labels A, B, C... replaced by Q, W, E...) and both. The attacks
+  are the probe's own (:mod:`mmsift.probe.perturb`), so the bench measures what ARDS's signals perturb.
+
+The evaluation items are built once per benchmark (:func:`build_eval_set`) and stored as JSON beside their
+images, so every subset is scored on the same items.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmsift.bench.pool import LETTERS, OCR_QUESTION, OCR_WORDS, make_mc_options, mc_prompt, ocr_items, question_type
+from mmsift.bench.train import deterministic
+from mmsift.data.records import Turn
+
+log = logging.getLogger(__name__)
+
+MC_VARIANTS = ("clean", "perm", "sym", "both")
+
+
+@dataclass
+class EvalItem:
+    image: str  # relative to the eval images folder
+    question: str
+    answer: str
+    options: list[str]
+    kind: str  # shape | color | yesno | ocr | mc_clean | mc_perm | mc_sym | mc_both
+    group: int = -1  # MC items: the test question all four versions come from
+
+
+def mc_versions(question: str, options: list[str], answer: str, *, seed: int, key: str) -> dict[str, tuple]:
+    """The four ARDS versions of one MC item: variant -> (prompt, option labels, answer label).
+
+    Uses the probe's :func:`~mmsift.probe.perturb.permutation_attack` and :func:`~mmsift.probe.perturb.symbol_attack`
+    on the clean conversation; "both" is the symbol attack applied to the permuted conversation.
+    """
+    from mmsift.probe.perturb import ATTACK_SYMBOLS, permutation_attack, symbol_attack
+
+    letters = list(LETTERS[: len(options)])
+    clean = [Turn("user", mc_prompt(question, options, letters)), Turn("assistant", letters[options.index(answer)])]
+    perm = permutation_attack(clean, seed=seed, key=key)
+    versions = {"clean": clean, "perm": perm, "sym": symbol_attack(clean), "both": symbol_attack(perm)}
+    symbols = list(ATTACK_SYMBOLS[: len(options)])
+    out = {}
+    for name, turns in versions.items():
+        if turns is None:
+            raise ValueError(f"MC item {key!r} was not recognised as multiple choice by the probe's attacks")
+        out[name] = (turns[0].text, symbols if name in ("sym", "both") else letters, turns[1].text)
+    return out
+
+
+def build_eval_set(out_dir, *, n_per_type: int = 150, n_mc: int = 150, n_ocr: int = 80, seed: int = 0) -> Path:
+    """Sample test items (``n_per_type`` shape, colour and yes/no questions each), MC items and OCR items.
+
+    Writes ``out_dir/eval.json`` and the images under ``out_dir/images``; returns the JSON path.
+    """
+    import shutil
+
+    import easy_vqa
+
+    out_dir = Path(out_dir)
+    (out_dir / "images" / "test").mkdir(parents=True, exist_ok=True)
+    (out_dir / "images" / "ocr").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    questions, answers, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    all_answers = list(easy_vqa.get_answers())
+    types = np.array([question_type(a) for a in answers])
+    items: list[EvalItem] = []
+    used_images: set[int] = set()
+    for t in ("shape", "color", "yesno"):
+        rows = np.flatnonzero(types == t)
+        for i in np.sort(rng.choice(rows, size=min(n_per_type, len(rows)), replace=False)):
+            used_images.add(int(image_ids[i]))
+            items.append(EvalItem(f"test/{image_ids[i]}.png", questions[i], answers[i], all_answers, t))
+    mc_rows = np.flatnonzero(types != "yesno")
+    for g, i in enumerate(np.sort(rng.choice(mc_rows, size=min(n_mc, len(mc_rows)), replace=False))):
+        used_images.add(int(image_ids[i]))
+        opts = make_mc_options(answers[i], rng)
+        versions = mc_versions(questions[i], opts, answers[i], seed=seed, key=f"test-{i}")
+        for variant, (prompt, labels, label) in versions.items():
+            items.append(EvalItem(f"test/{image_ids[i]}.png", prompt, label, labels, f"mc_{variant}", g))
+    for i in sorted(used_images):
+        shutil.copyfile(paths[i], out_dir / "images" / "test" / f"{i}.png")
+    test_backgrounds = [paths[i] for i in sorted(paths)[:200]]
+    for k, (word, img) in enumerate(ocr_items(n_ocr, seed=seed + 7919, background_paths=test_backgrounds)):
+        img.save(out_dir / "images" / "ocr" / f"{k}.png")
+        items.append(EvalItem(f"ocr/{k}.png", OCR_QUESTION, word, list(OCR_WORDS), "ocr"))
+    path = out_dir / "eval.json"
+    path.write_text(json.dumps([asdict(x) for x in items], indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def load_eval_set(path) -> list[EvalItem]:
+    return [EvalItem(**d) for d in json.loads(Path(path).read_text(encoding="utf-8"))]
+
+
+def eval_texts(items: list[EvalItem]) -> list[str]:
+    """Every text the evaluation feeds the model (for the shared tokenizer)."""
+    return [x.question for x in items] + sorted({o for x in items for o in x.options})
+
+
+@dataclass
+class EncodedItem:
+    """One item in model inputs: the shared prompt, its image tensors, and each option's continuation."""
+
+    prompt: torch.Tensor  # (P,) ids shared by every option (image tokens expanded)
+    extra: dict  # processor tensors of the image (pixel_values...)
+    options: list[torch.Tensor]  # per option: the token ids after the prompt
+    scored: list[torch.Tensor]  # per option: bool, which of those ids are answer tokens (the probe's mask)
+
+
+def encode_items(lm, items: list[EvalItem], images_dir) -> list[EncodedItem]:
+    """Encode every item once with the target's adapter (the tokenizer is shared by every trained subset).
+
+    The probe's encoding of (question, option) marks the answer tokens. The prompt is the longest prefix all
+    options share before their first answer token (a BPE merge may pull the space after "ASSISTANT:" into one
+    option's answer token and not into another's); the rest of each option is fed after it and only its
+    answer-marked tokens are scored, exactly as in the probe's answer loss.
+    """
+    from PIL import Image
+
+    adapter = lm.adapter
+    images_dir = Path(images_dir)
+    out = []
+    for item in items:
+        img = Image.open(images_dir / item.image).convert("RGB")
+        user = Turn("user", "<image>\n" + item.question)
+        raw = [adapter.text_ids_and_mask(adapter.messages([user, Turn("assistant", opt)], 1))
+               for opt in item.options]
+        shared = min(mask.index(True) for _, mask in raw)
+        while any(ids[:shared] != raw[0][0][:shared] for ids, _ in raw):
+            shared -= 1
+        full = adapter.encode([user, Turn("assistant", item.options[0])], [img])
+        cut = len(full) - (len(raw[0][0]) - shared)
+        if full.input_ids[cut:].tolist() != raw[0][0][shared:]:
+            raise ValueError(f"eval item {item.question!r}: text-only and processor encodings disagree")
+        out.append(EncodedItem(
+            prompt=full.input_ids[:cut], extra=dict(full.extra),
+            options=[torch.tensor(ids[shared:], dtype=torch.long) for ids, _ in raw],
+            scored=[torch.tensor(mask[shared:], dtype=torch.bool) for _, mask in raw],
+        ))
+    return out
+
+
+@torch.no_grad()
+def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threads: int = 1) -> list[np.ndarray]:
+    """Mean answer loss (answer tokens + eos) of every option of every item (one array per item).
+
+    The prompt (image + question) is run once per item and its key/value cache is shared by the item's options,
+    so 13 options cost one prompt pass plus 13 short continuations (checked against full sequences in the tests).
+    Items are batched by equal prompt length, so prompts need no padding; continuations are right-padded and
+    their padding is masked out of the loss.
+    """
+    model, dev = lm.model, lm.device
+    groups: dict[int, list[int]] = {}
+    for k, e in enumerate(encoded):
+        groups.setdefault(len(e.prompt), []).append(k)
+    out: list[np.ndarray] = [np.zeros(0)] * len(encoded)
+    model.eval()
+    with deterministic(threads):
+        for plen in sorted(groups):
+            members = groups[plen]
+            for start in range(0, len(members), batch_size):
+                chunk = members[start:start + batch_size]
+                ids = torch.stack([encoded[k].prompt for k in chunk]).to(dev)
+                extra = {key: torch.cat([encoded[k].extra[key] for k in chunk]).to(dev)
+                         for key in encoded[chunk[0]].extra}
+                if "pixel_values" in extra:
+                    extra["pixel_values"] = extra["pixel_values"].to(model.dtype)
+                first = model(input_ids=ids, use_cache=True, **extra)
+                first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)
+                rows = [j for j, k in enumerate(chunk) for _ in encoded[k].options]
+                conts = [c for k in chunk for c in encoded[k].options]
+                scored = [m for k in chunk for m in encoded[k].scored]
+                rows_t = torch.tensor(rows, device=dev)
+                cache = first.past_key_values
+                cache.batch_select_indices(rows_t)
+                width = max(len(c) for c in conts)
+                cont = torch.zeros((len(conts), width), dtype=torch.long, device=dev)
+                cmask = torch.zeros((len(conts), width), dtype=torch.long, device=dev)
+                smask = torch.zeros((len(conts), width), dtype=torch.bool, device=dev)
+                for i, c in enumerate(conts):
+                    cont[i, : len(c)] = c.to(dev)
+                    cmask[i, : len(c)] = 1
+                    smask[i, : len(c)] = scored[i].to(dev)
+                attn = torch.cat([torch.ones((len(conts), plen), dtype=torch.long, device=dev), cmask], dim=1)
+                pos = torch.arange(plen, plen + width, device=dev).expand(len(conts), width)
+                second = model(input_ids=cont, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                               use_cache=False)
+                logp = torch.log_softmax(second.logits.float(), dim=-1)
+                # Token 0 of an option is predicted by the prompt's last position, token t by continuation t-1.
+                tok_nll = torch.zeros((len(conts), width), device=dev)
+                tok_nll[:, 0] = -first_logp[rows_t, cont[:, 0]]
+                if width > 1:
+                    tok_nll[:, 1:] = -logp[:, :-1].gather(-1, cont[:, 1:, None])[..., 0]
+                mask = smask.float()
+                per_opt = ((tok_nll * mask).sum(1) / mask.sum(1)).cpu().numpy()
+                pos_in = 0
+                for k in chunk:
+                    n = len(encoded[k].options)
+                    out[k] = per_opt[pos_in:pos_in + n]
+                    pos_in += n
+    return out
+
+
+def accuracy_table(items: list[EvalItem], losses: list[np.ndarray]) -> dict[str, float]:
+    """Accuracy per kind, ``vqa`` (shape+color+yesno) and ``all_open`` (vqa + ocr); ties go to the first option."""
+    correct: dict[str, list[bool]] = {}
+    for item, loss in zip(items, losses):
+        pred = item.options[int(np.argmin(loss))]
+        correct.setdefault(item.kind, []).append(pred == item.answer)
+    acc = {k: float(np.mean(v)) for k, v in correct.items()}
+    vqa = [c for k in ("shape", "color", "yesno") for c in correct.get(k, [])]
+    if vqa:
+        acc["vqa"] = float(np.mean(vqa))
+    open_ = vqa + correct.get("ocr", [])
+    if open_:
+        acc["all_open"] = float(np.mean(open_))
+    return acc
+
+
+def chance_table(items: list[EvalItem]) -> dict[str, float]:
+    """Expected accuracy of a model that knows each question's type but not the image (uniform within type)."""
+    per: dict[str, list[float]] = {}
+    for item in items:
+        if item.kind in ("shape", "color", "yesno"):
+            n = 3 if item.kind == "shape" else 8 if item.kind == "color" else 2
+        else:
+            n = len(item.options)
+        per.setdefault(item.kind, []).append(1.0 / n)
+    out = {k: float(np.mean(v)) for k, v in per.items()}
+    vqa = [p for k in ("shape", "color", "yesno") for p in per.get(k, [])]
+    if vqa:
+        out["vqa"] = float(np.mean(vqa))
+    return out
+
+
+def evaluate(lm, items: list[EvalItem], encoded: list[EncodedItem], *, threads: int = 1) -> dict[str, float]:
+    """Accuracy table of the trained target ``lm`` (a ``LoadedModel``) on the encoded evaluation items."""
+    return accuracy_table(items, option_losses(lm, encoded, threads=threads))
