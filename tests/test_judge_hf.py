@@ -66,3 +66,14 @@ def test_run_judge_counts_gibberish(tiny_vlm, pool, tmp_path):
     # Rerun: all from the cache.
     res2 = run_judge(data, images=img, backend=backend, out=tmp_path / "run", methods="mmssr", capabilities=CAPS)
     assert res2.n_asked == 0 and res2.n_cached == 15
+
+
+def test_two_image_and_text_only_records(tiny_vlm, tiny_llava_pool, tmp_path):
+    from mmsift.judge.hf_backend import HFBackend
+
+    data, img = tiny_llava_pool
+    backend = HFBackend(model_dir=tiny_vlm, batch_size=4, max_new_tokens=3)
+    res = run_judge(data, images=img, backend=backend, out=tmp_path / "run", methods="mmssr",
+                    capabilities=["humanities"])
+    # every record got an answer (1, 2 and 0 images are batched separately), parseable or not
+    assert res.n_records == 6 and res.n_no_answer == 0 and res.n_asked == 12
