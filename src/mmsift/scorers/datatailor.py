@@ -7,7 +7,7 @@ import logging
 import numpy as np
 
 from mmsift.budget import apportion
-from mmsift.scorers._cluster import as_float32, check_finite, cut_tree, kmeans, weighted_ward
+from mmsift.scorers._cluster import as_float32, check_finite, cut_tree, kmeans, ward_linkage, weighted_ward
 from mmsift.scorers._rank import exclude_nonfinite, rank01, scalar
 from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
@@ -117,11 +117,9 @@ class DataTailor(Scorer):
     def _domains(self, x: np.ndarray, task: str) -> np.ndarray:
         n = len(x)
         if n <= self.max_exact:
-            from scipy.cluster.hierarchy import linkage
-
             if n < 2:
                 return np.zeros(n, np.int64)
-            return cut_tree(linkage(x.astype(np.float64), method="ward"), n, self.theta)
+            return cut_tree(ward_linkage(x), n, self.theta)
         _, micro, how = kmeans(x, self.n_micro, random_state=self.random_state, niter=10,
                                max_points_per_centroid=64)
         m = int(micro.max()) + 1
