@@ -52,6 +52,8 @@ class Script:
             return 200, "I would say about four out of five, maybe 4/5", 0
         if "Styles:" in prompt:
             return 200, "Styles: yes/no, short description", 0
+        if "Task: <task>" in prompt:
+            return 200, "Task: text-only conversation" if len(parts) == 1 else "Task: counting", 0
         if "Caption:" in prompt:
             return 200, "Caption: a red square on white", 0
         if "how well the conversation matches" in prompt:
@@ -215,6 +217,9 @@ def test_second_run_makes_zero_requests(server, tmp_path):
     assert len(script.requests) == n and res.n_asked == 0 and res.n_cached == res.n_questions
     sig = SignalStore(tmp_path / "run").load()
     assert sig["caption_general"][0] == "a red square on white" and sig["caption_general"][5] is None
+    assert sig["scale_task"].tolist() == ["counting"] * 5 + ["text_only"]
+    asked = [r["messages"][0]["content"][0]["text"] for r in script.requests]
+    assert sum("task of type 'counting'" in t for t in asked) == 5  # task-specific captions use the judged task
     assert sig["scale_alignment"][0] == 2 and np.isnan(sig["scale_image_clarity"][5])
     assert sig["scale_clarity"][5] == 3
     # the judged run feeds the selector for both methods

@@ -8,7 +8,7 @@ from mmsift.data.records import Record, Turn
 from mmsift.judge import prompts
 from mmsift.judge.backends import JudgeRequest
 from mmsift.judge.cache import request_key
-from mmsift.judge.parse import parse_caption, parse_rating, parse_styles
+from mmsift.judge.parse import parse_caption, parse_rating, parse_styles, parse_task
 
 
 @pytest.mark.parametrize("text,value", [
@@ -55,3 +55,10 @@ def test_cache_key_depends_on_model_prompt_and_image_bytes():
     assert request_key("m", r) == request_key("m", JudgeRequest("p", image_hashes=("aa",)))
     assert len({request_key("m", r), request_key("m2", r), request_key("m", JudgeRequest("q", image_hashes=("aa",))),
                 request_key("m", JudgeRequest("p", image_hashes=("bb",)))}) == 4
+
+
+def test_tasks():
+    assert parse_task("Task: text reading (OCR)") == "ocr"
+    assert parse_task("counting.") == "counting" and parse_task("Task: general_vqa") == "general_vqa"
+    assert parse_task("Task: counting, ocr") is None and parse_task("Task: dancing") is None
+    assert parse_task(None) is None

@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 
 from mmsift.scorers import SCORERS
-from mmsift.scorers.scale import COLUMNS, Scale, task_rarity
+from mmsift.scorers.scale import COLUMNS, TASK_COLUMN, Scale, task_rarity
 from mmsift.select import select_rows
 from mmsift.store import Signals
 
 NAN = float("nan")
 
 
-def sig(rows, tasks):
-    """rows: (alignment, clarity, coherence, image_clarity) per sample."""
+def sig(rows, tasks, judged_tasks=None):
+    """rows: (alignment, clarity, coherence, image_clarity) per sample; judged tasks default to ``tasks``."""
     arr = np.asarray(rows, dtype=float)
     n = len(rows)
+    cols = {c: arr[:, k] for k, c in enumerate(COLUMNS)}
+    cols[TASK_COLUMN] = np.asarray(tasks if judged_tasks is None else judged_tasks, dtype=object)
     return Signals(ids=np.asarray([f"r{i}" for i in range(n)], dtype=object), index=np.arange(n),
-                   tasks=np.asarray(tasks, dtype=object), columns={c: arr[:, k] for k, c in enumerate(COLUMNS)})
+                   tasks=np.asarray(tasks, dtype=object), columns=cols)
 
 
 def test_rarity_by_hand():
@@ -68,3 +70,17 @@ def test_registered_and_selects():
     sel = select_rows(s, m, 0.25)
     assert len(sel.rows) == 50 and any("low-quality-but-useful" in n for n in m.notes_)
     assert set(sel.rows[m.robust_mask(s)[sel.rows]].tolist()) >= set(m.choose(s, sel.scores, 50)[:5].tolist())
+
+
+def test_rarity_from_judged_task_falls_back_to_source():
+    rows = [(3, 3, 3, 3)] * 4
+    s = sig(rows, ["src"] * 4, judged_tasks=["ocr", "ocr", None, "counting"])
+    m = Scale()
+    m.score(s)
+    # judged: ocr x2, src x1 (fallback), counting x1 -> N=4, n_min=1
+    expect = [5 * math.log(4 / 2) / math.log(4)] * 2 + [5.0, 5.0]
+    np.testing.assert_allclose(m.details_["scale_rarity"], expect)
+    src = Scale(task_from="source")
+    assert TASK_COLUMN not in src.requires and TASK_COLUMN in m.requires
+    src.score(s)
+    assert np.isnan(src.details_["scale_rarity"]).all()  # one source: no rarity

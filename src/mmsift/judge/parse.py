@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 
 from mmsift.scorers.mmssr import STYLE_TEXT
+from mmsift.scorers.scale import TASK_TEXT
 
 # "4", "4.", "Rating: 4", "rating = 4" -- one integer 0-5 and nothing else.
 _RATING = re.compile(r"^(?:rating\s*[:=]\s*)?([0-5])\s*\.?$", re.IGNORECASE)
 _STYLES_PREFIX = re.compile(r"^styles?\s*:\s*", re.IGNORECASE)
 _CAPTION_PREFIX = re.compile(r"^caption\s*:\s*", re.IGNORECASE)
+_TASK_PREFIX = re.compile(r"^task\s*:\s*", re.IGNORECASE)
+_TASK_NAMES = {alias.lower(): key for key, text in TASK_TEXT.items() for alias in (key, key.replace("_", " "), text)}
 # Accepted spellings of each style: its column name, its display text, and the display text without the
 # parenthesised gloss ("chain-of-thought (step-by-step)" -> "chain-of-thought").
 _STYLE_NAMES: dict[str, str] = {}
@@ -52,3 +55,11 @@ def parse_caption(text: str | None) -> str | None:
     if not body or len(body) > MAX_CAPTION_CHARS:
         return None
     return body
+
+
+def parse_task(text: str | None) -> str | None:
+    """The task key of an answer ``Task: <task>`` naming exactly one task of the list; None otherwise."""
+    if text is None:
+        return None
+    body = _TASK_PREFIX.sub("", text.strip()).strip().rstrip(".").strip().lower()
+    return _TASK_NAMES.get(body)

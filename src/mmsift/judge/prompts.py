@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from mmsift.data.records import IMAGE_PLACEHOLDER, Record
 from mmsift.scorers.mmssr import CAPABILITY_TEXT, STYLE_TEXT
+from mmsift.scorers.scale import TASK_TEXT
 
 RATING_FORM = "Answer with a single integer from 0 to 5 and nothing else, in the form: Rating: <n>"
 
@@ -20,6 +21,9 @@ MMSSR_STYLE = (
     "Styles: <style>, <style> (or Styles: none)"
 )
 
+SCALE_TASK = ("Which vision-language task does this VQA instance belong to? Choose exactly one of: "
+              + "; ".join(TASK_TEXT.values()) + ". Answer with the task name from the list and nothing else, in "
+              "the form: Task: <task>")
 SCALE_CAPTION_GENERAL = ("Describe the image in a few sentences: the scene, the main objects and their "
                          "attributes, any visible text, and the image style. Answer in the form: Caption: <text>")
 SCALE_CAPTION_TASK = ("This image is used for a vision-language task of type '{task}'. Describe the details of "
@@ -56,6 +60,10 @@ def mmssr_rating_prompt(record: Record, capability: str) -> str:
 
 def mmssr_style_prompt(record: Record) -> str:
     return f"VQA instance:\n{conversation_text(record)}\n\n{MMSSR_STYLE}"
+
+
+def scale_task_prompt(record: Record) -> str:
+    return f"VQA instance:\n{conversation_text(record)}\n\n{SCALE_TASK}"
 
 
 def scale_caption_prompts(task: str) -> tuple[str, str]:

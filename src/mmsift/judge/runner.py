@@ -3,7 +3,8 @@ answers strictly, and write the answers as signal columns of a run directory (or
 
 Columns written (NaN = no parseable answer):
 - mmSSR: ``cap_<capability>`` (0-5) for each chosen capability, ``style_<style>`` (0/1) for the nine styles;
-- SCALE: ``caption_general``, ``caption_task`` (strings, missing = null), ``scale_alignment``, ``scale_clarity``,
+- SCALE: ``scale_task`` (the judge's task type, see ``scorers.scale.TASK_TEXT``), ``caption_general``,
+  ``caption_task`` (strings, missing = null), ``scale_alignment``, ``scale_clarity``,
   ``scale_coherence``, ``scale_image_clarity`` (0-5; image clarity is not asked for text-only records);
 - ``judge_unparseable``: per record, how many of its answers could not be parsed or were never received.
 The record's task/source (``mmsift.data.tasks.task_of``) goes in the store's ``task`` key column. The manifest's
@@ -31,6 +32,7 @@ from mmsift.judge import parse, prompts
 from mmsift.judge.backends import JudgeBackend, JudgeRequest, file_digest
 from mmsift.judge.cache import CACHE_FILE, CachedBackend, JudgeCache
 from mmsift.scorers.mmssr import CAPABILITIES, STYLES
+from mmsift.scorers.scale import TASK_TEXT
 from mmsift.store import SignalStore, write_store
 
 log = logging.getLogger(__name__)
@@ -217,14 +219,23 @@ def run_judge(
 
 
 def _scale(records, asker, request, columns, fill, bad) -> None:
-    """SCALE: two captions per image record, then the text-only criteria ratings built on them."""
+    """SCALE: the judge assigns each record a task, writes two captions per image record (general, and one for
+    that task), then rates the text-only criteria against those captions."""
     n = len(records)
+    columns["scale_task"] = np.full(n, None, dtype=object)
+    asker.ask(((i, "scale_task", request(prompts.scale_task_prompt(rec), rec)) for i, rec in enumerate(records)),
+              n, "judge scale tasks", {"scale_task": parse.parse_task}, fill)
+    task = columns["scale_task"]
+
+    def task_text(i: int) -> str:
+        # A record whose task answer did not parse is captioned for its source instead (still counted).
+        return TASK_TEXT[task[i]] if task[i] is not None else (records[i].task or "all")
+
     columns["caption_general"] = np.full(n, None, dtype=object)
     columns["caption_task"] = np.full(n, None, dtype=object)
     with_images = [i for i, rec in enumerate(records) if rec.images]
     jobs = ((i, col, request(prompt, records[i])) for i in with_images
-            for col, prompt in zip(("caption_general", "caption_task"),
-                                   prompts.scale_caption_prompts(records[i].task or "all")))
+            for col, prompt in zip(("caption_general", "caption_task"), prompts.scale_caption_prompts(task_text(i))))
     parsers = {"caption_general": parse.parse_caption, "caption_task": parse.parse_caption}
     asker.ask(jobs, 2 * len(with_images), "judge scale captions", parsers, fill)
     gen, spec = columns["caption_general"], columns["caption_task"]

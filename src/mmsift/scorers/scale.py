@@ -15,6 +15,18 @@ from mmsift.store import Signals
 
 CRITERIA = ("alignment", "clarity", "coherence", "image_clarity")
 COLUMNS = tuple(f"scale_{c}" for c in CRITERIA)
+TASK_COLUMN = "scale_task"
+# The vision-language task types the judge assigns (key: stored value, text: what the judge is shown).
+TASK_TEXT = {
+    "captioning": "image captioning",
+    "general_vqa": "general visual question answering",
+    "ocr": "text reading (OCR)",
+    "grounding": "object localisation and grounding",
+    "counting": "counting",
+    "reasoning": "visual reasoning",
+    "knowledge": "knowledge-based question answering",
+    "text_only": "text-only conversation",
+}
 UNRATED_SCORE = -1.0
 
 
@@ -33,7 +45,9 @@ class Scale(Scorer):
     """SCALE combined score and selection.
 
     Reads ``scale_alignment``, ``scale_clarity``, ``scale_coherence``, ``scale_image_clarity`` (judge ratings 0-5,
-    NaN = no answer or not applicable, e.g. image clarity of a text-only record) and the task of each row.
+    NaN = no answer or not applicable, e.g. image clarity of a text-only record) and the task of each row:
+    with ``task_from="judge"`` (default, the paper's task assignment) the judge's ``scale_task`` (rows without a
+    parseable one fall back to their source), with ``task_from="source"`` the store's task/source column.
 
     ``score_i = Σ_k w_k x_ik / Σ_k w_k`` over the components k present for row i, the components being the four
     ratings and :func:`task_rarity`; default weights alignment 2 (the paper's central, cross-modal criterion),
@@ -52,8 +66,12 @@ class Scale(Scorer):
 
     def __init__(self, *, w_alignment: float = 2.0, w_clarity: float = 1.0, w_coherence: float = 1.0,
                  w_image_clarity: float = 1.0, w_rarity: float = 1.0, reserve: float = 0.1, align_min: float = 4.0,
-                 low_max: float = 2.0, random_state: int = 0):
+                 low_max: float = 2.0, task_from: str = "judge", random_state: int = 0):
         super().__init__(random_state=random_state)
+        if task_from not in ("judge", "source"):
+            raise ValueError(f"task_from must be 'judge' or 'source', got {task_from!r}")
+        self.task_from = task_from
+        self.requires = COLUMNS + ((TASK_COLUMN,) if task_from == "judge" else ())
         self.weights = np.array([w_alignment, w_clarity, w_coherence, w_image_clarity, w_rarity], dtype=np.float64)
         if np.any(self.weights < 0) or self.weights.sum() <= 0:
             raise ValueError("weights must be non-negative and not all zero")
@@ -65,7 +83,14 @@ class Scale(Scorer):
 
     def _components(self, signals: Signals) -> np.ndarray:
         cols = [np.asarray(signals[c], dtype=np.float64) for c in COLUMNS]
-        return np.column_stack(cols + [task_rarity(signals.tasks)])
+        return np.column_stack(cols + [task_rarity(self.tasks(signals))])
+
+    def tasks(self, signals: Signals) -> np.ndarray:
+        source = np.asarray(signals.tasks, dtype=object)
+        if self.task_from == "source":
+            return source
+        judged = np.asarray(signals[TASK_COLUMN], dtype=object)
+        return np.where([t is None or t != t for t in judged], source, judged)  # t != t: NaN
 
     def score(self, signals: Signals) -> np.ndarray:
         x = self._components(signals)
