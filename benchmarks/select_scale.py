@@ -95,7 +95,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--workdir", type=Path, default=Path("bench_select_scale"))
     ap.add_argument("--child", nargs=3, metavar=("STORE", "METHOD", "BUDGET"), help=argparse.SUPPRESS)
+    ap.add_argument("--build", nargs=4, metavar=("STORE", "N", "DIM", "VECTORS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build:
+        build_store(Path(args.build[0]), int(args.build[1]), int(args.build[2]), set(args.build[3].split(",")))
+        return
     if args.child:
         child(args.child[0], args.child[1], float(args.child[2]))
         return
@@ -109,10 +113,14 @@ def main() -> None:
           flush=True)
     for n in args.sizes:
         t = time.perf_counter()
-        store = build_store(args.workdir / f"n{n}_d{args.dim}", n, args.dim, vectors)
-        print(f"# store N={n} d={args.dim} ready in {time.perf_counter() - t:.0f} s: {store.root}", flush=True)
+        root = args.workdir / f"n{n}_d{args.dim}"
+        # built in a subprocess: a child forked from a parent holding the arrays would report the parent's
+        # resident pages in its own ru_maxrss
+        subprocess.run([sys.executable, __file__, "--build", str(root), str(n), str(args.dim), ",".join(sorted(vectors))],
+                       check=True)
+        print(f"# store N={n} d={args.dim} ready in {time.perf_counter() - t:.0f} s: {root}", flush=True)
         for m in args.methods:
-            r = _measured(store.root, m, args.budget, args.threads, args.timeout)
+            r = _measured(root, m, args.budget, args.threads, args.timeout)
             rows.append((m, n, r))
             if "error" in r:
                 print(f"{m:<11} {n:>9} ERROR {r['error']}", flush=True)
