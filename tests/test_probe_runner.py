@@ -187,3 +187,32 @@ def test_methods_select_signals_and_limit(setup):
     with pytest.raises(ValueError, match="cannot compute"):
         run_probe(pool, images=images, model=model, out=root / "m2", signals=["nonsense"])
     shutil.rmtree(root / "m")
+
+
+def test_dataloader_workers_give_the_same_store(setup, full_run):
+    """Decoding/tokenising in a worker process (the adapter is pickled there) changes nothing."""
+    pool, images, model, _, root = setup
+    res = run_probe(pool, images=images, model=model, out=root / "workers", signals=ALL, batch_size=3,
+                    shard_size=4, num_workers=1)
+    assert_same_store(res.store, full_run.store)
+
+
+def test_probe_command_prints_summary(setup):
+    import typer
+    from typer.testing import CliRunner
+
+    from mmsift.probe.command import probe_command
+
+    pool, images, model, _, root = setup
+    app = typer.Typer()
+    app.command()(probe_command)
+    out = root / "cmd"
+    result = CliRunner().invoke(app, [str(pool), "--images", str(images), "--model", str(model), "--out", str(out),
+                                      "--methods", "length", "--signals", "last", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "probed 18 of 20 records" in result.output
+    assert "skipped 3 records" in result.output and "missing_image" in result.output
+    assert set(SignalStore(out).signal_names) >= {"n_tokens", "last"}
+    bad = CliRunner().invoke(app, [str(pool), "--model", str(model), "--out", str(root / "cmd2"),
+                                   "--signals", "nonsense"])
+    assert bad.exit_code == 1 and "cannot compute" in bad.output

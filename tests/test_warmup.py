@@ -63,3 +63,20 @@ def test_warmup_writes_reloadable_model_with_loss_curve(pool):
     from mmsift.data.io import read_pool
 
     assert mean_answer_loss(lm, read_pool(path).records, images) < info["epoch_losses"][0]
+
+
+def test_warmup_command_prints_curve(pool):
+    import typer
+    from typer.testing import CliRunner
+
+    from mmsift.probe.command import warmup_command
+
+    path, images, _, root = pool
+    app = typer.Typer()
+    app.command()(warmup_command)
+    out = root / "cmd_proxy"
+    result = CliRunner().invoke(app, [str(path), "--images", str(images), "--out", str(out), "--n-samples", "8",
+                                      "--epochs", "1", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "trained the proxy on 8 samples for 1 epochs" in result.output
+    assert (out / "config.json").is_file() and (out / "warmup.json").is_file()

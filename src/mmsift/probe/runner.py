@@ -98,7 +98,10 @@ def get_model(config: ProbeConfig):
     """The loaded model for ``config``, kept for the next shard in the same process."""
     from mmsift.probe.models import load_model
 
-    key = (str(Path(config.model).resolve()), config.device, config.dtype)
+    root = Path(config.model).resolve()
+    # The files' change times are part of the key: a model retrained into the same folder is loaded again.
+    stamp = max((p.stat().st_mtime_ns for p in root.iterdir() if p.is_file()), default=0)
+    key = (str(root), stamp, config.device, config.dtype)
     if key not in _LOADED:
         _LOADED.clear()
         _LOADED[key] = load_model(config.model, device=config.device, dtype=config.dtype)
