@@ -23,6 +23,8 @@ FORMATS = np.array(["mc", "region", "short", "caption", "other_image", "text_onl
 
 
 def _extra_column(name, rng, n):
+    if name.endswith("_task"):  # a judged category (e.g. scale_task): strings
+        return np.array(["counting", "ocr", "colour"], dtype=object)[rng.integers(0, 3, n)]
     if name.startswith("style_"):
         return rng.integers(0, 2, n).astype(np.float64)
     if name.startswith("cap_"):
@@ -66,7 +68,8 @@ def _half(rng, n, extra_names):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     known = set(canonical.SCALARS) | set(canonical.VECTORS)
-    extra = sorted({r for cls in SCORERS.values() for r in cls.requires} - known)
+    # instance requires: a scorer may add signals according to its default parameters
+    extra = sorted({r for m in SCORERS for r in make_scorer(m).requires} - known)
     rng = np.random.default_rng(7)
     half = _half(rng, N_HALF, extra)
     cols = {k: np.concatenate([v, v]) for k, v in half.items()}
