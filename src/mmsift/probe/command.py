@@ -65,7 +65,9 @@ def probe_command(
     executor: Annotated[str, typer.Option("--executor", help="local or ray.")] = "local",
     vector_dim: Annotated[Optional[int], typer.Option(
         "--vector-dim", help="Reduce stored vectors to this many dims (seeded random projection).")] = None,
-    num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader workers for decoding/tokenising.")] = 0,
+    num_workers: Annotated[Optional[int], typer.Option(
+        "--num-workers", help="DataLoader worker processes for decoding/tokenising (default: 0 on CPU, "
+                              "up to 8 on GPU).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Probe only the first N valid records.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
 ) -> None:

@@ -221,11 +221,16 @@ class FamilyAdapter:
             j += 1
         return out
 
+    CHARS_PER_TOKEN = 4
+
     def sort_length(self, turns: list[Turn], n_images: int) -> int:
-        """Cheap length estimate (no image decoding) used to sort samples into batches."""
-        text = self.render(self.messages(turns, n_images))
-        n = len(self.tokenizer(text, add_special_tokens=self.add_special_tokens)["input_ids"])
-        return n + n_images * self.image_seq_length()
+        """Length estimate used only to sort samples into batches of similar length.
+
+        Deliberately cheap (characters / 4 + image tokens, no templating or tokenising): it runs for every record
+        in the main process, while the real encoding runs in DataLoader workers.
+        """
+        chars = sum(len(t.text.replace(IMAGE_PLACEHOLDER, "")) + 8 for t in turns)
+        return chars // self.CHARS_PER_TOKEN + n_images * self.image_seq_length()
 
     def image_seq_length(self) -> int:
         ip = getattr(self.processor, "image_processor", None)

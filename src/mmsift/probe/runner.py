@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +47,7 @@ class ProbeConfig:
     vector_dim: int | None = None
     seed: int = 0
     batch_size: int = 8
-    num_workers: int = 0
+    num_workers: int | None = None  # None: 0 on CPU, up to 8 worker processes on GPU
     max_length: int | None = None
 
     def fingerprint(self) -> dict:
@@ -140,8 +141,12 @@ def probe_shard(spec: ShardSpec) -> None:
             lengths.append(0)
     order = [i for i in sorted(range(len(spec.records)), key=lambda i: -lengths[i]) if i not in failures]
     batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=as_list,
-                                         num_workers=cfg.num_workers)
+    workers = cfg.num_workers
+    if workers is None:
+        # On GPU the per-sample CPU work (decode, template, tokenise) must overlap the forward passes.
+        workers = 0 if str(cfg.device) == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=as_list, num_workers=workers,
+                                         prefetch_factor=4 if workers else None, persistent_workers=False)
     rows: dict[int, dict] = {}
     from tqdm.auto import tqdm
 
@@ -287,7 +292,7 @@ def run_probe(
     feature_layers=None,
     vector_dim: int | None = None,
     seed: int = 0,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     max_length: int | None = None,
     overwrite: bool = False,
     check_images: bool = True,
