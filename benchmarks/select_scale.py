@@ -116,8 +116,8 @@ def main() -> None:
         root = args.workdir / f"n{n}_d{args.dim}"
         # built in a subprocess: a child forked from a parent holding the arrays would report the parent's
         # resident pages in its own ru_maxrss
-        subprocess.run([sys.executable, __file__, "--build", str(root), str(n), str(args.dim), ",".join(sorted(vectors))],
-                       check=True)
+        subprocess.run([sys.executable, __file__, "--build", str(root), str(n), str(args.dim),
+                        ",".join(sorted(vectors))], check=True)
         print(f"# store N={n} d={args.dim} ready in {time.perf_counter() - t:.0f} s: {root}", flush=True)
         for m in args.methods:
             r = _measured(root, m, args.budget, args.threads, args.timeout)
@@ -125,8 +125,8 @@ def main() -> None:
             if "error" in r:
                 print(f"{m:<11} {n:>9} ERROR {r['error']}", flush=True)
             else:
-                print(f"{m:<11} {n:>9} {r['wall_s']:>8.1f} {r['select_s']:>9.1f} {r['cpu_s']:>8.1f} {r['peak_gib']:>9.2f} "
-                      f"{r['kept']:>8}", flush=True)
+                print(f"{m:<11} {n:>9} {r['wall_s']:>8.1f} {r['select_s']:>9.1f} {r['cpu_s']:>8.1f} "
+                      f"{r['peak_gib']:>9.2f} {r['kept']:>8}", flush=True)
     if len(args.sizes) > 1:
         print("\n# time growth: wall(N_big) / wall(N_small) against N_big / N_small")
         lo, hi = min(args.sizes), max(args.sizes)

@@ -133,7 +133,8 @@ def test_contract(store, method):
         assert set(above.tolist()) <= chosen, f"{method}: a higher score was passed over"
         tied = rows[scores[rows] == boundary]
         n_tied_kept = len([r for r in tied if r in chosen])
-        assert sorted(r for r in tied if r in chosen) == sorted(tied[np.argsort(sig.index[tied], kind="stable")][:n_tied_kept].tolist()), \
+        earliest = tied[np.argsort(sig.index[tied], kind="stable")][:n_tied_kept]
+        assert sorted(r for r in tied if r in chosen) == sorted(earliest.tolist()), \
             f"{method}: equal scores must go to the earlier record"
 
 

@@ -20,7 +20,6 @@ _CHUNK = 65536
 def as_float32(x: np.ndarray, *, normalize: bool = False, chunk: int = _CHUNK) -> np.ndarray:
     """Copy a (possibly memory-mapped float16) matrix to contiguous float32, chunk by chunk; optionally L2-normalise
     each row (zero rows stay zero)."""
-    x = np.asarray(x) if not isinstance(x, np.memmap) else x
     if x.ndim != 2:
         raise ValueError(f"expected a 2-D (N, d) vector signal, got shape {x.shape}")
     out = np.empty(x.shape, dtype=np.float32)
@@ -90,8 +89,8 @@ def kmeans(x: np.ndarray, k: int, *, spherical: bool = False, random_state: int 
     """k-means of float32 rows ``x`` into at most ``k`` clusters: returns (centroids, labels, how).
 
     faiss trains on at most ``max_points_per_centroid * k`` sampled rows, then every row is assigned to its nearest
-    centroid. Problems with N * k * d up to ``small_below`` use scikit-learn's k-means++ instead. When one assignment pass would cost more than ``two_level_above`` multiply-adds (N * k * d), a
-    two-level k-means is used: sqrt(k) coarse clusters, then each split into a share of k proportional to its size.
+    centroid. Problems with N * k * d up to ``small_below`` use scikit-learn's k-means++ instead. When one
+    assignment pass would cost more than ``two_level_above`` multiply-adds (N * k * d), a two-level k-means is used: sqrt(k) coarse clusters, then each split into a share of k proportional to its size.
     Empty clusters are removed and labels renumbered 0..K'-1 in order of first appearance in ``x``.
     """
     n, d = x.shape

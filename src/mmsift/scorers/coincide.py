@@ -26,7 +26,8 @@ def transferability(cent: np.ndarray, sim_cap: float, chunk: int = 2048) -> np.n
         sims[np.arange(len(sims)), np.arange(s, s + len(sims))] = np.inf  # the centroid itself
         ok = sims <= sim_cap
         cnt = ok.sum(axis=1)
-        out[s:s + chunk] = np.where(cnt > 0, np.where(ok, sims, 0.0).sum(axis=1, dtype=np.float64) / np.maximum(cnt, 1), 0.0)
+        total = np.where(ok, sims, 0.0).sum(axis=1, dtype=np.float64)
+        out[s:s + chunk] = np.where(cnt > 0, total / np.maximum(cnt, 1), 0.0)
     return out
 
 

@@ -70,7 +70,7 @@ class SemDeDup(Scorer):
         check_finite(x, self.vector, signals.ids)
         k = self.n_clusters or max(1, int(round(n / 1000)))
         cent, labels, how = kmeans(x, k, spherical=True, random_state=self.random_state)
-        # cosine to own centroid (centroids re-normalised: faiss's spherical centroids are unit, the 1-cluster mean is not)
+        # cosine to the own centroid, re-normalised (a one-cluster or k-means++ mean is not a unit vector)
         cn = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
         sim_c = np.einsum("ij,ij->i", x, cn[labels]).astype(np.float64)
         keep = np.ones(n, dtype=bool)
