@@ -74,7 +74,7 @@ def test_end_to_end_store(setup, full_run):
     res = full_run
     s, c = load_all(res.store)
     assert list(s.ids) == good_ids  # pool order, bad records left out
-    assert res.n_probed == 18 and res.n_records == 20
+    assert res.n_probed == 18 and res.n_records == 21  # 20 records + 1 entry that is not one
     assert res.n_skipped == 3
     assert sorted(k for _, k, _ in res.skipped) == ["image_placeholder_mismatch", "missing_image", "not_an_object"]
     man = res.store.manifest
@@ -210,7 +210,7 @@ def test_probe_command_prints_summary(setup):
     result = CliRunner().invoke(app, [str(pool), "--images", str(images), "--model", str(model), "--out", str(out),
                                       "--methods", "length", "--signals", "last", "--batch-size", "4"])
     assert result.exit_code == 0, result.output
-    assert "probed 18 of 20 records" in result.output
+    assert "probed 18 of 21 records" in result.output
     assert "skipped 3 records" in result.output and "missing_image" in result.output
     assert set(SignalStore(out).signal_names) >= {"n_tokens", "last"}
     bad = CliRunner().invoke(app, [str(pool), "--model", str(model), "--out", str(root / "cmd2"),

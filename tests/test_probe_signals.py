@@ -166,3 +166,18 @@ def test_random_projection_is_seeded_and_linear():
     big = torch.randn(200, 300)
     ratio = project("mean", big, 256, 0).pow(2).sum(1) / big.pow(2).sum(1)
     assert abs(float(ratio.mean()) - 1.0) < 0.05
+
+
+def test_resolve_signals():
+    from mmsift.probe.signals import resolve_signals
+    from mmsift.scorers import SCORERS
+
+    assert resolve_signals() == ("loss", "n_answer_tokens", "n_images", "n_rounds", "n_tokens")
+    ards = resolve_signals(["ards"])
+    assert set(ards) >= {"last", "attn_pool", "fmt", "loss_sym", "loss_perm", "loss_imgnoise"}
+    assert "is_mc" not in ards and "el2n" not in ards  # only what is asked for
+    # Every registered method can be probed; judge columns are left to the judge.
+    everything = resolve_signals(sorted(SCORERS))
+    assert not [n for n in everything if n.startswith(("cap_", "style_", "scale_"))]
+    with pytest.raises(ValueError, match="cannot compute"):
+        resolve_signals(signals=["cap_humanities"])

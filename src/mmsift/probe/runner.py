@@ -258,7 +258,7 @@ def _fingerprint_hash(config: ProbeConfig, shards: list[list[Record]], pool_path
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _skipped_from_report(report) -> tuple[list[tuple[str, str, str]], int]:
+def _skipped_from_report(report) -> tuple[list[tuple[str, str, str]], int, int]:
     from mmsift.data.records import ERROR
 
     by_record: dict = {}
@@ -267,10 +267,11 @@ def _skipped_from_report(report) -> tuple[list[tuple[str, str, str]], int]:
         if p.severity != ERROR:
             continue
         if p.index is None:
-            loose.append((str(p.record_id) if p.record_id is not None else f"line {p.line}", p.kind, p.message))
+            label = str(p.record_id) if p.record_id is not None else f"line {p.line}" if p.line else "(no id)"
+            loose.append((label, p.kind, p.message))
         elif p.index not in by_record:
             by_record[p.index] = (str(p.record_id), p.kind, p.message)
-    return [by_record[i] for i in sorted(by_record)] + loose, len(by_record) + len(loose)
+    return [by_record[i] for i in sorted(by_record)] + loose, len(by_record) + len(loose), len(loose)
 
 
 def run_probe(
@@ -313,7 +314,8 @@ def run_probe(
     pool = read_pool(data, task_field=task_field)
     images_dir = str(images) if images is not None else str(Path(pool.path).parent)
     report = validate_pool(pool, images_dir, check_images=check_images)
-    skipped, n_skipped = _skipped_from_report(report)
+    skipped, n_skipped, n_unparsed = _skipped_from_report(report)
+    n_entries = len(pool.records) + n_unparsed  # entries that are not records are counted and reported too
     good = report.good_records(pool)
     if limit is not None:
         good = good[:limit]
@@ -333,8 +335,7 @@ def run_probe(
         if old.get("probe_fingerprint") == fp and not overwrite:
             log.info("%s already holds this finished run; nothing to do", out)
             store = SignalStore(out)
-            return _result(store, old, len(pool.records) + sum(1 for s in skipped if s[0].startswith("line ")),
-                           time.perf_counter() - t0, len(shards))
+            return _result(store, old, n_entries, time.perf_counter() - t0, len(shards))
         if not overwrite:
             raise StoreError(f"{out} holds a finished run with other settings; use another --out or overwrite")
         manifest.unlink()
@@ -381,7 +382,7 @@ def run_probe(
         "pool_format": pool.format,
         "images": str(Path(images_dir).resolve()),
         "task_field": task_field,
-        "n_records": len(pool.records),
+        "n_records": n_entries,
         "n_good": len(good),
         "n_skipped": n_skipped,
         "skipped": [{"id": i, "kind": k, "message": m} for i, k, m in skipped],
@@ -389,7 +390,7 @@ def run_probe(
         "n_shards": len(shards),
     }
     store = writer.merge(list(range(len(shards))), meta=meta)
-    result = _result(store, store.manifest, len(pool.records), time.perf_counter() - t0, reused)
+    result = _result(store, store.manifest, n_entries, time.perf_counter() - t0, reused)
     log.info("%s", "; ".join(result.summary_lines()))
     return result
 

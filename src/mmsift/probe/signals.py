@@ -24,6 +24,7 @@ Conventions (all per sample, padding never counts: every reduction is masked by 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,8 @@ VECTOR_SIGNALS = ("last", "mean", "attn_pool", "img_mean", "txt_mean")
 KNOWN = frozenset(FORWARD_SCALARS + BOOK_SCALARS + VARIANT_LOSSES + TEXT_SIGNALS + VECTOR_SIGNALS)
 COINCIDE_LAYERS_OF_32 = (3, 7, 11, 15, 19)
 
+log = logging.getLogger(__name__)
+
 
 def resolve_signals(methods=None, signals=None) -> tuple[str, ...]:
     """Signals to compute: the methods' needs, the extra names asked for, and the bookkeeping signals."""
@@ -48,14 +51,17 @@ def resolve_signals(methods=None, signals=None) -> tuple[str, ...]:
 
     wanted = set(names_.BOOKKEEPING)
     if methods:
-        wanted |= required_signals(methods)
+        needed = required_signals(methods)
+        # Columns the probe does not make (judge ratings cap_*, style_*, scale_*...) come from other stages.
+        others = sorted(needed - KNOWN)
+        if others:
+            log.info("not computed by the probe (from the judge or your own arrays): %s", ", ".join(others))
+        wanted |= needed & KNOWN
     if signals:
+        unknown = sorted(set(signals) - KNOWN)
+        if unknown:
+            raise ValueError(f"the probe cannot compute {unknown}; it computes: {', '.join(sorted(KNOWN))}")
         wanted |= set(signals)
-    # Judge columns (cap_*, style_*) come from the judge, not the probe.
-    wanted = {n for n in wanted if not n.startswith(("cap_", "style_", "caption"))}
-    unknown = sorted(wanted - KNOWN)
-    if unknown:
-        raise ValueError(f"the probe cannot compute {unknown}; it computes: {', '.join(sorted(KNOWN))}")
     return tuple(sorted(wanted))
 
 
