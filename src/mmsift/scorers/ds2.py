@@ -41,8 +41,8 @@ def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int) -> tuple[
     """The k nearest other rows by cosine similarity: (neighbour ids (N, k), cosine distances (N, k), note).
 
     Exact (faiss ``IndexFlatIP`` on L2-normalised float32) up to ``exact_max`` rows. Above that, approximate:
-    vectors wider than 64 are PCA-projected to 64 dims and re-normalised, then an IVF index (nlist = sqrt(N),
-    nprobe = 8) trained on a seeded sample of 40 nlist rows is searched; the note says so. Distances are then
+    vectors wider than 64 are PCA-projected to 64 dims and re-normalised, then an IVF index (nlist = 2 sqrt(N),
+    nprobe = 4) trained on a seeded sample of 40 nlist rows is searched; the note says so. Distances are then
     those of the projected vectors. Missing neighbours (an IVF probe that found too few) have id -1, distance NaN.
     """
     import faiss
@@ -56,7 +56,7 @@ def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int) -> tuple[
         note = f"ds2: exact k-NN (k={k}) over {n} rows"
     else:
         rng = np.random.default_rng(random_state)
-        nlist = int(np.sqrt(n))
+        nlist = int(2 * np.sqrt(n))
         train = x[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
         proj = ""
         if d > 64:
@@ -69,8 +69,8 @@ def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int) -> tuple[
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = int(random_state)
         index.train(np.ascontiguousarray(train, dtype=np.float32))
-        index.nprobe = 8
-        note = f"ds2: approximate k-NN (IVF nlist={nlist}, nprobe=8{proj}, k={k}) over {n} rows"
+        index.nprobe = 4
+        note = f"ds2: approximate k-NN (IVF nlist={nlist}, nprobe=4{proj}, k={k}) over {n} rows"
     index.add(x)
     sim, ids = index.search(x, kk)
     # Drop each row itself (it is normally its own first hit; with duplicates it may come later or not at all).
