@@ -8,6 +8,7 @@ request header, never logged or written to disk.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
@@ -26,6 +27,7 @@ from mmsift.judge.backends import JudgeBackend, JudgeRequest
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=256)  # a record's image goes with each of its ~15 questions: encode it once
 def image_data_url(path: Path) -> str:
     """The image re-encoded as PNG in a ``data:`` URL (every server accepts PNG; the source may be anything
     Pillow reads)."""
