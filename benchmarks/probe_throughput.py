@@ -1,14 +1,14 @@
 """Probe throughput: mmsift's probe path against a plain Transformers loop, same model, same records, one run.
 
     python benchmarks/probe_throughput.py [--model tiny|llava-7b-shape] [--device cpu|cuda] [--dtype bfloat16]
-                                          [--n 32] [--batch-size 8] [--num-workers 0] [--peak-tflops X]
-                                          [--signals a,b,...] [--threads 2] [--workdir DIR]
+                                          [--n 24] [--batch-size 8] [--num-workers N] [--peak-tflops X]
+                                          [--signals a,b,...] [--threads 1] [--repeats 2] [--workdir DIR]
 
 Both paths compute the same per-sample signals (by default every forward-pass signal: loss, el2n, token-loss
 stats, spectrum, last, mean, attn_pool, img_mean, txt_mean) from the same records:
 
 - mmsift: ``run_probe`` over the pool (validation, length-sorted batches, SDPA attention, one shard written with
-  its marker and merged), timed after a warm-up run on the first few records.
+  its marker and merged), with the model already loaded (kept in the runner's per-process cache).
 - plain: one record at a time (batch 1), ``output_hidden_states=True``, ``output_attentions=True``, eager
   attention, full logits, every signal extracted from those outputs (SVD of the hidden states, attention row of
   the last layer, ...). Inputs come from the same family adapter, so both paths see identical token sequences.
@@ -17,6 +17,8 @@ Printed per path: samples/s, tokens/s (all sequence tokens, image tokens include
 (2 x parameters x tokens per forward pass over the device's peak; ``--peak-tflops``, default looked up for known
 GPUs, none on CPU) and the share of wall time spent after the forward pass (signal extraction, copies to the host,
 shard writing and merging; the forward pass is the model body plus the LM head). Then the samples/s ratio.
+Both paths are warmed up first, then timed ``--repeats`` times each in ABBA order (A B B A ...), so that a machine
+whose load drifts during the run penalises both alike; the figures are totals over the timed runs.
 
 ``--model llava-7b-shape`` builds a LLaVA-1.5-7B-shaped model (CLIP ViT-L/14 at 336 px + a Llama-2-7B decoder,
 ~7.1B parameters) with random weights directly on the device; only its config and processor are written to disk.
@@ -118,6 +120,7 @@ def build_llava_7b_shape(out: Path, texts, *, device: str, dtype):
 
 def load_into_runner(path: Path, args, prebuilt=None):
     """The LoadedModel the runner will use, placed in its per-process cache (so runs below skip loading)."""
+    from mmsift.probe import models as probe_models
     from mmsift.probe import runner
     from mmsift.probe.models import LoadedModel, adapter_for, resolve_dtype
 
@@ -127,9 +130,14 @@ def load_into_runner(path: Path, args, prebuilt=None):
     model, processor = prebuilt
     lm = LoadedModel(model, processor, adapter_for(processor, model.config), str(path), model.config.model_type,
                      args.device, str(resolve_dtype(args.dtype, args.device)).replace("torch.", ""))
-    runner._LOADED.clear()
-    runner._LOADED[(str(Path(path).resolve()), args.device, args.dtype)] = lm
-    return lm
+    # The runner's cache is filled through its own get_model (whatever its key), with loading replaced by the
+    # model built in memory: 7B random weights are never written to disk and read back.
+    original = probe_models.load_model
+    probe_models.load_model = lambda *a, **k: lm
+    try:
+        return runner.get_model(cfg)
+    finally:
+        probe_models.load_model = original
 
 
 # ---- timing -----------------------------------------------------------------------------------------------------
@@ -164,7 +172,7 @@ class Clock:
         return lambda: setattr(owner, name, original)
 
 
-def probe_path(args, pool, images, model_dir, work: Path, n_warm: int) -> dict:
+def probe_path(args, pool, images, model_dir, out: Path) -> dict:
     from mmsift.probe import signals as sig_mod
     from mmsift.probe.models import FamilyAdapter
     from mmsift.probe.runner import run_probe
@@ -172,7 +180,6 @@ def probe_path(args, pool, images, model_dir, work: Path, n_warm: int) -> dict:
 
     common = dict(images=images, model=model_dir, signals=list(args.signals), device=args.device, dtype=args.dtype,
                   batch_size=args.batch_size, num_workers=args.num_workers, shard_size=args.n)
-    run_probe(pool, out=work / "warm", limit=n_warm, **common)
     clock = Clock(args.device)
     undo = [clock.wrap(FamilyAdapter, "forward", "forward"), clock.wrap(FamilyAdapter, "lm_head", "forward",
                                                                          static=True),
@@ -181,7 +188,7 @@ def probe_path(args, pool, images, model_dir, work: Path, n_warm: int) -> dict:
     # Families that override forward/lm_head bypass the base wrapper; the benchmark models are LLaVA.
     try:
         t0 = time.perf_counter()
-        result = run_probe(pool, out=work / "timed", **common)
+        result = run_probe(pool, out=out, **common)
         wall = time.perf_counter() - t0
     finally:
         for u in undo:
@@ -268,12 +275,14 @@ def main(argv=None) -> None:
     ap.add_argument("--model", choices=["tiny", "llava-7b-shape"], default="tiny")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
-    ap.add_argument("--n", type=int, default=32, help="records in the pool")
+    ap.add_argument("--n", type=int, default=24, help="records in the pool")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the mmsift path")
+    ap.add_argument("--num-workers", type=int, default=None,
+                    help="DataLoader workers of the mmsift path (default: the runner's: 0 on CPU, up to 8 on GPU)")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--signals", default=",".join(FORWARD_SIGNALS))
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per path, in ABBA order")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -300,29 +309,45 @@ def main(argv=None) -> None:
     records = read_pool(pool).records
     params = sum(p.numel() for p in lm.model.parameters())
 
-    n_warm = min(args.n, 2 * args.batch_size)
-    plain_path(args, lm, records[:2], images)  # warm-up of the eager path
-    mm = probe_path(args, pool, images, model_dir, work / "runs", n_warm)
-    plain = plain_path(args, lm, records, images)
-    mm["tokens"] = plain["tokens"]  # identical sequences (same adapter), counted once
+    # Warm-up of both paths, then ABBA-ordered repeats so that drifting machine load hits both paths alike.
+    from mmsift.probe.runner import run_probe
+
+    run_probe(pool, images=images, model=model_dir, out=work / "runs" / "warm", signals=list(args.signals),
+              device=args.device, dtype=args.dtype, batch_size=args.batch_size, num_workers=args.num_workers,
+              shard_size=args.n, limit=min(args.n, 2 * args.batch_size))
+    plain_path(args, lm, records[:2], images)
+    runs = {"mmsift": [], "plain": []}
+    for r in range(args.repeats):
+        for name in (("mmsift", "plain") if r % 2 == 0 else ("plain", "mmsift")):
+            if name == "mmsift":
+                runs[name].append(probe_path(args, pool, images, model_dir, work / "runs" / f"timed{r}"))
+            else:
+                runs[name].append(plain_path(args, lm, records, images))
+    tokens = runs["plain"][0]["tokens"]  # identical sequences in both paths (same adapter)
+    mm, plain = ({k: sum(x[k] for x in rs) for k in ("wall", "forward", "post", "n")} for rs in
+                 (runs["mmsift"], runs["plain"]))
+    mm["tokens"] = plain["tokens"] = tokens * args.repeats
+    store = runs["mmsift"][-1]["store"]
 
     peak, peak_note = peak_tflops(args.device, args.peak_tflops)
     device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else \
         f"CPU ({args.threads} torch threads)"
     print(f"model {args.model}: {params / 1e6:.2f}M parameters, dtype {lm.dtype}, device {device_name}")
-    print(f"{args.n} records, {plain['tokens']} tokens in all (image tokens included), batch size "
-          f"{args.batch_size} (mmsift), signals: {', '.join(args.signals)}")
+    print(f"{args.n} records, {tokens} tokens in all (image tokens included), batch size {args.batch_size} "
+          f"(mmsift), {args.repeats} timed runs per path (ABBA order), signals: {', '.join(args.signals)}")
     print(f"peak: {peak if peak else 'n/a'} TFLOP/s ({peak_note})")
     print(f"{'path':<8} {'samples/s':>10} {'tokens/s':>11} {'MFU':>7} {'forward s':>10} {'after-fwd':>10} "
-          f"{'wall s':>8}")
+          f"{'other':>7} {'wall s':>8}   (times: sums over the timed runs; other: input preparation, validation, "
+          f"batching)")
     for name, r in (("mmsift", mm), ("plain", plain)):
         sps, tps = r["n"] / r["wall"], r["tokens"] / r["wall"]
         mfu = f"{2 * params * tps / (peak * 1e12):.1%}" if peak else "n/a"
+        other = (r["wall"] - r["forward"] - r["post"]) / r["wall"]
         print(f"{name:<8} {sps:>10.2f} {tps:>11.0f} {mfu:>7} {r['forward']:>10.3f} "
-              f"{r['post'] / r['wall']:>10.1%} {r['wall']:>8.3f}")
+              f"{r['post'] / r['wall']:>10.1%} {other:>7.1%} {r['wall']:>8.3f}")
     print(f"mmsift / plain samples/s: {(mm['n'] / mm['wall']) / (plain['n'] / plain['wall']):.2f}x")
     print(f"work directory: {work}")
-    _check_agreement(mm["store"], plain_loss_reference(args, lm, records[:4], images))
+    _check_agreement(store, plain_loss_reference(args, lm, records[:4], images))
 
 
 def plain_loss_reference(args, lm, records, images_dir) -> np.ndarray:

@@ -43,8 +43,11 @@ class Idefics3Adapter(FamilyAdapter):
         return msgs
 
     def image_seq_length(self) -> int:
-        counts = self.processor._get_num_multimodal_tokens(image_sizes=[[_NOMINAL_SIDE, _NOMINAL_SIDE]])
-        return int(counts["num_image_tokens"][0])
+        # Called for every record when sorting a shard: computed once.
+        if getattr(self, "_image_seq_length", None) is None:
+            counts = self.processor._get_num_multimodal_tokens(image_sizes=[[_NOMINAL_SIDE, _NOMINAL_SIDE]])
+            self._image_seq_length = int(counts["num_image_tokens"][0])
+        return self._image_seq_length
 
     def expand_mask(self, raw_ids: list[int], raw_mask: list[bool], ids: list[int]) -> list[bool]:
         img, fake, glob = self.image_token_id, self.fake_token_id, self.global_token_id

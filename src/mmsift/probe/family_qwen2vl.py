@@ -108,8 +108,11 @@ class Qwen2VLAdapter(FamilyAdapter):
 
     # ---- inputs ----------------------------------------------------------------------------------------------
     def image_seq_length(self) -> int:
-        counts = self.processor._get_num_multimodal_tokens(image_sizes=[[_NOMINAL_SIDE, _NOMINAL_SIDE]])
-        return int(counts["num_image_tokens"][0])
+        # Called for every record when sorting a shard: computed once.
+        if getattr(self, "_image_seq_length", None) is None:
+            counts = self.processor._get_num_multimodal_tokens(image_sizes=[[_NOMINAL_SIDE, _NOMINAL_SIDE]])
+            self._image_seq_length = int(counts["num_image_tokens"][0])
+        return self._image_seq_length
 
     def collate(self, encs: list[Encoded]) -> Batch:
         types = [e.extra.get("mm_token_type_ids") for e in encs]
