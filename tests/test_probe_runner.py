@@ -216,3 +216,17 @@ def test_probe_command_prints_summary(setup):
     bad = CliRunner().invoke(app, [str(pool), "--model", str(model), "--out", str(root / "cmd2"),
                                    "--signals", "nonsense"])
     assert bad.exit_code == 1 and "cannot compute" in bad.output
+
+
+def test_edited_pool_is_not_resumed_from_old_shards(setup, tmp_path):
+    pool, images, model, _, root = setup
+    recs = [r for r in json.loads(pool.read_text()) if isinstance(r, dict)][:4]
+    p = write_pool(tmp_path / "p.json", recs)
+    out = tmp_path / "run"
+    run_probe(p, images=images, model=model, out=out, signals=["loss"], shard_size=2)
+    recs[0]["conversations"][1]["value"] = "Something else entirely."
+    write_pool(p, recs)
+    with pytest.raises(StoreError, match="other settings"):
+        run_probe(p, images=images, model=model, out=out, signals=["loss"], shard_size=2)
+    res = run_probe(p, images=images, model=model, out=out, signals=["loss"], shard_size=2, overwrite=True)
+    assert res.resumed_shards == 0 and len(res.store) == 4

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsift.data.records import Record
-from mmsift.store import MANIFEST, SHARDS, ShardWriter, SignalStore, StoreError
+from mmsift.store import MANIFEST, SCALARS, SHARDS, ShardWriter, SignalStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +253,14 @@ def _vector_dim(name, cfg, adapter, model) -> int:
 
 # ---- the whole run ----------------------------------------------------------------------------------------------
 def _fingerprint_hash(config: ProbeConfig, shards: list[list[Record]], pool_path: str) -> str:
-    payload = {"config": config.fingerprint(), "pool": str(Path(pool_path).resolve()),
-               "shards": [[r.id for r in s] for s in shards]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    # Record contents are hashed too, so shards of an edited pool are never reused.
+    h = hashlib.sha256(json.dumps({"config": config.fingerprint(), "pool": str(Path(pool_path).resolve())},
+                                  sort_keys=True).encode())
+    for k, shard in enumerate(shards):
+        h.update(f"\x1eshard {k}".encode())
+        for r in shard:
+            h.update(json.dumps([r.id, r.index, r.task, r.raw], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def _skipped_from_report(report) -> tuple[list[tuple[str, str, str]], int, int]:
@@ -339,6 +344,8 @@ def run_probe(
         if not overwrite:
             raise StoreError(f"{out} holds a finished run with other settings; use another --out or overwrite")
         manifest.unlink()
+        for stale in [out / SCALARS, *out.glob("vec_*.npy")]:
+            stale.unlink(missing_ok=True)
     writer = ShardWriter(out)
     plan = writer.shard_dir / PLAN
     if plan.is_file() and json.loads(plan.read_text()).get("fingerprint") != fp:
