@@ -116,8 +116,10 @@ def _failure_file(out: str, shard: int) -> Path:
 def probe_shard(spec: ShardSpec) -> None:
     """Compute the signals of one shard and write them with their completion marker."""
     import torch
+    from tqdm.auto import tqdm
 
     from mmsift.probe.dataset import ProbeDataset, as_list, variants_for
+    from mmsift.probe.perturb import instruction_format, is_multiple_choice
     from mmsift.probe.signals import SignalOptions
 
     cfg = spec.config
@@ -148,8 +150,6 @@ def probe_shard(spec: ShardSpec) -> None:
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=as_list, num_workers=workers,
                                          prefetch_factor=4 if workers else None, persistent_workers=False)
     rows: dict[int, dict] = {}
-    from tqdm.auto import tqdm
-
     with torch.inference_mode():
         for items in tqdm(loader, total=len(batches), desc=f"shard {spec.shard}", leave=False, unit="batch"):
             good = []
@@ -159,8 +159,6 @@ def probe_shard(spec: ShardSpec) -> None:
                 else:
                     good.append(it)
             _run_items(adapter, model, good, cfg, opts, rows, failures, lm.device, _torch_dtype(model))
-
-    from mmsift.probe.perturb import instruction_format, is_multiple_choice
 
     keep = [i for i in range(len(spec.records)) if i in rows]
     columns: dict[str, list] = {}
@@ -176,7 +174,7 @@ def probe_shard(spec: ShardSpec) -> None:
         for k in cfg.signals:
             # Variants that do not apply to a record (loss_sym of a non-MC item...) are NaN.
             columns.setdefault(k, []).append(r.get(k, np.nan))
-    arrays = _to_arrays(columns, cfg, adapter, model, len(keep))
+    arrays = _to_arrays(columns, cfg, adapter, model)
     recs = [spec.records[i] for i in keep]
     fails = [{"id": spec.records[i].id, "index": spec.records[i].index, "kind": k, "message": m}
              for i, (k, m) in sorted(failures.items())]
@@ -223,7 +221,7 @@ def _batch(adapter, model, items, cfg, opts, device, dtype) -> list[dict]:
     return out
 
 
-def _to_arrays(columns: dict[str, list], cfg: ProbeConfig, adapter, model, n: int) -> dict[str, np.ndarray]:
+def _to_arrays(columns: dict[str, list], cfg: ProbeConfig, adapter, model) -> dict[str, np.ndarray]:
     from mmsift.probe.signals import VECTOR_SIGNALS
 
     arrays: dict[str, np.ndarray] = {}
