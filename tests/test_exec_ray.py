@@ -12,6 +12,14 @@ ray = pytest.importorskip("ray")
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local 2-CPU Ray instance for the module (starting one costs ~10 s here)."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
 SIGNALS = ["loss", "el2n", "tok_loss_std", "sv_entropy", "loss_noq", "loss_imgnoise", "last", "attn_pool",
            "img_mean", "fmt"]
 
@@ -48,7 +56,8 @@ def make_dying_shard_fn(log_dir: str, victim: int):
     return shard_fn
 
 
-def test_killed_worker_costs_only_its_shard_and_results_match_local(tiny_llava_pool, tmp_path, monkeypatch):
+def test_killed_worker_costs_only_its_shard_and_results_match_local(ray_cluster, tiny_llava_pool, tmp_path,
+                                                                    monkeypatch):
     from mmsift.data.io import read_pool
     from mmsift.probe import runner
     from mmsift.probe.proxy import build_proxy
@@ -63,11 +72,7 @@ def test_killed_worker_costs_only_its_shard_and_results_match_local(tiny_llava_p
     logs.mkdir()
     monkeypatch.setattr(runner, "probe_shard", make_dying_shard_fn(str(logs), victim=1))
     monkeypatch.setenv("MMSIFT_RAY_WORKERS", "2")  # one actor per shard; the 2 CPUs hold 4 half-CPU actors
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        result = runner.run_probe(pool, out=tmp_path / "ray", executor="ray", **common)
-    finally:
-        ray.shutdown()
+    result = runner.run_probe(pool, out=tmp_path / "ray", executor="ray", **common)
 
     pids = {k: (logs / f"shard-{k}.log").read_text().split() for k in range(2)}
     assert len(pids[1]) == 2 and pids[1][0] != pids[1][1], "shard 1 ran twice, in two processes"
@@ -86,3 +91,20 @@ def test_killed_worker_costs_only_its_shard_and_results_match_local(tiny_llava_p
             assert x.tolist() == y.tolist(), name
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
     assert manifest["n_shards"] == 2
+
+
+def test_shard_errors_stop_the_run_and_deaths_are_retried_a_bounded_number_of_times(ray_cluster):
+    from mmsift.exec.ray import run_ray
+
+    def _raise(spec):  # nested, so Ray ships them by value
+        raise ValueError(f"bad shard {spec['shard']}")
+
+    def _die(spec):
+        import os
+
+        os._exit(3)
+
+    with pytest.raises(ValueError, match="bad shard 7"):  # an exception in the shard is not retried
+        run_ray([{"shard": 7}], _raise, workers=1, progress=False)
+    with pytest.raises(RuntimeError, match="died 2 times"):  # 1 retry, then the run gives up
+        run_ray([{"shard": 8}], _die, workers=1, max_retries=1, progress=False)
