@@ -399,3 +399,17 @@ def test_every_signal_on_a_small_pool(family, tiny_llava_pool, tmp_path):
     assert (img_norm[has_img] > 0).all() and (img_norm[~has_img] == 0).all()
     assert (sig["n_answer_tokens"] > 0).all()
     assert not math.isnan(float(sig["loss"].mean()))
+
+
+def test_idefics3_image_without_splitting(tmp_path):
+    """With splitting off an image is only the global view: <fake><global-img><image>*4<fake>."""
+    out = tmp_path / "idefics3"
+    build_idefics3(out)
+    lm = probe_models.load_model(out, device="cpu", dtype="float32")
+    lm.processor.image_processor.do_image_splitting = False
+    enc = encode_case(lm.adapter, "conv")
+    block = "<fake_token_around_image><global-img>" + "<image>" * 4 + "<fake_token_around_image>"
+    segs = [(t.replace(image_block("idefics3", 56, 56), block), m) for t, m in segments("idefics3", "conv")]
+    ids, mask = expected("idefics3", lm.processor.tokenizer, segs)
+    assert enc.input_ids.tolist() == ids and enc.answer_mask.tolist() == mask
+    assert int(enc.image_mask.sum()) == 4
