@@ -15,8 +15,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """One local 2-CPU Ray instance for the module (starting one costs ~10 s here)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    """One local 2-CPU Ray instance for the module (starting one costs ~10 s here). It also declares 2 GPUs: Ray only
+    accounts for them (and sets CUDA_VISIBLE_DEVICES per actor), which is all the GPU placement test needs."""
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
 
@@ -108,3 +109,32 @@ def test_shard_errors_stop_the_run_and_deaths_are_retried_a_bounded_number_of_ti
         run_ray([{"shard": 7}], _raise, workers=1, progress=False)
     with pytest.raises(RuntimeError, match="died 2 times"):  # 1 retry, then the run gives up
         run_ray([{"shard": 8}], _die, workers=1, max_retries=1, progress=False)
+
+
+def test_gpu_run_places_one_actor_per_gpu_on_disjoint_shards(ray_cluster, tmp_path):
+    from types import SimpleNamespace
+
+    from mmsift.exec.ray import run_ray
+
+    log_dir = str(tmp_path)
+
+    def record(spec):  # nested, so Ray ships it by value
+        import os
+        import time
+
+        with open(os.path.join(log_dir, f"{spec.shard}.txt"), "a") as f:
+            f.write(f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')}\n")
+        time.sleep(0.2)
+
+    config = SimpleNamespace(device="cuda")
+    specs = [SimpleNamespace(shard=k, out=str(tmp_path / "run"), config=config) for k in range(6)]
+    run_ray(specs, record, num_cpus=0.25, progress=False)  # 1 GPU per actor by default on a cuda run
+    lines = [(tmp_path / f"{k}.txt").read_text().splitlines() for k in range(6)]
+    assert all(len(x) == 1 for x in lines), "every shard ran exactly once"
+    seen = [x[0].split() for x in lines]
+    by_pid = {}
+    for pid, gpu in seen:
+        by_pid.setdefault(pid, set()).add(gpu)
+    assert len(by_pid) == 2, "two GPUs: two actors"
+    assert all(len(g) == 1 for g in by_pid.values()), "an actor keeps its GPU"
+    assert sorted(g.pop() for g in by_pid.values()) == ["0", "1"], "each actor has its own GPU"
