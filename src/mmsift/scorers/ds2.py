@@ -37,12 +37,13 @@ def rated_levels(signals: Signals, column: str | None, cap_columns=CAP_COLUMNS) 
     return out
 
 
-def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int) -> tuple[np.ndarray, np.ndarray, str]:
+def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int, nprobe: int = 8
+        ) -> tuple[np.ndarray, np.ndarray, str]:
     """The k nearest other rows by cosine similarity: (neighbour ids (N, k), cosine distances (N, k), note).
 
     Exact (faiss ``IndexFlatIP`` on L2-normalised float32) up to ``exact_max`` rows. Above that, approximate:
     vectors wider than 64 are PCA-projected to 64 dims and re-normalised, then an IVF index (nlist = 2 sqrt(N),
-    nprobe = 4) trained on a seeded sample of 40 nlist rows is searched; the note says so. Distances are then
+    ``nprobe`` lists searched) trained on a seeded sample of 40 nlist rows; the note says so. Distances are then
     those of the projected vectors. Missing neighbours (an IVF probe that found too few) have id -1, distance NaN.
     """
     import faiss
@@ -69,8 +70,8 @@ def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int) -> tuple[
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = int(random_state)
         index.train(np.ascontiguousarray(train, dtype=np.float32))
-        index.nprobe = 4
-        note = f"ds2: approximate k-NN (IVF nlist={nlist}, nprobe=4{proj}, k={k}) over {n} rows"
+        index.nprobe = int(nprobe)
+        note = f"ds2: approximate k-NN (IVF nlist={nlist}, nprobe={nprobe}{proj}, k={k}) over {n} rows"
     index.add(x)
     sim, ids = index.search(x, kk)
     # Drop each row itself (it is normally its own first hit; with duplicates it may come later or not at all).
@@ -151,7 +152,7 @@ class DS2(Scorer):
     summary = "judge ratings corrected by a k-NN score-transition matrix, long-tail tie-break"
 
     def __init__(self, *, column: str | None = None, capabilities=None, k: int = 10, alpha: float = 1.0,
-                 exact_max: int = 50_000, random_state: int = 0):
+                 exact_max: int = 50_000, nprobe: int = 8, random_state: int = 0):
         super().__init__(random_state=random_state)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -161,6 +162,7 @@ class DS2(Scorer):
         self.k = int(k)
         self.alpha = float(alpha)
         self.exact_max = int(exact_max)
+        self.nprobe = int(nprobe)
         if isinstance(capabilities, str):
             capabilities = [c.strip() for c in capabilities.split(",") if c.strip()]
         self.cap_columns = CAP_COLUMNS if capabilities is None else tuple(f"cap_{c}" for c in capabilities)
@@ -179,7 +181,8 @@ class DS2(Scorer):
         k = min(self.k, n - 1)
         if k < 1:
             return rated.astype(np.float64)
-        nbrs, dist, note = knn(emb, k, exact_max=self.exact_max, random_state=self.random_state)
+        nbrs, dist, note = knn(emb, k, exact_max=self.exact_max, random_state=self.random_state,
+                               nprobe=self.nprobe)
         cons = consensus_labels(rated, nbrs)
         t, prior = transition_matrix(rated, cons, alpha=self.alpha)
         post = posterior(rated, nbrs, t, prior)
