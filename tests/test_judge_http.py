@@ -295,6 +295,7 @@ def test_easyvqa_pool_judged_and_sampled_across_styles(server, tmp_path):
     sig = SignalStore(tmp_path / "run").load()
     yes_no = sig["style_yes_no"] == 1
     assert 0 < yes_no.sum() < len(sig) and set(sig.tasks) >= {"color", "yesno"}
+    assert SignalStore(tmp_path / "run").manifest["pool"] == str(pool.resolve())
     sel = select_run(str(tmp_path / "run"), "mmssr", 6, params={"capabilities": ["attribute_identification"]})
     chosen = np.isin(sig.ids, sel.ids)
     # Top-6 by rating alone would be colour questions only; the style x source bins spread the budget.

@@ -208,8 +208,12 @@ def run_judge(
     notes: list[str] = []
     ids = [r.id for r in records]
     if into is None:
+        # Like a probe run, a judge run names its pool, so `mmsift select RUN` can write the subset.
+        pool_meta = {"pool": str(Path(pool.path).resolve()), "pool_format": pool.format,
+                     "images": None if images is None else str(Path(images).resolve()), "task_field": task_field,
+                     "skipped": [{"id": i, "kind": k, "message": m} for i, k, m in skipped]}
         store = write_store(root, ids=ids, index=[r.index for r in records], tasks=[r.task for r in records],
-                            columns=columns, meta=meta)
+                            columns=columns, meta={**pool_meta, **meta})
     else:
         store, notes = _merge_into(Path(into), ids, columns, meta)
     log.info("judge wrote %d records to %s", n, store.root)
