@@ -83,6 +83,7 @@ class _Quota(Scorer):
         return np.asarray(signals["n_tokens"], dtype=float)
 
     def quotas(self, signals, scores, n_keep):
+        self.notes_.append("quota note")
         return {"a": n_keep - 1, "b": 1}
 
 
@@ -100,6 +101,7 @@ def test_method_quotas_and_dedup_step():
     s = _signals(list(range(10)), tasks=["a"] * 5 + ["b"] * 5)
     sel = select_rows(s, _Quota(), 3)
     assert sel.ids == ["r3", "r4", "r9"]
+    assert sel.notes == ["quota note"]  # notes written while choosing reach the report
     sel = select_rows(s, make_scorer("length"), 3, dedup=_Dedup())
     assert sel.ids == ["r4", "r6", "r8"] and sel.dropped_by_dedup == 5
 

@@ -85,7 +85,7 @@ def select_rows(
 
     candidates = np.arange(n)
     dropped = 0
-    notes = list(scorer.notes_)
+    dedup_notes: list[str] = []
     if dedup is not None:
         dedup.check_signals(signals)
         mask = dedup.keep_mask(signals)
@@ -93,7 +93,7 @@ def select_rows(
             raise ValueError(f"method {dedup.name!r} cannot be used as a dedup step")
         candidates = np.flatnonzero(mask)
         dropped = n - len(candidates)
-        notes.extend(dedup.notes_)
+        dedup_notes = list(dedup.notes_)
     n_keep = min(n_keep, len(candidates))
 
     chosen = None
@@ -118,6 +118,8 @@ def select_rows(
     if len(chosen) > n_keep:
         raise ValueError(f"method {scorer.name!r} chose {len(chosen)} rows for a budget of {n_keep}")
     chosen = chosen[np.argsort(signals.index[chosen], kind="stable")]
+    # Read notes last: quotas() and choose() add their own (e.g. mmSSR's per-capability counts).
+    notes = list(scorer.notes_) + dedup_notes
     return Selection(
         method=scorer.name,
         rows=chosen,
