@@ -307,6 +307,11 @@ def run_probe(
     and the bookkeeping ones. ``images`` defaults to the pool file's folder. ``limit`` probes only the first
     ``limit`` good records. Rerunning with the same arguments resumes from finished shards; a finished run is
     returned as is. ``overwrite`` discards a previous run with different settings in ``out``.
+
+    The manifest records: model (path), model_type, layer, feature_layers, vector_dim, methods,
+    requested_signals, device, dtype, seed, pool (path), pool_format, images, task_field, n_records (entries in
+    the pool file), n_good, n_skipped, skipped (id, kind, message per record left out: validation errors and
+    run-time failures), shard_size, n_shards, probe_fingerprint.
     """
     from mmsift.data.io import read_pool
     from mmsift.data.validate import validate_pool
