@@ -90,7 +90,7 @@ def build_proxy(
     """
     import torch
     from transformers import (
-        CLIPImageProcessor,
+        CLIPImageProcessorPil,
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
@@ -132,7 +132,8 @@ def build_proxy(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    image_processor = CLIPImageProcessor(
+    # The PIL backend directly: the default class would look for torchvision (never installed) and warn.
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     processor = LlavaProcessor(
