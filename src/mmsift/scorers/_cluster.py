@@ -32,6 +32,29 @@ def as_float32(x: np.ndarray, *, normalize: bool = False, chunk: int = _CHUNK) -
     return out
 
 
+def concat_float32(parts: list[np.ndarray], *, normalize_parts: bool, normalize: bool,
+                   chunk: int = _CHUNK) -> np.ndarray:
+    """Concatenate vector signals column-wise into one float32 matrix, chunk by chunk (peak memory = the output
+    plus one chunk), optionally L2-normalising each part and then each whole row."""
+    n = len(parts[0])
+    dims = [p.shape[1] for p in parts]
+    out = np.empty((n, sum(dims)), dtype=np.float32)
+    for s in range(0, n, chunk):
+        col = 0
+        for p, d in zip(parts, dims):
+            block = np.asarray(p[s:s + chunk], dtype=np.float32)
+            if normalize_parts:
+                norm = np.sqrt(np.einsum("ij,ij->i", block, block))
+                block = block / np.where(norm > 0, norm, 1.0)[:, None]
+            out[s:s + chunk, col:col + d] = block
+            col += d
+        if normalize:
+            rows = out[s:s + chunk]
+            norm = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+            rows /= np.where(norm > 0, norm, 1.0)[:, None]
+    return out
+
+
 def check_finite(x: np.ndarray, name: str, ids) -> None:
     """Raise a clear error naming records whose vector holds NaN/inf."""
     bad = ~np.isfinite(x).all(axis=1)
@@ -45,7 +68,7 @@ class _faiss_threads:
     especially on a busy machine."""
 
     def __init__(self, work: float):
-        self.single = work < 1e9
+        self.single = work < 1e10
 
     def __enter__(self):
         self.before = faiss.omp_get_max_threads()
@@ -54,6 +77,14 @@ class _faiss_threads:
 
     def __exit__(self, *exc):
         faiss.omp_set_num_threads(self.before)
+
+
+def one_blas_thread():
+    """Context manager: BLAS on one thread. Loops over many small clusters spend more time synchronising BLAS
+    threads (worse on a busy machine) than multiplying; large single products are left outside it."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _flat_kmeans(x: np.ndarray, k: int, *, spherical: bool, seed: int, niter: int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmsift.scorers._cluster import as_float32, check_finite, kmeans
+from mmsift.scorers._cluster import check_finite, concat_float32, kmeans
 from mmsift.scorers._rank import scalar
 from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
@@ -16,11 +16,7 @@ TEXT_ONLY = "text_only"
 def conversation_vectors(last: np.ndarray, attn_pool: np.ndarray) -> np.ndarray:
     """``r_i = [last_i / ||last_i|| ; attn_pool_i / ||attn_pool_i||] / sqrt(2)``: unit rows, so ``r_i . r_j`` is
     the cosine of the concatenated vectors (the average of the two halves' cosines)."""
-    a = as_float32(last, normalize=True)
-    b = as_float32(attn_pool, normalize=True)
-    r = np.empty((len(a), a.shape[1] + b.shape[1]), dtype=np.float32)
-    r[:, :a.shape[1]] = a
-    r[:, a.shape[1]:] = b
+    r = concat_float32([last, attn_pool], normalize_parts=True, normalize=False)
     r *= np.float32(1.0 / np.sqrt(2.0))
     return r
 

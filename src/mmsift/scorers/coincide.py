@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmsift.budget import apportion
-from mmsift.scorers._cluster import as_float32, check_finite, kmeans
+from mmsift.scorers._cluster import check_finite, concat_float32, kmeans, one_blas_thread
 from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
 
@@ -39,9 +39,13 @@ def herd(x: np.ndarray, q: int, bandwidth: float, ref: np.ndarray, chunk: int = 
     earliest row. Returns positions in pick order.
     """
     n = len(x)
+    gram = _kernel(x, x, bandwidth) if len(ref) == n else None  # small cluster: every k(x, s) at once
     m = np.empty(n)
-    for s in range(0, n, chunk):
-        m[s:s + chunk] = _kernel(x[s:s + chunk], x[ref], bandwidth).mean(axis=1, dtype=np.float64)
+    if gram is not None:
+        m[:] = gram.mean(axis=1, dtype=np.float64)
+    else:
+        for s in range(0, n, chunk):
+            m[s:s + chunk] = _kernel(x[s:s + chunk], x[ref], bandwidth).mean(axis=1, dtype=np.float64)
     acc = np.zeros(n)
     taken = np.zeros(n, dtype=bool)
     picks = np.empty(q, dtype=np.int64)
@@ -50,7 +54,7 @@ def herd(x: np.ndarray, q: int, bandwidth: float, ref: np.ndarray, chunk: int = 
         j = int(np.argmax(gain))
         picks[t] = j
         taken[j] = True
-        acc += _kernel(x, x[j:j + 1], bandwidth)[:, 0]
+        acc += gram[:, j] if gram is not None else _kernel(x, x[j:j + 1], bandwidth)[:, 0]
     return picks
 
 
@@ -97,12 +101,8 @@ class Coincide(Scorer):
         self._state = None
 
     def _features(self, signals: Signals) -> np.ndarray:
-        img, txt = signals["img_mean"], signals["txt_mean"]
-        x = np.empty((len(signals), img.shape[1] + txt.shape[1]), dtype=np.float32)
-        x[:, :img.shape[1]] = as_float32(img)
-        x[:, img.shape[1]:] = as_float32(txt)
+        x = concat_float32([signals["img_mean"], signals["txt_mean"]], normalize_parts=False, normalize=True)
         check_finite(x, "img_mean/txt_mean", signals.ids)
-        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         return x
 
     def _ref(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -116,7 +116,8 @@ class Coincide(Scorer):
         n = len(signals)
         x = self._features(signals)
         k = self.n_clusters or max(1, min(10000, n // 20))
-        cent, labels, how = kmeans(x, k, spherical=True, random_state=self.random_state)
+        # 10 Lloyd iterations: COINCIDE needs many small, roughly even clusters, not a converged partition
+        cent, labels, how = kmeans(x, k, spherical=True, random_state=self.random_state, niter=10)
         cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
         kk = len(cent)
         t = transferability(cent, self.sim_cap)
@@ -125,14 +126,15 @@ class Coincide(Scorer):
         rng = np.random.default_rng(self.random_state)
         d = np.ones(kk)
         n_sampled = 0
-        for c in range(kk):
-            members = order[bounds[c]:bounds[c + 1]]
-            if len(members) < 2:
-                continue
-            ref = members[self._ref(members, rng)]
-            n_sampled += len(ref) < len(members)
-            g = _kernel(x[ref], x[ref], self.bandwidth).astype(np.float64)
-            d[c] = (g.sum() - np.trace(g)) / (len(ref) * (len(ref) - 1))
+        with one_blas_thread():
+            for c in range(kk):
+                members = order[bounds[c]:bounds[c + 1]]
+                if len(members) < 2:
+                    continue
+                ref = members[self._ref(members, rng)]
+                n_sampled += len(ref) < len(members)
+                g = _kernel(x[ref], x[ref], self.bandwidth).astype(np.float64)
+                d[c] = (g.sum() - np.trace(g)) / (len(ref) * (len(ref) - 1))
         logits = t / d / self.temperature
         w = np.exp(logits - logits.max())
         w /= w.sum()
@@ -153,11 +155,12 @@ class Coincide(Scorer):
         quota = apportion(w, n_keep, caps=sizes)
         rng = np.random.default_rng(self.random_state + 1)
         picked = []
-        for c in np.flatnonzero(quota):
-            members = order[bounds[c]:bounds[c + 1]]  # pool order inside the cluster (stable sort)
-            if quota[c] >= len(members):
-                picked.append(members)
-                continue
-            picks = herd(x[members], int(quota[c]), self.bandwidth, self._ref(members, rng))
-            picked.append(members[picks])
+        with one_blas_thread():
+            for c in np.flatnonzero(quota):
+                members = order[bounds[c]:bounds[c + 1]]  # pool order inside the cluster (stable sort)
+                if quota[c] >= len(members):
+                    picked.append(members)
+                    continue
+                picks = herd(x[members], int(quota[c]), self.bandwidth, self._ref(members, rng))
+                picked.append(members[picks])
         return np.concatenate(picked) if picked else np.zeros(0, np.int64)

@@ -7,7 +7,8 @@ import logging
 import numpy as np
 
 from mmsift.budget import apportion
-from mmsift.scorers._cluster import as_float32, check_finite, cut_tree, kmeans, ward_linkage, weighted_ward
+from mmsift.scorers._cluster import (as_float32, check_finite, cut_tree, kmeans, one_blas_thread, ward_linkage,
+                                     weighted_ward)
 from mmsift.scorers._rank import exclude_nonfinite, rank01, scalar
 from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
@@ -57,6 +58,12 @@ def uniqueness(x: np.ndarray, info: np.ndarray, *, max_exact: int, rng: np.rando
     if dbar <= 0:  # all members identical: nothing is more unique than anything else
         return np.zeros(n), sampled
     return num / dbar, sampled
+
+
+def _no_limit():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def association(centroids: np.ndarray) -> np.ndarray:
@@ -155,11 +162,18 @@ class DataTailor(Scorer):
             w = it if self.weight_uniqueness else np.ones(len(rows))
             u = np.zeros(len(rows))
             cents = np.zeros((int(labels.max()) + 1, x.shape[1]))
-            for c in range(len(cents)):
-                members = np.flatnonzero(labels == c)
-                u[members], sampled = uniqueness(x[members], w[members], max_exact=self.max_cluster_exact, rng=rng)
-                sampled_clusters += sampled
-                cents[c] = x[members].astype(np.float64).mean(axis=0)
+            by_label = np.argsort(labels, kind="stable")
+            bounds = np.searchsorted(labels[by_label], np.arange(len(cents) + 1))
+            sizes = np.diff(bounds)
+            small = sizes < 512
+            for group in (np.flatnonzero(small), np.flatnonzero(~small)):
+                with one_blas_thread() if small[group].all() and len(group) else _no_limit():
+                    for c in group:
+                        members = by_label[bounds[c]:bounds[c + 1]]
+                        u[members], sampled = uniqueness(x[members], w[members], max_exact=self.max_cluster_exact,
+                                                         rng=rng)
+                        sampled_clusters += sampled
+                        cents[c] = x[members].astype(np.float64).mean(axis=0)
             r = association(cents)[labels] * it
             rt = rounds[rows]
             score[rows] = (rt * rank01(it) + rank01(u) + rank01(r)) / (rt + 2.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmsift.scorers._cluster import as_float32, check_finite, kmeans
+from mmsift.scorers._cluster import as_float32, check_finite, kmeans, one_blas_thread
 from mmsift.scorers._rank import rank01
 from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
@@ -76,14 +76,15 @@ class SemDeDup(Scorer):
         keep = np.ones(n, dtype=bool)
         by_cluster = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[by_cluster], np.arange(len(cent) + 1))
-        for c in range(len(cent)):
-            members = by_cluster[bounds[c]:bounds[c + 1]]
-            if len(members) < 2:
-                continue
-            # far first: ascending similarity to the centroid; ties keep pool order
-            key = sim_c[members] if self.keep == "far" else -sim_c[members]
-            order = np.argsort(key, kind="stable")
-            keep[members] = dedup_cluster(x[members], order, 1.0 - self.eps)
+        with one_blas_thread():
+            for c in range(len(cent)):
+                members = by_cluster[bounds[c]:bounds[c + 1]]
+                if len(members) < 2:
+                    continue
+                # far first: ascending similarity to the centroid; ties keep pool order
+                key = sim_c[members] if self.keep == "far" else -sim_c[members]
+                order = np.argsort(key, kind="stable")
+                keep[members] = dedup_cluster(x[members], order, 1.0 - self.eps)
         self.notes_.append(f"semdedup: removed {int((~keep).sum())} of {n} near-duplicates "
                            f"(cosine > {1.0 - self.eps:g} on {self.vector!r}; {how})")
         return keep, sim_c
