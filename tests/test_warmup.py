@@ -80,3 +80,19 @@ def test_warmup_command_prints_curve(pool):
     assert result.exit_code == 0, result.output
     assert "trained the proxy on 8 samples for 1 epochs" in result.output
     assert (out / "config.json").is_file() and (out / "warmup.json").is_file()
+
+
+def test_small_models_use_one_cpu_thread_and_restore_it(pool):
+    from mmsift.probe.models import cpu_threads_for
+
+    model = torch.nn.Linear(4, 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with cpu_threads_for(model, "cpu"):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with cpu_threads_for(model, "cuda"):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

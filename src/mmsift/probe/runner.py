@@ -119,6 +119,7 @@ def probe_shard(spec: ShardSpec) -> None:
     from tqdm.auto import tqdm
 
     from mmsift.probe.dataset import ProbeDataset, as_list, variants_for
+    from mmsift.probe.models import cpu_threads_for
     from mmsift.probe.perturb import instruction_format, is_multiple_choice
     from mmsift.probe.signals import SignalOptions
 
@@ -150,7 +151,7 @@ def probe_shard(spec: ShardSpec) -> None:
     loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=as_list, num_workers=workers,
                                          prefetch_factor=4 if workers else None, persistent_workers=False)
     rows: dict[int, dict] = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_threads_for(model, lm.device):
         for items in tqdm(loader, total=len(batches), desc=f"shard {spec.shard}", leave=False, unit="batch"):
             good = []
             for it in items:

@@ -77,7 +77,7 @@ def train_proxy(
     """
     import torch
 
-    from mmsift.probe.models import LoadedModel, load_model
+    from mmsift.probe.models import LoadedModel, cpu_threads_for, load_model
 
     t0 = time.perf_counter()
     lm = model_dir_or_model if isinstance(model_dir_or_model, LoadedModel) else load_model(
@@ -104,6 +104,15 @@ def train_proxy(
     model.train()
     losses: list[float] = []
     epoch_losses: list[float] = []
+    with cpu_threads_for(model, lm.device):
+        _train_loop(adapter, model, encs, lm.device, opt, sched, gen, batch_size, total, losses, epoch_losses)
+    model.eval()
+    return TrainResult(lm, losses, epoch_losses, len(encs), len(failed), time.perf_counter() - t0)
+
+
+def _train_loop(adapter, model, encs, device, opt, sched, gen, batch_size, total, losses, epoch_losses) -> None:
+    import torch
+
     step = 0
     while step < total:
         order = torch.randperm(len(encs), generator=gen).tolist()
@@ -111,7 +120,7 @@ def train_proxy(
         for k in range(0, len(order), batch_size):
             if step >= total:
                 break
-            batch = adapter.collate([encs[i] for i in order[k:k + batch_size]]).to(lm.device)
+            batch = adapter.collate([encs[i] for i in order[k:k + batch_size]]).to(device)
             loss = batch_answer_loss(adapter, model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -123,8 +132,6 @@ def train_proxy(
             step += 1
         epoch_losses.append(float(np.mean(in_epoch)))
         log.info("epoch %d: mean answer loss %.4f (%d steps)", len(epoch_losses), epoch_losses[-1], step)
-    model.eval()
-    return TrainResult(lm, losses, epoch_losses, len(encs), len(failed), time.perf_counter() - t0)
 
 
 def warmup(
