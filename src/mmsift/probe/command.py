@@ -63,6 +63,10 @@ def probe_command(
     task_field: Annotated[Optional[str], typer.Option("--task-field", help="Record field naming its task.")] = None,
     shard_size: Annotated[int, typer.Option("--shard-size", help="Records per resumable shard.")] = 256,
     executor: Annotated[str, typer.Option("--executor", help="local or ray.")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a local Ray).")] = None,
+    ray_workers: Annotated[Optional[int], typer.Option(
+        "--ray-workers", help="Ray actors (default: as many as the cluster's resources allow).")] = None,
     vector_dim: Annotated[Optional[int], typer.Option(
         "--vector-dim", help="Reduce stored vectors to this many dims (seeded random projection).")] = None,
     num_workers: Annotated[Optional[int], typer.Option(
@@ -79,7 +83,8 @@ def probe_command(
         result = run_probe(data, images=images, model=model, out=out, methods=_csv(methods) or None,
                            signals=_csv(signals) or None, device=device, batch_size=batch_size, layer=layer,
                            task_field=task_field, shard_size=shard_size, executor=executor, dtype=dtype,
-                           limit=limit, vector_dim=vector_dim, num_workers=num_workers, overwrite=overwrite)
+                           limit=limit, vector_dim=vector_dim, num_workers=num_workers, overwrite=overwrite,
+                           ray_address=ray_address, ray_workers=ray_workers)
     except (OSError, ValueError, KeyError, StoreError) as e:
         typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
         raise typer.Exit(1) from None

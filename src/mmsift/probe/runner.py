@@ -301,6 +301,8 @@ def run_probe(
     max_length: int | None = None,
     overwrite: bool = False,
     check_images: bool = True,
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
 ) -> ProbeResult:
     """Probe the pool ``data`` with the model at ``model`` into the run directory ``out``.
 
@@ -319,6 +321,8 @@ def run_probe(
     from mmsift.exec import get_executor
     from mmsift.probe.signals import resolve_signals
 
+    if executor != "ray" and (ray_address or ray_workers):
+        raise ValueError("--ray-address and --ray-workers need --executor ray")
     t0 = time.perf_counter()
     pool = read_pool(data, task_field=task_field)
     images_dir = str(images) if images is not None else str(Path(pool.path).parent)
@@ -367,7 +371,8 @@ def run_probe(
     log.info("probing %d records (%d skipped by validation) in %d shards with %s on %s",
              len(good), n_skipped, len(shards), model, device)
     specs = [ShardSpec(str(out), k, shards[k], config) for k in todo]
-    get_executor(executor)(specs, probe_shard)
+    executor_options = {"address": ray_address, "workers": ray_workers} if executor == "ray" else {}
+    get_executor(executor)(specs, probe_shard, **executor_options)
 
     failed = []
     for k in range(len(shards)):
