@@ -20,12 +20,12 @@ from __future__ import annotations
 from mmsift.probe.family_llava_next import noise_crops, pad_cat
 from mmsift.probe.models import FAMILIES, Batch, Encoded, EncodeError, FamilyAdapter
 
-# Nominal image side used only to estimate sequence lengths for length-sorted batching (no image is decoded then).
-_NOMINAL_SIDE = 512
-
 
 class Idefics3Adapter(FamilyAdapter):
     """Idefics3 / SmolVLM (``idefics3``, ``Idefics3ForConditionalGeneration``)."""
+
+    # Nominal image side used only to estimate sequence lengths for length-sorted batching (no image is decoded then).
+    NOMINAL_IMAGE_SIDE = 512
 
     def __init__(self, processor, config):
         super().__init__(processor, config)
@@ -42,40 +42,19 @@ class Idefics3Adapter(FamilyAdapter):
                 m["content"] = [{"type": "text", "text": ""}]
         return msgs
 
-    def image_seq_length(self) -> int:
-        # Called for every record when sorting a shard: computed once.
-        if getattr(self, "_image_seq_length", None) is None:
-            counts = self.processor._get_num_multimodal_tokens(image_sizes=[[_NOMINAL_SIDE, _NOMINAL_SIDE]])
-            self._image_seq_length = int(counts["num_image_tokens"][0])
-        return self._image_seq_length
 
-    def expand_mask(self, raw_ids: list[int], raw_mask: list[bool], ids: list[int]) -> list[bool]:
-        img, fake, glob = self.image_token_id, self.fake_token_id, self.global_token_id
-        out: list[bool] = []
-        i = j = 0
-        while i < len(raw_ids) or j < len(ids):
-            if i < len(raw_ids) and raw_ids[i] == img:
-                # One placeholder -> crops ... <fake><global-img><image>*n<fake>; the block ends at the fake token
-                # that closes the global view.
-                if j >= len(ids) or ids[j] != fake:
-                    raise EncodeError("processor output lost an image placeholder")
-                start = j
-                while j < len(ids) and ids[j] != glob:
-                    j += 1
-                while j + 1 < len(ids) and ids[j + 1] == img:
-                    j += 1
-                if j + 1 >= len(ids) or ids[j + 1] != fake:
-                    raise EncodeError("image block does not end with <fake_token_around_image>")
-                j += 2
-                out.extend([False] * (j - start))
-                i += 1
-                continue
-            if i >= len(raw_ids) or j >= len(ids) or raw_ids[i] != ids[j]:
-                raise EncodeError("processor tokens differ from the template's tokens outside image placeholders")
-            out.append(raw_mask[i])
-            i += 1
+    def skip_image_block(self, raw_ids: list[int], i: int, ids: list[int], j: int) -> tuple[int, int]:
+        # One placeholder -> crops ... <fake><global-img><image>*n<fake>; the block ends at the fake token that
+        # closes the global view.
+        if j >= len(ids) or ids[j] != self.fake_token_id:
+            raise EncodeError("processor output lost an image placeholder")
+        while j < len(ids) and ids[j] != self.global_token_id:
             j += 1
-        return out
+        while j + 1 < len(ids) and ids[j + 1] == self.image_token_id:
+            j += 1
+        if j + 1 >= len(ids) or ids[j + 1] != self.fake_token_id:
+            raise EncodeError("image block does not end with <fake_token_around_image>")
+        return i + 1, j + 2
 
     def collate(self, encs: list[Encoded]) -> Batch:
         keys = ("pixel_values", "pixel_attention_mask")

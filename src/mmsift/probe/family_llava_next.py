@@ -13,9 +13,6 @@ import torch
 
 from mmsift.probe.models import FAMILIES, Batch, Encoded, FamilyAdapter
 
-# Nominal image side used only to estimate sequence lengths for length-sorted batching (no image is decoded then).
-_NOMINAL_SIDE = 672
-
 
 def pad_cat(tensors: list[torch.Tensor], *, pad_dims: tuple[int, ...]) -> torch.Tensor:
     """Concatenate on dim 0 after zero-padding each tensor (at the end) to the largest size on ``pad_dims``."""
@@ -51,12 +48,9 @@ def noise_crops(pixel_values: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
 class LlavaNextAdapter(FamilyAdapter):
     """LLaVA-NeXT (``llava_next``, ``LlavaNextForConditionalGeneration``)."""
 
-    def image_seq_length(self) -> int:
-        # Called for every record when sorting a shard: computed once.
-        if getattr(self, "_image_seq_length", None) is None:
-            counts = self.processor._get_num_multimodal_tokens(image_sizes=[[_NOMINAL_SIDE, _NOMINAL_SIDE]])
-            self._image_seq_length = int(counts["num_image_tokens"][0])
-        return self._image_seq_length
+    # Nominal image side used only to estimate sequence lengths for length-sorted batching (no image is decoded then).
+    NOMINAL_IMAGE_SIDE = 672
+
 
     def collate(self, encs: list[Encoded]) -> Batch:
         pixels = [e.extra["pixel_values"] for e in encs if "pixel_values" in e.extra]

@@ -28,10 +28,6 @@ from mmsift.probe.models import FAMILIES, Batch, Encoded, EncodeError, FamilyAda
 
 log = logging.getLogger(__name__)
 
-# Nominal image side used only to estimate sequence lengths for length-sorted batching (images are not decoded
-# when sorting); 448 px is the middle of Qwen's default pixel range.
-_NOMINAL_SIDE = 448
-
 
 def _chat_template(path: Path, tokenizer) -> str | None:
     """The model's chat template: ``chat_template.jinja``, else ``chat_template.json``, else the tokenizer's."""
@@ -85,6 +81,10 @@ def save_processor(processor, out_dir) -> None:
 class Qwen2VLAdapter(FamilyAdapter):
     """Qwen2-VL (``qwen2_vl``) and Qwen2.5-VL (``qwen2_5_vl``)."""
 
+    # Nominal image side used only to estimate sequence lengths for length-sorted batching (images are not decoded
+    # when sorting); 448 px is the middle of Qwen's default pixel range.
+    NOMINAL_IMAGE_SIDE = 448
+
     def __init__(self, processor, config):
         super().__init__(processor, config)
         self._positions: torch.Tensor | None = None
@@ -107,12 +107,6 @@ class Qwen2VLAdapter(FamilyAdapter):
                                chat_template=template)
 
     # ---- inputs ----------------------------------------------------------------------------------------------
-    def image_seq_length(self) -> int:
-        # Called for every record when sorting a shard: computed once.
-        if getattr(self, "_image_seq_length", None) is None:
-            counts = self.processor._get_num_multimodal_tokens(image_sizes=[[_NOMINAL_SIDE, _NOMINAL_SIDE]])
-            self._image_seq_length = int(counts["num_image_tokens"][0])
-        return self._image_seq_length
 
     def collate(self, encs: list[Encoded]) -> Batch:
         types = [e.extra.get("mm_token_type_ids") for e in encs]

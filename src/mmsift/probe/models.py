@@ -200,20 +200,17 @@ class FamilyAdapter:
     def expand_mask(self, raw_ids: list[int], raw_mask: list[bool], ids: list[int]) -> list[bool]:
         """Carry the answer mask from the unexpanded tokens to the processor's tokens.
 
-        The two sequences must agree except that each run of image tokens may have another length.
+        The two sequences must agree except at image placeholders, which the processor expands into a block of
+        another length (see :meth:`skip_image_block`); image blocks are never answer tokens.
         """
         img = self.image_token_id
         out: list[bool] = []
         i = j = 0
         while i < len(raw_ids) or j < len(ids):
             if i < len(raw_ids) and raw_ids[i] == img:
-                while i < len(raw_ids) and raw_ids[i] == img:
-                    i += 1
-                if j >= len(ids) or ids[j] != img:
-                    raise EncodeError("processor output lost an image placeholder")
-                while j < len(ids) and ids[j] == img:
-                    out.append(False)
-                    j += 1
+                i, j_end = self.skip_image_block(raw_ids, i, ids, j)
+                out.extend([False] * (j_end - j))
+                j = j_end
                 continue
             if i >= len(raw_ids) or j >= len(ids) or raw_ids[i] != ids[j]:
                 raise EncodeError("processor tokens differ from the template's tokens outside image placeholders")
@@ -221,6 +218,20 @@ class FamilyAdapter:
             i += 1
             j += 1
         return out
+
+    def skip_image_block(self, raw_ids: list[int], i: int, ids: list[int], j: int) -> tuple[int, int]:
+        """Positions just past the image placeholder starting at ``raw_ids[i]`` and its expansion at ``ids[j]``.
+
+        Default (LLaVA, Qwen): a run of image tokens on both sides, of any lengths.
+        """
+        img = self.image_token_id
+        while i < len(raw_ids) and raw_ids[i] == img:
+            i += 1
+        if j >= len(ids) or ids[j] != img:
+            raise EncodeError("processor output lost an image placeholder")
+        while j < len(ids) and ids[j] == img:
+            j += 1
+        return i, j
 
     CHARS_PER_TOKEN = 4
 
@@ -233,7 +244,18 @@ class FamilyAdapter:
         chars = sum(len(t.text.replace(IMAGE_PLACEHOLDER, "")) + 8 for t in turns)
         return chars // self.CHARS_PER_TOKEN + n_images * self.image_seq_length()
 
+    # Families whose image token count depends on the image size set the side of a nominal square image here;
+    # its token count (asked of the processor once) stands in for every image when sorting by length.
+    NOMINAL_IMAGE_SIDE: int | None = None
+
     def image_seq_length(self) -> int:
+        if self.NOMINAL_IMAGE_SIDE is not None:
+            # Called for every record when sorting a shard: computed once.
+            if getattr(self, "_image_seq_length", None) is None:
+                side = self.NOMINAL_IMAGE_SIDE
+                counts = self.processor._get_num_multimodal_tokens(image_sizes=[[side, side]])
+                self._image_seq_length = int(counts["num_image_tokens"][0])
+            return self._image_seq_length
         ip = getattr(self.processor, "image_processor", None)
         crop = getattr(ip, "crop_size", None) or {}
         patch = getattr(self.processor, "patch_size", None) or 14
