@@ -78,3 +78,10 @@ def test_other_vector_changes_requires():
     assert scorer.requires == ("img_mean",)
     with pytest.raises(KeyError, match="img_mean"):
         scorer.check_signals(_signals())
+
+
+def test_nan_vector_is_an_error_naming_the_record():
+    vecs = [list(v) for v in VECS]
+    vecs[3][1] = float("nan")
+    with pytest.raises(ValueError, match="v3"):
+        make_scorer("semdedup").keep_mask(_signals(vecs))

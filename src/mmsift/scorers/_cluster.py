@@ -56,8 +56,10 @@ def concat_float32(parts: list[np.ndarray], *, normalize_parts: bool, normalize:
 
 
 def check_finite(x: np.ndarray, name: str, ids) -> None:
-    """Raise a clear error naming records whose vector holds NaN/inf."""
-    bad = ~np.isfinite(x).all(axis=1)
+    """Raise a clear error naming records whose vector holds NaN/inf (checked in chunks: no N x d temporary)."""
+    bad = np.zeros(len(x), dtype=bool)
+    for s in range(0, len(x), _CHUNK):
+        bad[s:s + _CHUNK] = ~np.isfinite(x[s:s + _CHUNK]).all(axis=1)
     if bad.any():
         examples = ", ".join(str(i) for i in np.asarray(ids)[bad][:5])
         raise ValueError(f"vector signal {name!r} has NaN/inf in {int(bad.sum())} records (e.g. {examples})")
