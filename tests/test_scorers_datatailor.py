@@ -139,3 +139,24 @@ def test_nonfinite_informativeness_is_excluded_and_reported():
 def test_bad_theta():
     with pytest.raises(ValueError, match="theta"):
         make_scorer("datatailor", {"theta": 1.5})
+
+
+def test_micro_cluster_domains_agree_with_exact_ward_on_blobs():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((6, 16)) * 6
+    group = rng.integers(0, 6, 2400)
+    last = centres[group] + rng.standard_normal((2400, 16))
+    n = len(last)
+    sig = Signals(ids=np.array([f"b{i}" for i in range(n)], dtype=object), index=np.arange(n),
+                  tasks=np.array(["t"] * n, dtype=object),
+                  columns={"sv_entropy": rng.uniform(1, 3, n), "sv_tau": rng.uniform(0.1, 0.5, n),
+                           "n_rounds": np.ones(n), "last": last.astype(np.float16)})
+    exact = make_scorer("datatailor")
+    exact.score(sig)
+    micro = make_scorer("datatailor", {"max_exact": 1000, "n_micro": 200})
+    micro.score(sig)
+    assert any("micro-clusters" in note for note in micro.notes_)
+    assert adjusted_rand_score(exact.details_["domain"], micro.details_["domain"]) > 0.9
+    assert adjusted_rand_score(group, micro.details_["domain"]) > 0.9

@@ -85,3 +85,18 @@ def test_nan_vector_is_an_error_naming_the_record():
     vecs[3][1] = float("nan")
     with pytest.raises(ValueError, match="v3"):
         make_scorer("semdedup").keep_mask(_signals(vecs))
+
+
+def test_planted_near_duplicates_are_found_across_many_clusters():
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((3000, 32))
+    src = rng.choice(3000, 300, replace=False)
+    dups = base[src] + 0.005 * rng.standard_normal((300, 32))
+    n = 3300
+    sig = Signals(ids=np.array([f"p{i}" for i in range(n)], dtype=object), index=np.arange(n),
+                  tasks=np.array(["all"] * n, dtype=object),
+                  columns={"last": np.concatenate([base, dups]).astype(np.float16)})
+    keep = make_scorer("semdedup", {"eps": 0.02, "n_clusters": 10}).keep_mask(sig)
+    pair_dropped = ~keep[src] | ~keep[3000:]
+    assert pair_dropped.mean() > 0.9        # a duplicate and its source can land in different clusters
+    assert keep[np.setdiff1d(np.arange(3000), src)].all()  # random 32-d vectors are never near-duplicates
