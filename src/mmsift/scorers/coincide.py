@@ -163,4 +163,5 @@ class Coincide(Scorer):
                     continue
                 picks = herd(x[members], int(quota[c]), self.bandwidth, self._ref(members, rng))
                 picked.append(members[picks])
+        self._state = None  # the feature matrix is N x d float32: do not keep it alive with the scorer
         return np.concatenate(picked) if picked else np.zeros(0, np.int64)
