@@ -126,7 +126,9 @@ def test_cached_option_losses_match_full_sequences(tiny):
         encs = [lm.adapter.encode([Turn("user", "<image>\n" + item.question), Turn("assistant", o)], [img])
                 for o in item.options]
         with torch.no_grad():
-            ref = answer_loss(lm.adapter, lm.model, lm.adapter.collate(encs))
+            mean = answer_loss(lm.adapter, lm.model, lm.adapter.collate(encs))
+        # The probe's answer loss is a mean over answer tokens; the bench ranks by the sum.
+        ref = mean * np.array([int(e.answer_mask.sum()) for e in encs])
         assert got.shape == (len(item.options),)
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     assert len({round(float(x.std()), 6) for x in fast}) > 1

@@ -1,8 +1,9 @@
 """Evaluation of a trained target on the easy-vqa *test* split (never part of the pool).
 
-- Open questions: the model's answer loss (mean cross-entropy over the answer tokens and their eos, in the
-  template of :mod:`mmsift.bench.train`) is computed for each of the 13 easy-vqa answers; the lowest-loss answer
-  is the prediction. No generation, so a tiny model is scored on what it prefers, not on what it can spell.
+- Open questions: the model's answer loss (cross-entropy summed over the answer tokens and their eos, i.e. the
+  negative log-likelihood of the whole option, with the probe's chat template and answer masks) is computed for
+  each of the 13 easy-vqa answers; the lowest-loss answer is the prediction. Summed, not averaged: a mean over
+  tokens favours options the tokenizer splits into several easily predicted pieces. No generation, so a tiny model is scored on what it prefers, not on what it can spell.
   Accuracy overall and per question type (shape / color / yesno), and for rendered-text items (ocr, ranked over
   the OCR word list).
 - Multiple choice (ARDS's four columns): test shape and colour questions with 3-5 lettered options, scored by
@@ -160,7 +161,7 @@ def encode_items(lm, items: list[EvalItem], images_dir) -> list[EncodedItem]:
 
 @torch.no_grad()
 def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threads: int = 1) -> list[np.ndarray]:
-    """Mean answer loss (answer tokens + eos) of every option of every item (one array per item).
+    """Answer loss summed over the answer tokens + eos of every option of every item (one array per item).
 
     The prompt (image + question) is run once per item and its key/value cache is shared by the item's options,
     so 13 options cost one prompt pass plus 13 short continuations (checked against full sequences in the tests).
@@ -210,7 +211,7 @@ def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threa
                 if width > 1:
                     tok_nll[:, 1:] = -logp[:, :-1].gather(-1, cont[:, 1:, None])[..., 0]
                 mask = smask.float()
-                per_opt = ((tok_nll * mask).sum(1) / mask.sum(1)).cpu().numpy()
+                per_opt = (tok_nll * mask).sum(1).cpu().numpy()
                 pos_in = 0
                 for k in chunk:
                     n = len(encoded[k].options)

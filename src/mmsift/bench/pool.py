@@ -171,12 +171,14 @@ def build_clean_records(out_dir: Path, *, n_images: int, n_ocr: int, seed: int) 
         order = rng.permutation(len(qa))
         qa = [qa[i] for i in order]
         facts = image_facts([q for q, _ in qa], [a for _, a in qa])
-        # The multi-turn record asks one shape, one colour and one yes/no question where the image has them
-        # (easy-vqa is ~74% yes/no; without this the open shape/colour answers are too rare to learn).
+        # The multi-turn record asks the image's shape and colour questions (up to three) where it has them:
+        # easy-vqa is ~74% yes/no, and yes/no questions have a strong text-only prior (about 84% on the test
+        # split), so a pool dominated by them trains a model that never looks at the image.
         by_type: dict[str, list[tuple[str, str]]] = {}
         for q, a in qa:
             by_type.setdefault(question_type(a), []).append((q, a))
-        multi = [by_type[t].pop(0) for t in ("shape", "color", "yesno") if by_type.get(t)]
+        open_qs = by_type.get("shape", [])[:2] + by_type.get("color", [])[:2]
+        multi = (open_qs or by_type.get("yesno", [])[:1])[:3]
         qa = multi + [x for x in qa if x not in multi]
         turns = list(multi)
         if facts.shape and facts.color:
@@ -185,7 +187,8 @@ def build_clean_records(out_dir: Path, *, n_images: int, n_ocr: int, seed: int) 
         records.append({"id": f"vqa-{img_id}-multi", "image": rel, "conversations": conversation(turns),
                         "bench": truth("multi", qtypes)})
         rest = qa[len(multi):] or qa
-        q, a = rest[0]
+        # The single-turn record also prefers an open (shape/colour) question, for the same reason.
+        q, a = next((x for x in rest if question_type(x[1]) != "yesno"), rest[0])
         records.append({"id": f"vqa-{img_id}-single", "image": rel, "conversations": conversation([(q, a)]),
                         "bench": truth("single", [question_type(a)])})
         mc_cands = [(q, a) for q, a in rest[1:] + multi if question_type(a) != "yesno"]
