@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -58,12 +59,6 @@ def uniqueness(x: np.ndarray, info: np.ndarray, *, max_exact: int, rng: np.rando
     if dbar <= 0:  # all members identical: nothing is more unique than anything else
         return np.zeros(n), sampled
     return num / dbar, sampled
-
-
-def _no_limit():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def association(centroids: np.ndarray) -> np.ndarray:
@@ -164,10 +159,10 @@ class DataTailor(Scorer):
             cents = np.zeros((int(labels.max()) + 1, x.shape[1]))
             by_label = np.argsort(labels, kind="stable")
             bounds = np.searchsorted(labels[by_label], np.arange(len(cents) + 1))
-            sizes = np.diff(bounds)
-            small = sizes < 512
-            for group in (np.flatnonzero(small), np.flatnonzero(~small)):
-                with one_blas_thread() if small[group].all() and len(group) else _no_limit():
+            small = np.diff(bounds) < 512
+            # many small clusters on one BLAS thread, the large ones with every thread
+            for group, limit in ((np.flatnonzero(small), one_blas_thread), (np.flatnonzero(~small), nullcontext)):
+                with limit():
                     for c in group:
                         members = by_label[bounds[c]:bounds[c + 1]]
                         u[members], sampled = uniqueness(x[members], w[members], max_exact=self.max_cluster_exact,
