@@ -1,7 +1,7 @@
 """Selection at scale: wall time and peak memory of each method on synthetic signal stores.
 
     python benchmarks/select_scale.py [--sizes 100000 300000 1000000] [--dim 256] [--methods ...]
-                                      [--budget 0.15] [--threads 2] [--workdir DIR]
+                                      [--budget 0.15] [--threads 2] [--workdir DIR] [--repeat 2]
 
 For each size a store is written with ``mmsift.store.from_arrays`` (float16 vectors, clustered, with 5%
 near-duplicates; 12 tasks of LLaVA-665k-like skewed sizes; six instruction formats). Each method x size runs in its
@@ -12,6 +12,7 @@ own subprocess (load the store, score, select) so that its peak resident memory 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -82,7 +83,9 @@ def child(store_dir: str, method: str, budget: float) -> None:
     t1 = time.perf_counter()
     sel = select_rows(signals, scorer, budget)
     t2 = time.perf_counter()
-    print(json.dumps({"load_s": t1 - t0, "select_s": t2 - t1, "kept": len(sel.rows), "notes": sel.notes}))
+    digest = hashlib.sha256("\n".join(sel.ids).encode()).hexdigest()[:16]
+    print(json.dumps({"load_s": t1 - t0, "select_s": t2 - t1, "kept": len(sel.rows), "ids_sha256": digest,
+                      "notes": sel.notes}))
 
 
 def main() -> None:
@@ -94,6 +97,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--workdir", type=Path, default=Path("bench_select_scale"))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each method this many times; the table shows the first run and whether the "
+                         "selected ids (sha256) were identical across runs")
     ap.add_argument("--child", nargs=3, metavar=("STORE", "METHOD", "BUDGET"), help=argparse.SUPPRESS)
     ap.add_argument("--build", nargs=4, metavar=("STORE", "N", "DIM", "VECTORS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -109,8 +115,8 @@ def main() -> None:
     vectors = {r for m in args.methods for r in SCORERS[m].requires} & {"last", "mean", "attn_pool", "img_mean",
                                                                          "txt_mean"}
     rows = []
-    print(f"{'method':<11} {'N':>9} {'wall s':>8} {'select s':>9} {'cpu s':>8} {'peak GiB':>9} {'kept':>8}",
-          flush=True)
+    print(f"{'method':<11} {'N':>9} {'wall s':>8} {'select s':>9} {'cpu s':>8} {'peak GiB':>9} {'kept':>8} "
+          f"{'same ids':>8}", flush=True)
     for n in args.sizes:
         t = time.perf_counter()
         root = args.workdir / f"n{n}_d{args.dim}"
@@ -120,13 +126,16 @@ def main() -> None:
                         ",".join(sorted(vectors))], check=True)
         print(f"# store N={n} d={args.dim} ready in {time.perf_counter() - t:.0f} s: {root}", flush=True)
         for m in args.methods:
-            r = _measured(root, m, args.budget, args.threads, args.timeout)
+            runs = [_measured(root, m, args.budget, args.threads, args.timeout) for _ in range(args.repeat)]
+            r = runs[0]
+            same = "-" if args.repeat == 1 or any("error" in x for x in runs) else \
+                ("yes" if len({x["ids_sha256"] for x in runs}) == 1 else "NO")
             rows.append((m, n, r))
             if "error" in r:
                 print(f"{m:<11} {n:>9} ERROR {r['error']}", flush=True)
             else:
                 print(f"{m:<11} {n:>9} {r['wall_s']:>8.1f} {r['select_s']:>9.1f} {r['cpu_s']:>8.1f} "
-                      f"{r['peak_gib']:>9.2f} {r['kept']:>8}", flush=True)
+                      f"{r['peak_gib']:>9.2f} {r['kept']:>8} {same:>8}", flush=True)
     if len(args.sizes) > 1:
         print("\n# time growth: wall(N_big) / wall(N_small) against N_big / N_small")
         lo, hi = min(args.sizes), max(args.sizes)
