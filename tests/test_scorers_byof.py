@@ -42,3 +42,33 @@ def test_from_files_errors_name_the_problem(tmp_path):
         from_files(tmp_path / "run", table=table, vectors={"last": tmp_path / "bad.npy"})
     with pytest.raises(StoreError, match="'task'"):
         from_files(tmp_path / "run", table=table, task_column="task")
+
+
+def test_from_files_with_pool_feeds_the_select_command(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmsift.cli import app
+
+    records = [{"id": rid, "image": f"img/{rid}.png",
+                "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "x"}]}
+               for rid in ("d", "c", "b", "a")]  # pool order differs from the table's order
+    (tmp_path / "pool.json").write_text(json.dumps(records))
+    table, last = _write(tmp_path)  # ids a, b, c, d with loss 1.0, 0.2, 3.0, NaN
+    store = from_files(tmp_path / "run", table=table, vectors={"last": last}, pool=tmp_path / "pool.json")
+    assert store.load([]).index.tolist() == [3, 2, 1, 0]
+    res = CliRunner().invoke(app, ["select", str(tmp_path / "run"), "--method", "loss", "--param", "mode=low",
+                                   "--budget", "2", "--out", str(tmp_path / "subset.json")])
+    assert res.exit_code == 0, res.output
+    kept = json.loads((tmp_path / "subset.json").read_text())
+    assert sorted(r["id"] for r in kept) == ["a", "b"]  # lowest losses, written from the right records
+
+
+def test_from_files_pool_mismatch_is_an_error(tmp_path):
+    import json
+
+    (tmp_path / "pool.json").write_text(json.dumps([{"id": "a", "conversations": []}]))
+    table, _ = _write(tmp_path)
+    with pytest.raises(StoreError, match="not in the pool"):
+        from_files(tmp_path / "run", table=table, pool=tmp_path / "pool.json")

@@ -37,6 +37,23 @@ def read_table(path: str | os.PathLike) -> pa.Table:
     raise StoreError(f"{path}: unsupported table format {suffix!r} (use .parquet, .csv or .jsonl)")
 
 
+def index_from_pool(ids, pool: str | os.PathLike) -> np.ndarray:
+    """Each id's position in the pool file as mmsift reads it (``Record.index``), which is what ``mmsift select``
+    uses to write the subset. An id that is not in the pool, or a pool id that appears twice, is an error."""
+    from mmsift.data.io import read_pool
+
+    positions: dict[str, int] = {}
+    for rec in read_pool(pool).records:
+        if rec.id in positions:
+            raise StoreError(f"{pool}: id {rec.id!r} appears twice in the pool (records {positions[rec.id]} and "
+                             f"{rec.index}); ids must be unique to match features to records")
+        positions[rec.id] = rec.index
+    missing = [str(i) for i in ids if str(i) not in positions]
+    if missing:
+        raise StoreError(f"{len(missing)} ids are not in the pool {pool} (e.g. {', '.join(missing[:5])})")
+    return np.array([positions[str(i)] for i in ids], dtype=np.int64)
+
+
 def from_files(
     out: str | os.PathLike,
     *,
@@ -46,6 +63,7 @@ def from_files(
     task_column: str | None = None,
     index_column: str | None = None,
     columns: list[str] | None = None,
+    pool: str | os.PathLike | None = None,
 ) -> SignalStore:
     """Write a run directory at ``out`` from a table of per-sample scalars and ``.npy`` vector files.
 
@@ -53,8 +71,10 @@ def from_files(
     and scalar signals named as in ``mmsift methods`` (e.g. ``loss``, ``sv_entropy``, ``fmt``); ``columns`` picks
     which to keep (default: every other column). ``vectors`` maps a vector signal name (``last``, ``attn_pool``,
     ``img_mean``, ...) to a ``.npy`` file of shape (N, d) in the table's row order; it is memory-mapped and
-    written as float16. Every problem (duplicate or missing ids, a row-count mismatch, a non-numeric signal) is
-    an error naming the column or file.
+    written as float16. ``pool`` (the LLaVA JSON/JSONL/Parquet file the features describe) matches every id to
+    its record's position and is recorded in the manifest, so ``mmsift select RUN ... --out SUBSET`` writes the
+    right records without ``--data``; it replaces ``index_column``. Every problem (duplicate or missing ids, an
+    id not in the pool, a row-count mismatch, a non-numeric signal) is an error naming the id, column or file.
     """
     tab = read_table(table)
     for name in [id_column] + [c for c in (task_column, index_column) if c]:
@@ -91,6 +111,9 @@ def from_files(
         cols[name] = arr
     tasks = [str(t) for t in tab.column(task_column).to_pylist()] if task_column else None
     index = tab.column(index_column).to_numpy() if index_column else None
+    meta = {"source": "byof.from_files", "table": str(table)}
+    if pool is not None:
+        index = index_from_pool(ids, pool)
+        meta["pool"] = str(Path(pool).resolve())
     log.info("byof: %d samples, signals %s", n, ", ".join(sorted(cols)))
-    return from_arrays(out, ids=ids, columns=cols, tasks=tasks, index=index,
-                       meta={"source": "byof.from_files", "table": str(table)})
+    return from_arrays(out, ids=ids, columns=cols, tasks=tasks, index=index, meta=meta)
