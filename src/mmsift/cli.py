@@ -133,6 +133,7 @@ def _compact_signals(names: list[str]) -> str:
 
 def _wire_commands() -> None:
     """Commands whose options live beside the code they drive."""
+    from mmsift.bench.command import bench_command
     from mmsift.data.command import validate_command
     from mmsift.judge.command import judge_command
     from mmsift.probe.command import probe_command, warmup_command
@@ -141,6 +142,7 @@ def _wire_commands() -> None:
     app.command("warmup")(warmup_command)
     app.command("probe")(probe_command)
     app.command("judge")(judge_command)
+    app.command("bench")(bench_command)
 
 
 _wire_commands()
