@@ -143,3 +143,36 @@ def test_select_run_reads_only_needed_signals_and_is_deterministic(tmp_path):
 def test_registry_names_match_classes():
     for name, cls in SCORERS.items():
         assert cls.name == name
+
+
+class _Excludes(Scorer):
+    name = "excludes_test"
+    requires = ("n_tokens",)
+
+    def score(self, signals):
+        s = np.asarray(signals["n_tokens"], dtype=float)
+        return np.where(s > 6, -np.inf, s)
+
+
+def test_excluded_rows_are_never_chosen_even_when_budget_is_larger():
+    sel = select_rows(_signals(list(range(10))), _Excludes(), 9)
+    assert sel.ids == [f"r{i}" for i in range(7)]
+    assert any("more than the 7 selectable samples" in n for n in sel.notes)
+
+
+def test_selfcheck_reads_loss_ref_from_the_run_or_a_reference_run(tmp_path):
+    ids = [f"x{i}" for i in range(6)]
+    loss = np.array([1.0, 2.0, 3.0, 1.5, 2.5, 0.5])
+    before = np.array([0.5, 2.5, 3.5, 0.1, 2.6, 0.4])  # fine-tuning lowered x1, x2 and x4 the most
+    from_arrays(tmp_path / "after", ids=ids, columns={"loss": loss})
+    from_arrays(tmp_path / "before", ids=ids[::-1], columns={"loss": before[::-1]})  # other row order
+    from_arrays(tmp_path / "both", ids=ids, columns={"loss": loss, "loss_ref": before})
+    plain = select_run(str(tmp_path / "after"), "selfcheck", 3)
+    assert plain.ids == ["x0", "x3", "x5"]  # lowest loss
+    ref = select_run(str(tmp_path / "after"), "selfcheck", 3, reference_run=str(tmp_path / "before"))
+    stored = select_run(str(tmp_path / "both"), "selfcheck", 3)
+    assert ref.ids == stored.ids == ["x1", "x2", "x4"]  # most negative loss - loss_ref
+    np.testing.assert_allclose(ref.scores, -(loss - before))
+    from_arrays(tmp_path / "short", ids=ids[:4], columns={"loss": before[:4]})
+    with pytest.raises(ValueError, match="lacks 2 of this run's records"):
+        select_run(str(tmp_path / "after"), "selfcheck", 3, reference_run=str(tmp_path / "short"))

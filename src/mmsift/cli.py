@@ -53,6 +53,7 @@ def select_command(
     dedup: str = typer.Option(None, "--dedup", help="Remove near-duplicates first with this method (e.g. semdedup)."),
     balance_tasks: bool = typer.Option(False, "--balance-tasks", help="Keep each task's share of the pool."),
     data: Path = typer.Option(None, "--data", help="The pool file, when it moved since the probe ran."),
+    reference_run: Path = typer.Option(None, "--reference-run", help="Run of the same pool whose loss is read as loss_ref (selfcheck: the proxy before fine-tuning)."),
     truth_field: str = typer.Option(None, "--truth-field", help="Record field marking known-bad samples (a.b for nested): report AUROC."),
 ) -> None:
     """Score every sample of RUN with a method and write the kept records, exactly as read, to OUT."""
@@ -71,7 +72,8 @@ def select_command(
         if not pool_path.is_file():
             raise typer.BadParameter(f"pool file {pool_path} not found: pass --data POOL")
         selection = select_run(str(run), method, parse_budget(budget), seed=seed, params=_parse_params(param),
-                               dedup=dedup, balance_tasks=balance_tasks)
+                               dedup=dedup, balance_tasks=balance_tasks,
+                               reference_run=str(reference_run) if reference_run else None)
     except (StoreError, KeyError, ValueError) as e:
         typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
         raise typer.Exit(2) from None
@@ -104,15 +106,16 @@ def methods_command(
     from mmsift.scorers import SCORERS
     from mmsift.signals import describe
 
-    rows = [{"name": name, "summary": cls.summary, "requires": list(cls.requires), "paper": cls.paper}
-            for name, cls in SCORERS.items()]
+    rows = [{"name": name, "summary": cls.summary, "requires": list(cls.requires), "optional": list(cls.optional),
+             "paper": cls.paper} for name, cls in SCORERS.items()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         typer.echo(f"{row['name']}: {row['summary']}")
         typer.echo(f"    paper: {row['paper']}")
-        typer.echo(f"    signals: {_compact_signals(row['requires']) or '(none)'}")
+        typer.echo(f"    signals: {_compact_signals(row['requires']) or '(none)'}"
+                   + (f" (optional: {', '.join(row['optional'])})" if row["optional"] else ""))
     used = sorted({s for r in rows for s in r["requires"] if not s.startswith(_JUDGE_PREFIXES)})
     typer.echo("\nsignals:")
     for s in used:

@@ -49,6 +49,7 @@ def run_demo(
     from mmsift.probe.runner import run_probe
     from mmsift.probe.warmup import warmup
     from mmsift.report import write_selection
+    from mmsift.scorers import get_scorer_class
     from mmsift.select import select_run
 
     out = Path(out)
@@ -86,8 +87,8 @@ def run_demo(
         write_selection(sel, pool, subset, skipped=store.manifest.get("skipped", []))
         result.subsets[method] = subset
         kept = sel.scores[sel.rows]
-        say(f"   {method}: kept {len(sel.rows)} of {sel.n_total}, scores kept {kept.min():.3g}..{kept.max():.3g} "
-            f"-> {subset}")
+        say(f"   {method} ({get_scorer_class(method).summary}): kept {len(sel.rows)} of {sel.n_total}, "
+            f"scores kept {kept.min():.3g}..{kept.max():.3g} -> {subset}")
         say("      per task: " + ", ".join(f"{t} {sel.kept_per_task.get(t, 0)}/{n}"
                                           for t, n in sorted(sel.total_per_task.items())))
         for note in sel.notes:
@@ -101,7 +102,9 @@ def run_demo(
     for label, rows in (("kept", best), ("dropped", worst)):
         for row in rows:
             q, a = _question_answer(by_index[int(pool_index[row])])
-            say(f"   {label} score {sel.scores[row]:.3f}: {q!r} -> {a!r}")
+            parts = "".join(f", {name} {values[row]:.3g}" for name, values in sel.details.items()
+                            if getattr(values, "ndim", 0) == 1 and values.dtype.kind == "f")
+            say(f"   {label} score {sel.scores[row]:.3f}{parts}: {q!r} -> {a!r}")
     say(f"done in {time.perf_counter() - t0:.0f} s; outputs under {out}")
     result.lines = lines
     return result

@@ -94,7 +94,14 @@ def select_rows(
         candidates = np.flatnonzero(mask)
         dropped = n - len(candidates)
         dedup_notes = list(dedup.notes_)
-    n_keep = min(n_keep, len(candidates))
+    # -inf marks rows a method excludes on purpose (e.g. ARDS's evaluation items): never chosen, even when the
+    # budget is larger than what is left.
+    excluded = np.isneginf(scores[candidates])
+    if excluded.any():
+        candidates = candidates[~excluded]
+    if n_keep > len(candidates):
+        dedup_notes.append(f"budget {n_keep} is more than the {len(candidates)} selectable samples: kept them all")
+        n_keep = len(candidates)
 
     chosen = None
     if dedup is None:
@@ -145,11 +152,31 @@ def select_run(
     params: dict | None = None,
     dedup: str | None = None,
     balance_tasks: bool = False,
+    reference_run: str | None = None,
 ) -> Selection:
-    """Open a run directory, select with ``method`` and return the :class:`Selection` (writes nothing)."""
+    """Open a run directory, select with ``method`` and return the :class:`Selection` (writes nothing).
+
+    ``reference_run``: another run of the same pool (e.g. probed with the proxy *before* fine-tuning, for
+    selfcheck); its ``loss`` is added as ``loss_ref``, matched by record id.
+    """
     store = SignalStore(run)
     scorer = make_scorer(method, params, random_state=seed)
     dedup_scorer = make_scorer(dedup, None, random_state=seed) if dedup else None
     needed = set(scorer.requires) | (set(dedup_scorer.requires) if dedup_scorer else set())
+    available = set(store.signal_names)
+    needed |= set(scorer.optional) & available
     signals = store.load(sorted(needed))
+    if reference_run is not None:
+        signals.columns["loss_ref"] = _reference_loss(signals, SignalStore(reference_run))
     return select_rows(signals, scorer, budget, dedup=dedup_scorer, balance_tasks=balance_tasks)
+
+
+def _reference_loss(signals: Signals, ref: SignalStore) -> np.ndarray:
+    """The reference run's ``loss`` in ``signals``' row order; every record must be in the reference run."""
+    ref_signals = ref.load(["loss"])
+    position = {str(i): k for k, i in enumerate(ref_signals.ids)}
+    missing = [str(i) for i in signals.ids if str(i) not in position]
+    if missing:
+        raise ValueError(f"reference run {ref.root} lacks {len(missing)} of this run's records (e.g. {missing[:3]})")
+    rows = np.fromiter((position[str(i)] for i in signals.ids), dtype=np.int64, count=len(signals))
+    return np.asarray(ref_signals["loss"], dtype=np.float64)[rows]

@@ -20,6 +20,7 @@ SCALARS = {
     "loss_sym": "answer loss after the symbol attack (multiple-choice only; NaN otherwise)",
     "loss_perm": "answer loss after the permutation attack (multiple-choice only; NaN otherwise)",
     "loss_imgnoise": "answer loss with the image noised (image records only; NaN otherwise)",
+    "loss_ref": "answer loss under a reference model (selfcheck: the proxy before fine-tuning); from select --reference-run",
     "is_mc": "1 when a turn is multiple-choice with lettered options",
     "fmt": "instruction format: mc | region | short | caption | other_image | text_only",
 }

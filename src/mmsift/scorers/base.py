@@ -25,6 +25,8 @@ class Scorer:
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    # Signals read when the run has them (e.g. selfcheck's ``loss_ref``); never demanded of the probe.
+    optional: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 

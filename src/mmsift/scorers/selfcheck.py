@@ -21,8 +21,8 @@ class SelfCheck(Scorer):
     How to produce a self-check run:
       1. ``mmsift warmup POOL --images DIR --out MODEL`` — fine-tune the proxy on the pool itself;
       2. ``mmsift probe POOL --images DIR --model MODEL --out RUN`` — ``loss`` is that model's answer loss;
-      3. optionally probe with the model *before* step 1 and add its loss as ``loss_ref`` to the run
-         (``mmsift.store.from_arrays`` or the BYOF helpers, see docs/byof.md);
+      3. optionally probe with the model *before* step 1 into REF_RUN and pass ``--reference-run REF_RUN`` to
+         ``mmsift select``: its ``loss`` is read as ``loss_ref`` (or store ``loss_ref`` yourself, docs/byof.md);
       4. ``mmsift select RUN --method selfcheck --budget 0.9`` keeps the cleanest 90%;
          :func:`mmsift.metrics.auroc` reports how well the score separates clean from corrupted samples when
          labels are known. The paper's post-training on the cleanest 1-5% is a training step, not part of scoring.
@@ -32,6 +32,7 @@ class SelfCheck(Scorer):
 
     name = "selfcheck"
     requires = ("loss",)
+    optional = ("loss_ref",)
     paper = "Gou et al. 2025, Corrupted but Not Broken (self-validation)"
     summary = "low loss of a proxy fine-tuned on the pool = likely clean"
 
