@@ -20,6 +20,7 @@ def test_demo_end_to_end(tmp_path):
         subset = json.loads((out / "subsets" / method / "subset.json").read_text())
         assert len(subset) == round(0.25 * len(pool))
         assert all(by_id[r["id"]] == r for r in subset)
-        assert f"{method}: kept {len(subset)} of {len(pool)}" in res.output
+        line = next(ln for ln in res.output.splitlines() if ln.strip().startswith(f"{method} ("))
+        assert f"kept {len(subset)} of {len(pool)}" in line
     assert "why (datatailor)" in res.output and "0 skipped" in res.output
     assert (out / "proxy" / "config.json").is_file() and (out / "run" / "manifest.json").is_file()
