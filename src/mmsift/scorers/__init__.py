@@ -2,37 +2,40 @@
 
 from __future__ import annotations
 
-from mmsift.scorers.base import Scorer
 from mmsift.scorers.ards import ARDS
+from mmsift.scorers.base import Scorer
 from mmsift.scorers.coincide import Coincide
-from mmsift.scorers.semdedup import SemDeDup
 from mmsift.scorers.datatailor import DataTailor
-from mmsift.scorers.selfcheck import SelfCheck
-from mmsift.scorers.loss import Loss
-from mmsift.scorers.ifd import IFD
-from mmsift.scorers.perplexity import Perplexity
-from mmsift.scorers.el2n import EL2N
 from mmsift.scorers.ds2 import DS2
+from mmsift.scorers.el2n import EL2N
+from mmsift.scorers.ifd import IFD
 from mmsift.scorers.length import Length
+from mmsift.scorers.loss import Loss
 from mmsift.scorers.mmssr import MmSSR
+from mmsift.scorers.perplexity import Perplexity
 from mmsift.scorers.random import Random
 from mmsift.scorers.scale import Scale
+from mmsift.scorers.selfcheck import SelfCheck
+from mmsift.scorers.semdedup import SemDeDup
 
 SCORERS: dict[str, type[Scorer]] = {
-    Random.name: Random,
-    Length.name: Length,
+    # Methods of the papers, reading the probe's signals.
+    DataTailor.name: DataTailor,
+    ARDS.name: ARDS,
+    SelfCheck.name: SelfCheck,
+    Coincide.name: Coincide,
+    SemDeDup.name: SemDeDup,
+    # Methods reading a judge model's ratings (mmsift judge).
     MmSSR.name: MmSSR,
-    DS2.name: DS2,
     Scale.name: Scale,
+    DS2.name: DS2,
+    # Score-only baselines.
     EL2N.name: EL2N,
     Perplexity.name: Perplexity,
     IFD.name: IFD,
     Loss.name: Loss,
-    SelfCheck.name: SelfCheck,
-    DataTailor.name: DataTailor,
-    SemDeDup.name: SemDeDup,
-    Coincide.name: Coincide,
-    ARDS.name: ARDS,
+    Length.name: Length,
+    Random.name: Random,
 }
 
 
