@@ -78,7 +78,7 @@ class ValidationReport:
     images_dir: str | None = None
     checked_images: bool = False
     notes: list[str] = field(default_factory=list)
-    tasks: dict[str, int] = field(default_factory=dict)  # records per task (``Record.task``), largest first
+    tasks: dict[str, int] = field(default_factory=dict)  # good records per task (``Record.task``), largest first
 
     @property
     def n_errors(self) -> int:
@@ -204,9 +204,9 @@ def validate_pool(
     bad = {p.index for p in problems if p.severity == ERROR and p.index is not None}
     log.info("validated %d records of %s: %d problems, %d records with errors", len(pool.records), pool.path,
              len(problems), len(bad))
-    tasks: dict[str, int] = {}
+    tasks: dict[str, int] = {}  # over the records that will be used: a bad path names no task
     for rec in pool.records:
-        if rec.task is not None:
+        if rec.task is not None and rec.index not in bad:
             tasks[rec.task] = tasks.get(rec.task, 0) + 1
     return ValidationReport(
         problems=problems, bad_indices=bad, n_records=len(pool.records), path=str(pool.path), format=pool.format,
