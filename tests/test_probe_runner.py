@@ -230,3 +230,27 @@ def test_edited_pool_is_not_resumed_from_old_shards(setup, tmp_path):
         run_probe(p, images=images, model=model, out=out, signals=["loss"], shard_size=2)
     res = run_probe(p, images=images, model=model, out=out, signals=["loss"], shard_size=2, overwrite=True)
     assert res.resumed_shards == 0 and len(res.store) == 4
+
+
+def test_bf16_batched_signals_match_fp32_batch1(setup):
+    """bf16 (the GPU default) on CPU: batched signals agree with the fp32 batch-1 reference within bf16 tolerance.
+
+    Tolerances: bf16 keeps 8 mantissa bits (relative step 2^-8 = 0.4%), and errors compound over the layers, so
+    losses must agree within 5% relative (plus 0.02 absolute) and pooled vectors within cosine > 0.99.
+    """
+    pool, images, model, _, root = setup
+    names = ["loss", "el2n", "sv_entropy", "last", "mean", "attn_pool"]
+    ref = run_probe(pool, images=images, model=model, out=root / "fp32_b1", signals=names, batch_size=1,
+                    dtype="float32", shard_size=100)
+    bf = run_probe(pool, images=images, model=model, out=root / "bf16_b8", signals=names, batch_size=8,
+                   dtype="bfloat16", shard_size=100)
+    assert bf.store.manifest["dtype"] == "bfloat16"
+    _, a = load_all(ref.store)
+    _, b = load_all(bf.store)
+    for k in ("loss", "el2n", "sv_entropy"):
+        np.testing.assert_allclose(b[k], a[k], rtol=0.05, atol=0.02, err_msg=k)
+    assert not np.array_equal(a["loss"], b["loss"])  # it really ran in bf16
+    for k in ("last", "mean", "attn_pool"):
+        x, y = a[k].astype(np.float64), b[k].astype(np.float64)
+        cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
+        assert cos.min() > 0.99, (k, cos.min())
