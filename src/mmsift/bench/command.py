@@ -31,6 +31,8 @@ def bench_command(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     judge_run: Optional[str] = typer.Option(None, "--judge-run",
                                             help="signal store with judge columns, to include judge methods"),
+    random_seeds: Optional[str] = typer.Option(None, "--random-seeds",
+                                               help="extra seeds for random subsets, e.g. 1,2 (spread of random)"),
     threads: int = typer.Option(1, "--threads", help="CPU threads for training and evaluation"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log each stage"),
 ) -> None:
@@ -42,7 +44,12 @@ def bench_command(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     budget_values = _budgets(budgets) if budgets else None
-    common = dict(methods=method_list, seed=seed, device=device, judge_run=judge_run, threads=threads)
+    try:
+        extra_seeds = tuple(int(x) for x in random_seeds.split(",") if x.strip()) if random_seeds else ()
+    except ValueError:
+        raise typer.BadParameter(f"--random-seeds {random_seeds!r}: give integers, e.g. 1,2") from None
+    common = dict(methods=method_list, seed=seed, device=device, judge_run=judge_run, threads=threads,
+                  random_seeds=extra_seeds)
     if quick:
         cfg = BenchConfig.quick_config(out, budgets=budget_values, **common)
     else:

@@ -35,6 +35,7 @@ class BenchConfig:
     device: str = "cpu"
     quick: bool = False
     judge_run: str | None = None  # a signal store with judge columns (cap_*, style_*, scale_*) for this pool
+    random_seeds: tuple = ()  # extra random subsets (rows "random@seed=N") to show how much random alone varies
     n_images: int = 400
     n_ocr: int = 120
     eval_per_type: int = 100
@@ -211,6 +212,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     full_n = len(pool.records)
     rows: list[dict] = []
     plan = [("full", 1.0)] + [(m, b) for m in methods for b in cfg.budgets]
+    plan += [(f"random@seed={s}", b) for s in cfg.random_seeds for b in cfg.budgets]
     (out / "subsets").mkdir(exist_ok=True)
     for method, budget in tqdm(plan, desc="bench", unit="run"):
         t0 = time.perf_counter()
@@ -219,14 +221,15 @@ def run_bench(cfg: BenchConfig) -> dict:
             kept = np.arange(full_n)
             scores_by_index = None
         else:
-            scorer = make_scorer(method, random_state=cfg.seed)
+            name, _, seed_text = method.partition("@seed=")
+            scorer = make_scorer(name, random_state=int(seed_text) if seed_text else cfg.seed)
             sel = select_rows(signals, scorer, budget)
             kept = np.asarray(sel.index, dtype=np.int64)
             scores_by_index = np.full(full_n, np.nan)
             scores_by_index[np.asarray(signals.index)] = sel.scores
             notes = list(sel.notes)
         select_s = time.perf_counter() - t0
-        write_subset(pool, kept, out / "subsets" / f"{method}_{budget}.json")
+        write_subset(pool, kept, out / "subsets" / f"{method.replace('@seed=', '_seed')}_{budget}.json")
         trained = train_target(init_dir, [pool.records[i] for i in kept], images, recipe=recipe, seed=cfg.seed,
                                device=cfg.device)
         t1 = time.perf_counter()
