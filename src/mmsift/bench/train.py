@@ -79,9 +79,9 @@ def build_target_init(out_dir, *, texts: list[str], seed: int, size: TargetSize 
 
     ``rescale_projector`` re-initialises the vision-to-text projector with PyTorch's fan-in scaled default
     (``nn.Linear.reset_parameters``). With the config's initialiser (normal, std 0.02) the projected image
-    features come out ~0.01 in scale with ~0.004 spread between images, below the word embeddings, and the
-    small target stayed blind to the image in our runs (colour accuracy at chance after 800 steps on colour
-    questions alone); see docs/benchmark.md.
+    features come out ~0.01 in scale with ~0.004 spread between images; on the bench pool the target then stayed
+    at chance on colour questions after the full recipe, while the fan-in projector learned them (numbers in
+    docs/benchmark.md).
     """
     from mmsift.probe.proxy import build_proxy
 
