@@ -35,6 +35,7 @@ class BenchConfig:
     device: str = "cpu"
     quick: bool = False
     judge_run: str | None = None  # a signal store with judge columns (cap_*, style_*, scale_*) for this pool
+    rates: object = None  # mmsift.bench.defects.DefectRates; None = the documented defaults
     random_seeds: tuple = ()  # extra random subsets (rows "random@seed=N") to show how much random alone varies
     n_images: int = 400
     n_ocr: int = 120
@@ -143,6 +144,7 @@ def _truth(records) -> list[dict]:
 def run_bench(cfg: BenchConfig) -> dict:
     """Run the whole benchmark; writes ``results.{md,csv,json}`` under ``cfg.out`` and returns the results."""
     from mmsift.bench.evaluate import build_eval_set, chance_table, encode_items, eval_texts, evaluate, load_eval_set
+    from mmsift.bench.defects import DefectRates
     from mmsift.bench.pool import build_bench_pool
     from mmsift.bench.report import write_results
     from mmsift.bench.train import Recipe, build_target_init, deterministic, train_target
@@ -163,7 +165,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         log.info("bench stage %s: %.1fs", name, times[name])
 
     t0 = time.perf_counter()
-    pool_path = build_bench_pool(out / "pool", n_images=cfg.n_images, n_ocr=cfg.n_ocr, seed=cfg.seed)
+    pool_path = build_bench_pool(out / "pool", n_images=cfg.n_images, n_ocr=cfg.n_ocr, seed=cfg.seed,
+                                 rates=cfg.rates)
     images = out / "pool" / "images"
     pool = read_pool(pool_path)
     if pool.problems:
@@ -245,7 +248,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     times["total"] = round(time.perf_counter() - t_all, 2)
     meta = {
-        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("extra", "rates")},
+        "defect_rates": asdict(cfg.rates or DefectRates()),
         "recipe": recipe.to_dict(),
         "methods": methods,
         "skipped": skipped,
