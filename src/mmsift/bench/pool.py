@@ -22,11 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mmsift.data.easyvqa import COLORS, SHAPES, YES_NO, question_type
+
 log = logging.getLogger(__name__)
 
-SHAPES = ("circle", "rectangle", "triangle")
-COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
-YESNO = ("yes", "no")
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = ("A", "B", "C", "D", "E")
 OCR_QUESTION = "What text is written in the image?"
@@ -37,19 +36,8 @@ OCR_WORDS = ("cat", "dog", "sun", "map", "red", "box", "key", "pen", "cup", "hat
 IMAGE_SIZE = 64
 
 
-def question_type(answer: str) -> str:
-    """easy-vqa question type from its answer: ``shape``, ``color`` or ``yesno``."""
-    if answer in SHAPES:
-        return "shape"
-    if answer in COLORS:
-        return "color"
-    if answer in YESNO:
-        return "yesno"
-    raise ValueError(f"answer {answer!r} is not an easy-vqa answer")
-
-
 def options_for(qtype: str) -> tuple[str, ...]:
-    return SHAPES if qtype == "shape" else COLORS if qtype == "color" else YESNO
+    return SHAPES if qtype == "shape" else COLORS if qtype == "color" else YES_NO
 
 
 def mc_prompt(question: str, options: list[str], letters=LETTERS) -> str:

@@ -23,19 +23,23 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SHAPES = {"circle", "rectangle", "triangle"}
-YES_NO = {"yes", "no"}
+# The easy-vqa answer vocabulary (easy_vqa.get_answers()), by question type.
+SHAPES = ("circle", "rectangle", "triangle")
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+YES_NO = ("yes", "no")
 PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
 MAX_ROUNDS = 4
 
 
 def question_type(answer: str) -> str:
-    """``yesno``, ``shape`` or ``color``, read off the answer (easy-vqa answers are single words)."""
-    if answer in YES_NO:
-        return "yesno"
+    """``shape``, ``color`` or ``yesno``, read off the answer (easy-vqa answers are single words)."""
     if answer in SHAPES:
         return "shape"
-    return "color"
+    if answer in COLORS:
+        return "color"
+    if answer in YES_NO:
+        return "yesno"
+    raise ValueError(f"answer {answer!r} is not an easy-vqa answer")
 
 
 def _load(split: str):

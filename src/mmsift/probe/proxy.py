@@ -132,6 +132,13 @@ def build_proxy(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    # The config's initialiser (normal, std 0.02) makes projected image features ~0.01 in scale with ~0.004 spread
+    # between images: a proxy trained briefly then ignores the image (easy-vqa colour questions stayed at chance,
+    # docs/benchmark.md). PyTorch's fan-in default for the projector's linear layers lets the image through.
+    torch.manual_seed(seed)
+    for module in model.model.multi_modal_projector.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.reset_parameters()
     # The PIL backend directly: the default class would look for torchvision (never installed) and warn.
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
