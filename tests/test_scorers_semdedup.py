@@ -100,3 +100,20 @@ def test_planted_near_duplicates_are_found_across_many_clusters():
     pair_dropped = ~keep[src] | ~keep[3000:]
     assert pair_dropped.mean() > 0.9        # a duplicate and its source can land in different clusters
     assert keep[np.setdiff1d(np.arange(3000), src)].all()  # random 32-d vectors are never near-duplicates
+
+
+def test_warns_when_most_of_the_pool_looks_duplicated():
+    import numpy as np
+
+    from mmsift.scorers.semdedup import SemDeDup
+    from mmsift.store import Signals
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(16)
+    x = base + 1e-3 * rng.standard_normal((40, 16))  # degenerate features: every vector nearly the same
+    sig = Signals(ids=np.array([f"r{i}" for i in range(40)], dtype=object), index=np.arange(40),
+                  tasks=np.array(["all"] * 40, dtype=object), columns={"last": x})
+    scorer = SemDeDup()
+    keep = scorer.keep_mask(sig)
+    assert keep.sum() == 1
+    assert any(n.startswith("warning: semdedup removed 98%") for n in scorer.notes_)

@@ -87,6 +87,11 @@ class SemDeDup(Scorer):
                 keep[members] = dedup_cluster(x[members], order, 1.0 - self.eps)
         self.notes_.append(f"semdedup: removed {int((~keep).sum())} of {n} near-duplicates "
                            f"(cosine > {1.0 - self.eps:g} on {self.vector!r}; {how})")
+        if n >= 20 and (~keep).mean() > 0.5:
+            # Real pools rarely hold more duplicates than originals; this usually means the vectors carry little
+            # information (an untrained or too small proxy), not that the pool is mostly copies.
+            self.notes_.append(f"warning: semdedup removed {(~keep).mean():.0%} of the pool: the {self.vector!r} "
+                               "vectors are nearly identical; check the proxy model or lower eps")
         return keep, sim_c
 
     def keep_mask(self, signals: Signals) -> np.ndarray:
