@@ -30,9 +30,13 @@ class Loss(Scorer):
         super().__init__(random_state=random_state)
         self.mode = check_mode(mode)
 
+    def value(self, loss: np.ndarray) -> np.ndarray:
+        """The quantity ``mode`` ranks; subclasses transform the loss (perplexity: exp)."""
+        return loss
+
     def score(self, signals: Signals) -> np.ndarray:
         self.notes_ = []
         loss = scalar(signals, "loss")
         bad = ~np.isfinite(loss)
-        s = mode_score(np.where(bad, np.nan, loss), self.mode)
+        s = mode_score(self.value(np.where(bad, np.nan, loss)), self.mode)
         return exclude_nonfinite(s, bad, signals, self.notes_, self.name, "loss is not finite")

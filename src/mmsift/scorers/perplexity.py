@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmsift.scorers._modes import check_mode, mode_score
-from mmsift.scorers._rank import exclude_nonfinite, scalar
-from mmsift.scorers.base import Scorer
-from mmsift.store import Signals
+from mmsift.scorers.loss import Loss
 
 # exp() overflows float64 above ~709.78; losses beyond this are clipped so the score stays finite.
 _MAX_LOG = 700.0
 
 
-class Perplexity(Scorer):
+class Perplexity(Loss):
     """``ppl_i = exp(loss_i)`` with loss the mean answer-token cross-entropy; the score depends on ``mode``:
 
     - ``"low"`` (default): ``score = -ppl`` — keep the samples the proxy finds most predictable;
@@ -31,13 +28,7 @@ class Perplexity(Scorer):
     summary = "perplexity exp(loss): keep low, high or middle"
 
     def __init__(self, *, mode: str = "low", random_state: int = 0):
-        super().__init__(random_state=random_state)
-        self.mode = check_mode(mode)
+        super().__init__(mode=mode, random_state=random_state)
 
-    def score(self, signals: Signals) -> np.ndarray:
-        self.notes_ = []
-        loss = scalar(signals, "loss")
-        bad = ~np.isfinite(loss)
-        ppl = np.exp(np.minimum(np.where(bad, np.nan, loss), _MAX_LOG))
-        s = mode_score(ppl, self.mode)
-        return exclude_nonfinite(s, bad, signals, self.notes_, self.name, "loss is not finite")
+    def value(self, loss: np.ndarray) -> np.ndarray:
+        return np.exp(np.minimum(loss, _MAX_LOG))
