@@ -254,3 +254,18 @@ def test_bf16_batched_signals_match_fp32_batch1(setup):
         x, y = a[k].astype(np.float64), b[k].astype(np.float64)
         cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
         assert cos.min() > 0.99, (k, cos.min())
+
+
+def test_a_model_retrained_in_place_is_never_reused(setup, tmp_path):
+    """Same path, new weights: the finished run and any unfinished shards belong to the old model."""
+    pool, images, model, _, _ = setup
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    out = tmp_path / "run"
+    run_probe(pool, images=images, model=copy, out=out, signals=["loss"], shard_size=100)
+    weights = next(copy.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # rewritten (as a retrain would): new modification time
+    with pytest.raises(StoreError, match="other settings"):
+        run_probe(pool, images=images, model=copy, out=out, signals=["loss"], shard_size=100)
+    res = run_probe(pool, images=images, model=copy, out=out, signals=["loss"], shard_size=100, overwrite=True)
+    assert res.resumed_shards == 0 and len(res.store) == 18

@@ -72,8 +72,9 @@ def run_demo(
         f"({time.perf_counter() - t:.0f} s) -> {model}")
 
     t = time.perf_counter()
+    # overwrite: the demo rebuilds the pool and retrains the proxy each time, so an older run in `out` is stale.
     probe = run_probe(pool_path, images=images, model=model, out=out / "run", methods=list(methods),
-                      device=device)
+                      device=device, overwrite=True)
     store = probe.store
     say(f"3. probe: {len(store)} samples, signals {', '.join(store.signal_names)} "
         f"({time.perf_counter() - t:.0f} s, {probe.n_skipped} skipped) -> {out / 'run'}")

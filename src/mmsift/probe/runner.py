@@ -251,9 +251,19 @@ def _vector_dim(name, cfg, adapter, model) -> int:
 
 
 # ---- the whole run ----------------------------------------------------------------------------------------------
+def _model_files_identity(model: str) -> list:
+    """Name, size and modification time of the model's files: a model retrained in place is a new model."""
+    root = Path(model)
+    if not root.is_dir():
+        return []
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.iterdir()) if p.is_file()]
+
+
 def _fingerprint_hash(config: ProbeConfig, shards: list[list[Record]], pool_path: str) -> str:
-    # Record contents are hashed too, so shards of an edited pool are never reused.
-    h = hashlib.sha256(json.dumps({"config": config.fingerprint(), "pool": str(Path(pool_path).resolve())},
+    # Record contents and the model's files are hashed too, so shards of an edited pool or of a retrained model
+    # are never reused.
+    h = hashlib.sha256(json.dumps({"config": config.fingerprint(), "pool": str(Path(pool_path).resolve()),
+                                   "model_files": _model_files_identity(config.model)},
                                   sort_keys=True).encode())
     for k, shard in enumerate(shards):
         h.update(f"\x1eshard {k}".encode())
