@@ -64,6 +64,8 @@ def select_command(
     from mmsift.store import SignalStore, StoreError
 
     try:
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder; give the subset's file name (.json, .jsonl or .parquet)")
         store = SignalStore(run)
         pool_path = data or store.manifest.get("pool")
         if not pool_path:
@@ -74,17 +76,24 @@ def select_command(
         selection = select_run(str(run), method, parse_budget(budget), seed=seed, params=_parse_params(param),
                                dedup=dedup, balance_tasks=balance_tasks,
                                reference_run=str(reference_run) if reference_run else None)
+        pool = read_pool(pool_path)
+        extra = {"seed": seed, "params": _parse_params(param), "budget": budget, "run": str(run)}
+        if truth_field:
+            by_index = {r.index: r for r in pool.records}
+            signals_index = store.load([]).index
+            labels = truth_labels(by_index, signals_index, truth_field)
+            extra["truth"] = truth_summary(selection, signals_index, labels)
     except (StoreError, KeyError, ValueError) as e:
         typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
         raise typer.Exit(2) from None
-    pool = read_pool(pool_path)
-    extra = {"seed": seed, "params": _parse_params(param), "budget": budget, "run": str(run)}
-    if truth_field:
-        by_index = {r.index: r for r in pool.records}
-        signals_index = store.load([]).index
-        labels = truth_labels(by_index, signals_index, truth_field)
-        extra["truth"] = truth_summary(selection, signals_index, labels)
-    report = write_selection(selection, pool, out, skipped=store.manifest.get("skipped", []), extra=extra)
+    except OSError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        report = write_selection(selection, pool, out, skipped=store.manifest.get("skipped", []), extra=extra)
+    except OSError as e:
+        typer.echo(f"error: cannot write the subset to {out}: {e}", err=True)
+        raise typer.Exit(1) from None
     for line in selection.summary_lines():
         typer.echo(line)
     if report["skipped_records"]:

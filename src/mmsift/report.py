@@ -17,12 +17,12 @@ log = logging.getLogger(__name__)
 CLEAN_VALUES = {None, False, 0, "", "none", "clean", "ok", "false", "0"}
 
 
-def field_value(raw: dict, dotted: str):
-    """``raw["a"]["b"]`` for ``dotted="a.b"``; None when any level is missing."""
+def field_value(raw: dict, dotted: str, default=None):
+    """``raw["a"]["b"]`` for ``dotted="a.b"``; ``default`` when any level is missing."""
     value = raw
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
-            return None
+            return default
         value = value[part]
     return value
 
@@ -30,11 +30,17 @@ def field_value(raw: dict, dotted: str):
 def truth_labels(records_by_index: dict, index: np.ndarray, truth_field: str) -> np.ndarray:
     """1 where the record's truth field marks it as defective, else 0 (see CLEAN_VALUES)."""
     labels = np.zeros(len(index), dtype=np.int64)
+    missing = object()
+    seen = False
     for k, i in enumerate(index):
-        v = field_value(records_by_index[int(i)].raw, truth_field)
+        v = field_value(records_by_index[int(i)].raw, truth_field, default=missing)
+        seen = seen or v is not missing
+        v = None if v is missing else v
         if isinstance(v, dict):
             v = v.get("defect", v.get("label"))
         labels[k] = 0 if (str(v).lower() if isinstance(v, str) else v) in CLEAN_VALUES else 1
+    if len(index) and not seen:
+        raise ValueError(f"--truth-field {truth_field!r}: no scored record has this field")
     return labels
 
 

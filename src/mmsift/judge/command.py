@@ -78,3 +78,8 @@ def judge_command(
         raise typer.Exit(1)
     for line in result.summary_lines():
         typer.echo(line)
+    if result.n_asked and result.n_no_answer == result.n_asked:
+        where = f"the server at {base_url}" if backend == "openai" else f"the model {model}"
+        typer.echo(f"error: none of the {result.n_asked} questions asked got an answer from {where} "
+                   "(see the warnings above); rerun once it answers", err=True)
+        raise typer.Exit(1)

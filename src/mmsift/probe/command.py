@@ -86,7 +86,8 @@ def probe_command(
                            limit=limit, vector_dim=vector_dim, num_workers=num_workers, overwrite=overwrite,
                            ray_address=ray_address, ray_workers=ray_workers)
     except (OSError, ValueError, KeyError, StoreError) as e:
-        typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
+        # An OSError's args[0] is its errno: print the whole message, which names the file.
+        typer.echo(f"error: {e if isinstance(e, OSError) or not e.args else e.args[0]}", err=True)
         raise typer.Exit(1) from None
     for line in result.summary_lines():
         typer.echo(line)

@@ -402,6 +402,19 @@ def cpu_threads_for(model, device):
         torch.set_num_threads(old)
 
 
+def check_device(device: str) -> None:
+    """Raise a ValueError naming the problem when ``device`` is not a usable torch device on this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...): {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def resolve_dtype(dtype, device: str) -> torch.dtype:
     if dtype is None or dtype == "auto":
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -436,6 +449,7 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", dtype=None,
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model directory (no config.json); models are loaded from local "
                                 "disk only (build one with `mmsift warmup`)")
+    check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     cls = family_class(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
     processor = cls.load_processor(path)

@@ -333,6 +333,12 @@ def run_probe(
 
     if executor != "ray" and (ray_address or ray_workers):
         raise ValueError("--ray-address and --ray-workers need --executor ray")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"--batch-size and --shard-size must be >= 1, got {batch_size} and {shard_size}")
+    if executor == "local":
+        from mmsift.probe.models import check_device
+
+        check_device(device)
     t0 = time.perf_counter()
     pool = read_pool(data, task_field=task_field)
     images_dir = str(images) if images is not None else str(Path(pool.path).parent)

@@ -155,8 +155,12 @@ def warmup(
     """
     from mmsift.data.io import read_pool
     from mmsift.data.validate import validate_pool
+    from mmsift.probe.models import check_device
     from mmsift.probe.proxy import build_proxy
 
+    check_device(device)
+    if n_samples < 1 or epochs < 1 or batch_size < 1:
+        raise ValueError(f"--n-samples, --epochs and --batch-size must be >= 1, got {n_samples}, {epochs}, {batch_size}")
     t0 = time.perf_counter()
     pool = read_pool(data, task_field=task_field)
     images_dir = str(images) if images is not None else str(Path(pool.path).parent)
