@@ -109,3 +109,16 @@ def test_judge_unreachable_server_fails(tmp_path):
                               "--model", "m", "--out", str(tmp_path / "j"), "--retries", "0", "--timeout", "2",
                               "--capabilities", "humanities"])
     _assert_clean_error(res, "got an answer from the server at http://127.0.0.1:9")
+
+
+def test_probe_with_no_valid_record_fails(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    res = runner.invoke(app, ["probe", str(empty), "--model", str(tmp_path), "--out", str(tmp_path / "r"),
+                              "--methods", "length"])
+    _assert_clean_error(res, "empty.json: no valid record to probe", "empty_pool")
+    assert not (tmp_path / "r" / "manifest.json").exists()
+    pool = _pool(tmp_path)
+    res = runner.invoke(app, ["probe", str(pool), "--model", str(tmp_path), "--out", str(tmp_path / "r"),
+                              "--methods", "length", "--limit", "0"])
+    _assert_clean_error(res, "--limit must be >= 1")

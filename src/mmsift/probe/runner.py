@@ -335,6 +335,8 @@ def run_probe(
         raise ValueError("--ray-address and --ray-workers need --executor ray")
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"--batch-size and --shard-size must be >= 1, got {batch_size} and {shard_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
     if executor == "local":
         from mmsift.probe.models import check_device
 
@@ -348,6 +350,9 @@ def run_probe(
     good = report.good_records(pool)
     if limit is not None:
         good = good[:limit]
+    if not good:
+        kinds = ", ".join(f"{k} {v}" for k, v in report.counts_by_kind().items()) or "the pool has no records"
+        raise ValueError(f"{data}: no valid record to probe ({kinds}; run mmsift validate)")
     names = resolve_signals(methods, signals)
     config = ProbeConfig(model=str(model), signals=names, images=images_dir, device=device, dtype=dtype,
                          layer=layer, feature_layers=tuple(feature_layers) if feature_layers else None,
