@@ -122,3 +122,21 @@ def test_probe_with_no_valid_record_fails(tmp_path):
     res = runner.invoke(app, ["probe", str(pool), "--model", str(tmp_path), "--out", str(tmp_path / "r"),
                               "--methods", "length", "--limit", "0"])
     _assert_clean_error(res, "--limit must be >= 1")
+
+
+def test_judge_hf_with_a_folder_that_is_not_a_model(tmp_path):
+    pool = _pool(tmp_path, n=1)
+    (tmp_path / "notamodel").mkdir()
+    res = runner.invoke(app, ["judge", str(pool), "--backend", "hf", "--model", str(tmp_path / "notamodel"),
+                              "--out", str(tmp_path / "j")])
+    _assert_clean_error(res, "notamodel is not a model directory (no config.json)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_judge_hf_device_cuda_without_gpu(tmp_path):
+    pool = _pool(tmp_path, n=1)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    res = runner.invoke(app, ["judge", str(pool), "--backend", "hf", "--model", str(tmp_path / "m"),
+                              "--out", str(tmp_path / "j"), "--device", "cuda"])
+    _assert_clean_error(res, "CUDA is not available")

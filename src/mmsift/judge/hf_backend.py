@@ -29,6 +29,11 @@ class HFBackend(JudgeBackend):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise FileNotFoundError(f"judge model folder not found: {self.model_dir} (a local model directory)")
+        if not (self.model_dir / "config.json").is_file():
+            raise ValueError(f"{self.model_dir} is not a model directory (no config.json)")
+        from mmsift.probe.models import check_device
+
+        check_device(device)
         self.model_id = self.model_dir.name
         self.device = device
         self.batch_size = int(batch_size)
