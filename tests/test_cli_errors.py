@@ -140,3 +140,22 @@ def test_judge_hf_device_cuda_without_gpu(tmp_path):
     res = runner.invoke(app, ["judge", str(pool), "--backend", "hf", "--model", str(tmp_path / "m"),
                               "--out", str(tmp_path / "j"), "--device", "cuda"])
     _assert_clean_error(res, "CUDA is not available")
+
+
+def test_images_that_is_not_a_folder(tmp_path):
+    pool = _pool(tmp_path)
+    res = runner.invoke(app, ["probe", str(pool), "--images", str(pool), "--model", str(tmp_path),
+                              "--out", str(tmp_path / "r"), "--methods", "length"])
+    _assert_clean_error(res, "is not a folder")
+    res = runner.invoke(app, ["warmup", str(pool), "--images", str(tmp_path / "nowhere"),
+                              "--out", str(tmp_path / "proxy")])
+    _assert_clean_error(res, "nowhere is not a folder")
+
+
+def test_demo_bad_arguments(tmp_path):
+    existing = tmp_path / "existing.json"
+    existing.write_text("x")
+    res = runner.invoke(app, ["demo", "--out", str(existing), "--n-images", "5"])
+    _assert_clean_error(res, "existing.json")
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--n-images", "0"])
+    _assert_clean_error(res, "n_images must be in 1..")

@@ -173,7 +173,11 @@ def demo_command(
     """End to end on the bundled easy-vqa pool: build, validate, warm up a proxy, probe, select, explain."""
     from mmsift.demo import run_demo
 
-    result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device,
-                      warmup_samples=warmup_samples, warmup_epochs=warmup_epochs)
+    try:
+        result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device,
+                          warmup_samples=warmup_samples, warmup_epochs=warmup_epochs)
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
     for line in result.lines:
         typer.echo(line)

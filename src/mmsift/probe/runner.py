@@ -341,6 +341,8 @@ def run_probe(
         from mmsift.probe.models import check_device
 
         check_device(device)
+    if images is not None and not Path(images).is_dir():
+        raise ValueError(f"--images {images} is not a folder")
     t0 = time.perf_counter()
     pool = read_pool(data, task_field=task_field)
     images_dir = str(images) if images is not None else str(Path(pool.path).parent)

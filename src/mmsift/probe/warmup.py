@@ -161,6 +161,8 @@ def warmup(
     check_device(device)
     if n_samples < 1 or epochs < 1 or batch_size < 1:
         raise ValueError(f"--n-samples, --epochs and --batch-size must be >= 1, got {n_samples}, {epochs}, {batch_size}")
+    if images is not None and not Path(images).is_dir():
+        raise ValueError(f"--images {images} is not a folder")
     t0 = time.perf_counter()
     pool = read_pool(data, task_field=task_field)
     images_dir = str(images) if images is not None else str(Path(pool.path).parent)
