@@ -159,3 +159,17 @@ def test_demo_bad_arguments(tmp_path):
     _assert_clean_error(res, "existing.json")
     res = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--n-images", "0"])
     _assert_clean_error(res, "n_images must be in 1..")
+
+
+def test_probe_layer_out_of_range_and_bad_vector_dim(tmp_path):
+    from mmsift.probe.proxy import build_proxy
+
+    pool = _pool(tmp_path)
+    model = build_proxy(tmp_path / "model", texts=["question 0", "answer"], seed=0)
+    res = runner.invoke(app, ["probe", str(pool), "--model", str(model), "--out", str(tmp_path / "r"),
+                              "--methods", "datatailor", "--layer", "99"])
+    _assert_clean_error(res, "layer 99 is out of range")
+    assert not (tmp_path / "r" / "manifest.json").exists()
+    res = runner.invoke(app, ["probe", str(pool), "--model", str(model), "--out", str(tmp_path / "r2"),
+                              "--methods", "datatailor", "--vector-dim", "-3"])
+    _assert_clean_error(res, "--vector-dim must be >= 1")

@@ -121,13 +121,15 @@ def probe_shard(spec: ShardSpec) -> None:
     from mmsift.probe.dataset import ProbeDataset, as_list, variants_for
     from mmsift.probe.models import cpu_threads_for
     from mmsift.probe.perturb import instruction_format, is_multiple_choice
-    from mmsift.probe.signals import SignalOptions
+    from mmsift.probe.signals import SignalOptions, hidden_layers_needed
 
     cfg = spec.config
     lm = get_model(cfg)
     adapter, model = lm.adapter, lm.model
     opts = SignalOptions(layer=cfg.layer, feature_layers=cfg.feature_layers, vector_dim=cfg.vector_dim,
                          seed=cfg.seed)
+    # An out-of-range --layer is a setting error for the whole run, not a failure of each record: raise it here.
+    hidden_layers_needed(cfg.signals, adapter.num_layers(model), opts)
     max_length = cfg.max_length or int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
     variants = variants_for(cfg.signals)
     images_dir = cfg.images
@@ -335,6 +337,8 @@ def run_probe(
         raise ValueError("--ray-address and --ray-workers need --executor ray")
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"--batch-size and --shard-size must be >= 1, got {batch_size} and {shard_size}")
+    if vector_dim is not None and vector_dim < 1:
+        raise ValueError(f"--vector-dim must be >= 1, got {vector_dim}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     if executor == "local":

@@ -82,6 +82,10 @@ def default_feature_layers(n_layers: int) -> tuple[int, ...]:
 def hidden_layers_needed(names, n_layers: int, opts: SignalOptions) -> list[int]:
     """Hidden-state indices (normalised to 0..L) the forward pass must return for ``names``."""
     total = n_layers + 1
+    # A layer index out of range would otherwise wrap around (``% total``) to some other layer, silently.
+    for i in (opts.layer, *(opts.feature_layers or ())):
+        if not -total <= i < total:
+            raise ValueError(f"layer {i} is out of range: the model has {total} hidden states (-{total}..{total - 1})")
     need = set()
     if {"last", "mean", "sv_entropy", "sv_tau"} & set(names):
         need.add(opts.layer % total)
