@@ -173,3 +173,17 @@ def test_probe_layer_out_of_range_and_bad_vector_dim(tmp_path):
     res = runner.invoke(app, ["probe", str(pool), "--model", str(model), "--out", str(tmp_path / "r2"),
                               "--methods", "datatailor", "--vector-dim", "-3"])
     _assert_clean_error(res, "--vector-dim must be >= 1")
+
+
+def test_select_with_a_pool_edited_since_the_probe(tmp_path):
+    pool = _pool(tmp_path)
+    from_arrays(tmp_path / "run", ids=[f"r{i}" for i in range(4)], index=list(range(4)),
+                columns={"n_tokens": np.array([9.0, 1, 2, 3])}, meta={"pool": str(pool)})
+    shifted = tmp_path / "shifted.json"
+    shifted.write_text(json.dumps(json.loads(pool.read_text())[1:]))
+    out = tmp_path / "s.json"
+    # "length" keeps r0 (position 0); the shifted pool has r1 there: without the check r1 was written instead.
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "length", "-b", "1", "-o", str(out),
+                              "--data", str(shifted)])
+    _assert_clean_error(res, "shifted.json is not the pool this run was probed on")
+    assert not out.exists()

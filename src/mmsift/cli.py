@@ -94,6 +94,9 @@ def select_command(
     except OSError as e:
         typer.echo(f"error: cannot write the subset to {out}: {e}", err=True)
         raise typer.Exit(1) from None
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     for line in selection.summary_lines():
         typer.echo(line)
     if report["skipped_records"]:

@@ -74,6 +74,12 @@ def write_selection(
     """Write the subset (same format as ``out``'s suffix), ``ids.txt`` and ``<out>.report.json``; return the report."""
     from mmsift.data.io import write_subset
 
+    by_index = {r.index: r.id for r in pool.records}
+    for i, rid in zip(selection.index, selection.ids):
+        # Records are written by pool position: a pool edited since the probe would give other records than scored.
+        if by_index.get(int(i)) != rid:
+            raise ValueError(f"{pool.path} is not the pool this run was probed on: the run scored {rid!r} at position "
+                             f"{int(i)}, the pool has {by_index.get(int(i))!r} there; pass the probed pool with --data")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_subset(pool, [int(i) for i in selection.index], out)
