@@ -187,3 +187,10 @@ def test_select_with_a_pool_edited_since_the_probe(tmp_path):
                               "--data", str(shifted)])
     _assert_clean_error(res, "shifted.json is not the pool this run was probed on")
     assert not out.exists()
+
+
+def test_bench_out_is_an_existing_file(tmp_path):
+    existing = tmp_path / "existing.json"
+    existing.write_text("x")
+    res = runner.invoke(app, ["bench", "--quick", "--out", str(existing)])
+    _assert_clean_error(res, "existing.json")

@@ -56,7 +56,7 @@ def bench_command(
         cfg = BenchConfig(out=out, **common, **({"budgets": budget_values} if budget_values else {}))
     try:
         result = run_bench(cfg)
-    except (ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     typer.echo(result["markdown"])
