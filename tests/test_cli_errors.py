@@ -194,3 +194,12 @@ def test_bench_out_is_an_existing_file(tmp_path):
     existing.write_text("x")
     res = runner.invoke(app, ["bench", "--quick", "--out", str(existing)])
     _assert_clean_error(res, "existing.json")
+
+
+def test_a_folder_given_as_the_pool(tmp_path):
+    folder = tmp_path / "pool.json"
+    folder.mkdir()
+    for command in (["validate"], ["warmup", "--out", str(tmp_path / "proxy")],
+                    ["probe", "--methods", "length", "--out", str(tmp_path / "run")]):
+        res = runner.invoke(app, [command[0], str(folder), *command[1:]])
+        _assert_clean_error(res, "pool.json is a folder, not a pool file")

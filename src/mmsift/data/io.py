@@ -66,6 +66,8 @@ def _stat(path: Path) -> tuple[int, int]:
 def read_pool(path: str | os.PathLike, *, task_field: str | None = None) -> Pool:
     """Read a pool. Content problems go to ``Pool.problems``; a missing file or unknown suffix raises."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a pool file (.json, .jsonl or .parquet)")
     fmt = format_of(path)
     if not path.is_file():
         raise FileNotFoundError(f"pool file not found: {path}")
