@@ -203,3 +203,14 @@ def test_a_folder_given_as_the_pool(tmp_path):
                     ["probe", "--methods", "length", "--out", str(tmp_path / "run")]):
         res = runner.invoke(app, [command[0], str(folder), *command[1:]])
         _assert_clean_error(res, "pool.json is a folder, not a pool file")
+
+
+def test_judge_with_no_valid_record_fails(tmp_path):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    res = runner.invoke(app, ["judge", str(empty), "--model", "m", "--out", str(tmp_path / "j"),
+                              "--base-url", "http://127.0.0.1:9", "--retries", "0"])
+    _assert_clean_error(res, "empty.json: no valid record to judge", "empty_pool")
+    res = runner.invoke(app, ["judge", str(_pool(tmp_path)), "--model", "m", "--out", str(tmp_path / "j"),
+                              "--base-url", "http://127.0.0.1:9", "--retries", "0", "--limit", "0"])
+    _assert_clean_error(res, "--limit must be >= 1")

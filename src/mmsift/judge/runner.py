@@ -145,7 +145,12 @@ def run_judge(
     skipped = [(p.record_id, p.kind, p.message) for p in report.problems if p.severity == ERROR]
     records = report.good_records(pool)
     if limit is not None:
+        if int(limit) < 1:
+            raise ValueError(f"--limit must be >= 1, got {limit}")
         records = records[: int(limit)]
+    if not records:
+        kinds = ", ".join(f"{k} {v}" for k, v in report.counts_by_kind().items()) or "the pool has no records"
+        raise ValueError(f"{data}: no valid record to judge ({kinds}; run mmsift validate)")
     if images is None and any(r.images for r in records):
         raise ValueError("the pool has image records: give the images folder (--images)")
     digests: dict[Path, str] = {}
