@@ -214,3 +214,11 @@ def test_judge_with_no_valid_record_fails(tmp_path):
     res = runner.invoke(app, ["judge", str(_pool(tmp_path)), "--model", "m", "--out", str(tmp_path / "j"),
                               "--base-url", "http://127.0.0.1:9", "--retries", "0", "--limit", "0"])
     _assert_clean_error(res, "--limit must be >= 1")
+
+
+def test_probe_over_a_run_with_other_settings_names_the_flag(tmp_path):
+    pool = _pool(tmp_path)
+    _run(tmp_path, pool)
+    res = runner.invoke(app, ["probe", str(pool), "--model", str(tmp_path), "--out", str(tmp_path / "run"),
+                              "--methods", "length"])
+    _assert_clean_error(res, "holds a finished run with other settings; use another --out or --overwrite")

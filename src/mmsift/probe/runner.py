@@ -377,7 +377,7 @@ def run_probe(
             store = SignalStore(out)
             return _result(store, old, n_entries, time.perf_counter() - t0, len(shards))
         if not overwrite:
-            raise StoreError(f"{out} holds a finished run with other settings; use another --out or overwrite")
+            raise StoreError(f"{out} holds a finished run with other settings; use another --out or --overwrite")
         manifest.unlink()
         for stale in [out / SCALARS, *out.glob("vec_*.npy")]:
             stale.unlink(missing_ok=True)
@@ -386,7 +386,7 @@ def run_probe(
     if plan.is_file() and json.loads(plan.read_text()).get("fingerprint") != fp:
         if not overwrite:
             raise StoreError(f"{out} holds unfinished shards of a run with other settings; "
-                             "use another --out or overwrite")
+                             "use another --out or --overwrite")
         for p in writer.shard_dir.iterdir():
             p.unlink()
     plan.write_text(json.dumps({"fingerprint": fp, "n_shards": len(shards)}) + "\n")
