@@ -43,6 +43,7 @@ def run_demo(
     warmup_samples: int = 600,
     warmup_epochs: int = 2,
 ) -> DemoResult:
+    from mmsift.budget import resolve_budget
     from mmsift.data.easyvqa import build_easyvqa_pool
     from mmsift.data.io import read_pool
     from mmsift.data.validate import validate_pool
@@ -52,6 +53,7 @@ def run_demo(
     from mmsift.scorers import get_scorer_class
     from mmsift.select import select_run
 
+    resolve_budget(budget, n_images)  # a bad budget fails now, not after the proxy is trained
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from mmsift.scorers.ards import ARDS
 from mmsift.scorers.base import Scorer
 from mmsift.scorers.coincide import Coincide
@@ -52,7 +54,9 @@ def make_scorer(name: str, params: dict | None = None, *, random_state: int = 0)
     try:
         return cls(**(params or {}), random_state=random_state)
     except TypeError as e:
-        raise ValueError(f"bad parameters for method {name!r}: {e}") from None
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "random_state")]
+        raise ValueError(f"bad parameters for method {name!r} ({e}); its parameters: "
+                         f"{', '.join(accepted) or 'none'} (see its docstring)") from None
 
 
 def required_signals(names) -> set[str]:
