@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from mmsift.data.io import read_pool
+from mmsift.data.paths import check_images_dir
 from mmsift.data.validate import validate_pool
 
 
@@ -40,9 +41,12 @@ def validate_command(
     if images is None and any(r.images for r in pool.records):
         images = data.resolve().parent
         note = f"--images not given: image paths resolved relative to the data file's folder {images}"
-    elif images is not None and not images.is_dir():
-        typer.echo(f"error: --images {images} is not a folder", err=True)
-        raise typer.Exit(1)
+    else:
+        try:
+            check_images_dir(images)
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
     report = validate_pool(pool, images, check_images=check_images, decode_images=decode_images, workers=workers)
     if note:
         report.notes.insert(0, note)

@@ -90,3 +90,9 @@ def resolve_image(images_dir: str | os.PathLike, relpath: str) -> Path:
     ``..`` or a symlink). Nothing is opened; resolving follows symlinks only to learn where they point.
     """
     return Path(ImageResolver(images_dir).resolve(relpath))
+
+
+def check_images_dir(images) -> None:
+    """Refuse an ``--images`` that is not a folder up front (else every record would be reported as missing)."""
+    if images is not None and not Path(images).is_dir():
+        raise ValueError(f"--images {images} is not a folder")

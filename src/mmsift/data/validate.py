@@ -44,9 +44,10 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from mmsift.data.io import Pool
-from mmsift.data.paths import ImageResolver, UnsafePathError, check_relative
+from mmsift.data.io import Pool, read_pool
+from mmsift.data.paths import ImageResolver, UnsafePathError, check_images_dir, check_relative
 from mmsift.data.records import (
     ERROR, IMAGE_PLACEHOLDER, ROLE_ALIASES, WARNING, Problem, Record, image_field,
 )
@@ -143,6 +144,17 @@ class ValidationReport:
             if len(group) > max_per_kind:
                 lines.append(f"  ... and {len(group) - max_per_kind} more")
         return "\n".join(lines)
+
+
+def read_and_validate(data, images=None, *, task_field: str | None = None, check_images: bool = True):
+    """Read the pool ``data`` and validate it as every command does; ``images`` defaults to the pool file's folder.
+
+    Returns ``(pool, images_dir, report)``.
+    """
+    check_images_dir(images)
+    pool = read_pool(data, task_field=task_field)
+    images_dir = str(images) if images is not None else str(Path(pool.path).parent)
+    return pool, images_dir, validate_pool(pool, images_dir, check_images=check_images)
 
 
 def validate_pool(

@@ -328,8 +328,7 @@ def run_probe(
     the pool file), n_good, n_skipped, skipped (id, kind, message per record left out: validation errors and
     run-time failures), shard_size, n_shards, probe_fingerprint.
     """
-    from mmsift.data.io import read_pool
-    from mmsift.data.validate import validate_pool
+    from mmsift.data.validate import read_and_validate
     from mmsift.exec import get_executor
     from mmsift.probe.signals import resolve_signals
 
@@ -345,12 +344,8 @@ def run_probe(
         from mmsift.probe.models import check_device
 
         check_device(device)
-    if images is not None and not Path(images).is_dir():
-        raise ValueError(f"--images {images} is not a folder")
     t0 = time.perf_counter()
-    pool = read_pool(data, task_field=task_field)
-    images_dir = str(images) if images is not None else str(Path(pool.path).parent)
-    report = validate_pool(pool, images_dir, check_images=check_images)
+    pool, images_dir, report = read_and_validate(data, images, task_field=task_field, check_images=check_images)
     skipped, n_skipped, n_unparsed = _skipped_from_report(report)
     n_entries = len(pool.records) + n_unparsed  # entries that are not records are counted and reported too
     good = report.good_records(pool)

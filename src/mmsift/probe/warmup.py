@@ -153,20 +153,15 @@ def warmup(
     The tokenizer is trained on the texts of (up to ``max_tokenizer_texts`` turns of) the pool's good records.
     Writes the model to ``out`` (``save_pretrained``) with ``warmup.json`` (settings and loss curve).
     """
-    from mmsift.data.io import read_pool
-    from mmsift.data.validate import validate_pool
+    from mmsift.data.validate import read_and_validate
     from mmsift.probe.models import check_device
     from mmsift.probe.proxy import build_proxy
 
     check_device(device)
     if n_samples < 1 or epochs < 1 or batch_size < 1:
         raise ValueError(f"--n-samples, --epochs and --batch-size must be >= 1, got {n_samples}, {epochs}, {batch_size}")
-    if images is not None and not Path(images).is_dir():
-        raise ValueError(f"--images {images} is not a folder")
     t0 = time.perf_counter()
-    pool = read_pool(data, task_field=task_field)
-    images_dir = str(images) if images is not None else str(Path(pool.path).parent)
-    report = validate_pool(pool, images_dir)
+    pool, images_dir, report = read_and_validate(data, images, task_field=task_field)
     good = report.good_records(pool)
     if not good:
         raise ValueError(f"{data}: no valid record to train on ({report.n_errors} errors; run mmsift validate)")
