@@ -84,8 +84,9 @@ def run_demo(
     result = DemoResult(out=out, pool=pool_path, model=Path(model), run=out / "run")
     by_index = {r.index: r for r in pool.records}
     say(f"4. select {budget:.0%} of the pool with each method:")
+    selections = {}
     for method in methods:
-        sel = select_run(str(out / "run"), method, budget, seed=seed)
+        sel = selections[method] = select_run(str(out / "run"), method, budget, seed=seed)
         subset = out / "subsets" / method / "subset.json"
         write_selection(sel, pool, subset, skipped=store.manifest.get("skipped", []))
         result.subsets[method] = subset
@@ -97,7 +98,7 @@ def run_demo(
         for note in sel.notes:
             say(f"      note: {note}")
     head = methods[0]
-    sel = select_run(str(out / "run"), head, budget, seed=seed)
+    sel = selections[head]
     order = sel.scores.argsort(kind="stable")
     best, worst = order[::-1][:2], order[:2]
     pool_index = store.load([]).index  # store row -> pool position
