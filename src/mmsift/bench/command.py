@@ -41,7 +41,8 @@ def bench_command(
     from mmsift.bench.runner import BenchConfig, run_bench
 
     if verbose:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        # The CLI callback has configured the root logger already (basicConfig would be a no-op here).
+        logging.getLogger("mmsift").setLevel(logging.INFO)
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     budget_values = _budgets(budgets) if budgets else None
     try:

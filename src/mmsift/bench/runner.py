@@ -164,6 +164,16 @@ def run_bench(cfg: BenchConfig) -> dict:
         times[name] = round(time.perf_counter() - t0, 2)
         log.info("bench stage %s: %.1fs", name, times[name])
 
+    # Methods first: an unknown name fails before minutes of pool building and training.
+    judge_columns: tuple = ()
+    if cfg.judge_run:
+        from mmsift.store import SignalStore
+
+        judge_columns = tuple(SignalStore(cfg.judge_run).signal_names)
+    requested = cfg.methods if cfg.methods is not None else (list(QUICK_METHODS) if cfg.quick else None)
+    methods, skipped = choose_methods(requested, judge_columns=judge_columns)
+    log.info("bench methods: %s; skipped: %s", methods, skipped)
+
     t0 = time.perf_counter()
     pool_path = build_bench_pool(out / "pool", n_images=cfg.n_images, n_ocr=cfg.n_ocr, seed=cfg.seed,
                                  rates=cfg.rates)
@@ -184,15 +194,6 @@ def run_bench(cfg: BenchConfig) -> dict:
         encoded = encode_items(load_model(init_dir, device=cfg.device, dtype="float32"), items,
                                out / "eval" / "images")
     stage("target_init_and_eval_encoding", t0)
-
-    judge_columns: tuple = ()
-    if cfg.judge_run:
-        from mmsift.store import SignalStore
-
-        judge_columns = tuple(SignalStore(cfg.judge_run).signal_names)
-    requested = cfg.methods if cfg.methods is not None else (list(QUICK_METHODS) if cfg.quick else None)
-    methods, skipped = choose_methods(requested, judge_columns=judge_columns)
-    log.info("bench methods: %s; skipped: %s", methods, skipped)
 
     # The probe's own stages run under the same fixed thread count (an oversubscribed CPU is several times
     # slower with two threads than with one) and deterministic ops.
