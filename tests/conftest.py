@@ -37,3 +37,21 @@ def tiny_llava_pool(tmp_path):
     path = tmp_path / "pool.json"
     path.write_text(json.dumps(records, indent=2), encoding="utf-8")
     return path, images
+
+
+# A base small enough to build in seconds (32 px, patch 8: 16 image tokens).
+TINY_BASE = dict(image_size=32, patch_size=8, vision_hidden_size=32, vision_layers=2, vision_heads=2,
+                 hidden_size=32, num_layers=2, intermediate_size=64, vocab_size=600, n_shape_images=120,
+                 n_text_images=60, perception_steps=20, perception_batch=16, align_steps=8, align_batch=8)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_pretrained_base(tmp_path_factory):
+    """Every test that needs the pretrained base gets a tiny one, cached in a session folder: the default recipe
+    takes minutes, and tests must never write to the user's own cache."""
+    from mmsift.probe import pretrain
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MMSIFT_CACHE", str(tmp_path_factory.mktemp("mmsift-cache")))
+        mp.setattr(pretrain, "DEFAULT_RECIPE", pretrain.BaseRecipe(**TINY_BASE))
+        yield pretrain.DEFAULT_RECIPE

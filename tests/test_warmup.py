@@ -50,12 +50,15 @@ def test_train_proxy_lowers_answer_loss(pool):
 
 def test_warmup_writes_reloadable_model_with_loss_curve(pool):
     from mmsift.probe.models import load_model
+    from mmsift.probe.pretrain import ensure_base
     from mmsift.probe.warmup import warmup
 
     path, images, raw, root = pool
     out = warmup(path, images=images, out=root / "proxy", n_samples=24, epochs=4, seed=0, lr=5e-3, batch_size=8)
     info = json.loads((out / "warmup.json").read_text())
     assert info["n_samples"] == 24 and len(info["epoch_losses"]) == 4
+    assert info["vision_frozen"] and info["base"]["key"] == ensure_base().name
+    assert info["image_shuffle"]["n_records"] > 0 and "increase" in info["image_shuffle"]
     assert info["epoch_losses"][-1] < info["epoch_losses"][0]
     lm = load_model(out)
     assert lm.model_type == "llava"
@@ -63,6 +66,51 @@ def test_warmup_writes_reloadable_model_with_loss_curve(pool):
     from mmsift.data.io import read_pool
 
     assert mean_answer_loss(lm, read_pool(path).records, images) < info["epoch_losses"][0]
+    # Started from the base with the tower frozen: the tower's weights are the base's, the rest moved.
+    base = load_model(ensure_base())
+    for (name, a), b in zip(lm.model.named_parameters(), base.model.parameters()):
+        if "vision_tower" in name:
+            torch.testing.assert_close(a, b)
+    assert not torch.equal(lm.model.lm_head.weight, base.model.lm_head.weight)
+
+
+def test_warmup_whole_pool_by_default_and_base_none(pool):
+    from mmsift.probe.warmup import warmup
+
+    path, images, raw, root = pool
+    good = [r for r in raw if r.get("conversations")]
+    out = warmup(path, images=images, out=root / "scratch_proxy", epochs=1, batch_size=8, base="none",
+                 progress=False)
+    info = json.loads((out / "warmup.json").read_text())
+    assert info["n_samples"] + info["n_failed"] == len(good) and info["base"] == "none"
+    assert not info["vision_frozen"] and info["lr"] == 3e-3
+    with pytest.raises(ValueError, match="--base"):
+        warmup(path, images=images, out=root / "x", base="mine")
+
+
+def test_image_shuffle_test_by_hand(pool):
+    """loss_own / loss_shuffled equal the answer loss with own images and with images moved one place along."""
+    from mmsift.data.io import read_pool
+    from mmsift.probe.models import Encoded, load_model
+    from mmsift.probe.pretrain import ensure_base
+    from mmsift.probe.warmup import batch_answer_loss, encode_records, image_shuffle_test
+
+    path, images, _, _ = pool
+    lm = load_model(ensure_base())
+    records = read_pool(path).records
+    test = image_shuffle_test(lm, records, images, n=8, seed=0, batch_size=64)
+    order = np.random.default_rng(0).permutation(len(records))[:16]
+    encs, _ = encode_records(lm.adapter, [records[i] for i in order], images)
+    encs = [e for e in encs if e.n_images == 1 and e.extra][:8]  # all proxy images share one shape here
+    rolled = [Encoded(e.input_ids, e.answer_mask, e.image_mask, encs[(k + 1) % len(encs)].extra, 1)
+              for k, e in enumerate(encs)]
+    with torch.no_grad():
+        own = float(batch_answer_loss(lm.adapter, lm.model, lm.adapter.collate(encs)))
+        shuffled = float(batch_answer_loss(lm.adapter, lm.model, lm.adapter.collate(rolled)))
+    assert test["n_records"] == 8
+    assert test["loss_own"] == pytest.approx(own, abs=1e-3)
+    assert test["loss_shuffled"] == pytest.approx(shuffled, abs=1e-3)
+    assert test["increase"] == pytest.approx(shuffled - own, abs=2e-3)
 
 
 def test_warmup_command_prints_curve(pool):
@@ -79,6 +127,7 @@ def test_warmup_command_prints_curve(pool):
                                       "--epochs", "1", "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     assert "trained the proxy on 8 samples for 1 epochs" in result.output
+    assert "image-shuffle test on" in result.output
     assert (out / "config.json").is_file() and (out / "warmup.json").is_file()
 
 

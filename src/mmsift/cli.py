@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -170,7 +171,8 @@ def demo_command(
     budget: float = typer.Option(0.15, "--budget", help="Fraction of the pool to keep."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    warmup_samples: int = typer.Option(400, "--warmup-samples", help="Pool samples the proxy is warmed up on."),
+    warmup_samples: Optional[int] = typer.Option(None, "--warmup-samples",
+                                                 help="Pool samples the proxy is warmed up on (default: all)."),
     warmup_epochs: int = typer.Option(2, "--warmup-epochs"),
 ) -> None:
     """End to end on the bundled easy-vqa pool: build, validate, warm up a proxy, probe, select, explain."""

@@ -40,7 +40,7 @@ def run_demo(
     seed: int = 0,
     device: str = "cpu",
     methods: tuple[str, ...] = DEMO_METHODS,
-    warmup_samples: int = 600,
+    warmup_samples: int | None = None,
     warmup_epochs: int = 2,
 ) -> DemoResult:
     from mmsift.budget import resolve_budget
@@ -48,7 +48,7 @@ def run_demo(
     from mmsift.data.io import read_pool
     from mmsift.data.validate import validate_pool
     from mmsift.probe.runner import run_probe
-    from mmsift.probe.warmup import warmup
+    from mmsift.probe.warmup import read_warmup_log, shuffle_line, warmup
     from mmsift.report import write_selection
     from mmsift.scorers import get_scorer_class
     from mmsift.select import select_run
@@ -70,8 +70,10 @@ def run_demo(
     t = time.perf_counter()
     model = warmup(pool_path, images=images, out=out / "proxy", n_samples=warmup_samples,
                    epochs=warmup_epochs, seed=seed, device=device)
-    say(f"2. warmup: trained the bundled small LLaVA proxy on {warmup_samples} samples "
-        f"({time.perf_counter() - t:.0f} s) -> {model}")
+    info = read_warmup_log(model) or {}
+    say(f"2. warmup: the bundled small LLaVA proxy (pretrained base, vision frozen) trained on "
+        f"{info.get('n_samples', '?')} samples ({time.perf_counter() - t:.0f} s) -> {model}")
+    say("   " + shuffle_line(info))
 
     t = time.perf_counter()
     # overwrite: the demo rebuilds the pool and retrains the proxy each time, so an older run in `out` is stale.

@@ -14,26 +14,20 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from mmsift.data.easyvqa import COLORS, SHAPES, YES_NO, question_type
+from mmsift.data.easyvqa import (COLORS, DESCRIBE_QUESTION, IMAGE_SIZE, OCR_QUESTION, OCR_WORDS,  # noqa: F401
+                                 POOL_IMAGE_IDS, SHAPES, YES_NO, ImageFacts, describe, image_facts,
+                                 question_type, render_text)
 
 log = logging.getLogger(__name__)
 
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = ("A", "B", "C", "D", "E")
-OCR_QUESTION = "What text is written in the image?"
-DESCRIBE_QUESTION = "Describe the image."
-# Short words and numbers for the OCR task: few enough that a tiny model can learn to read them.
-OCR_WORDS = ("cat", "dog", "sun", "map", "red", "box", "key", "pen", "cup", "hat",
-             "12", "47", "85", "306", "2024", "71")
-IMAGE_SIZE = 64
 
 
 def options_for(qtype: str) -> tuple[str, ...]:
@@ -54,33 +48,6 @@ def make_mc_options(answer: str, rng: np.random.Generator) -> list[str]:
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
-@dataclass
-class ImageFacts:
-    """What the easy-vqa questions reveal about one image: its shape and colour (None when no question says)."""
-
-    shape: str | None
-    color: str | None
-
-
-def image_facts(questions: list[str], answers: list[str]) -> ImageFacts:
-    shape = color = None
-    for q, a in zip(questions, answers):
-        t = question_type(a)
-        if t == "shape":
-            shape = a
-            m = re.search(r"\b(" + "|".join(COLORS) + r")\b", q)
-            color = color or (m.group(1) if m else None)
-        elif t == "color":
-            color = a
-            m = re.search(r"\b(" + "|".join(SHAPES) + r")\b", q)
-            shape = shape or (m.group(1) if m else None)
-    return ImageFacts(shape, color)
-
-
-def describe(facts: ImageFacts) -> str:
-    return f"A {facts.color} {facts.shape}."
-
-
 def conversation(turns: list[tuple[str, str]]) -> list[dict]:
     """LLaVA ``conversations``: the image placeholder opens the first human turn."""
     out = []
@@ -92,24 +59,6 @@ def conversation(turns: list[tuple[str, str]]) -> list[dict]:
 
 def truth(kind: str, qtypes: list[str]) -> dict:
     return {"defect": "none", "dup_of": None, "kind": kind, "qtypes": qtypes}
-
-
-def render_text(word: str, rng: np.random.Generator, background: Image.Image | None = None) -> Image.Image:
-    """``word`` in PIL's bundled font, dark on a light canvas (or on an easy-vqa image), at a random spot."""
-    if background is None:
-        shade = int(rng.integers(200, 256))
-        img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (shade, shade, shade))
-    else:
-        img = background.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE))
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=18)
-    left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
-    w, h = right - left, bottom - top
-    x = int(rng.integers(0, max(1, IMAGE_SIZE - w))) - left
-    y = int(rng.integers(0, max(1, IMAGE_SIZE - h))) - top
-    draw.rectangle((x + left - 1, y + top - 1, x + right + 1, y + bottom + 1), fill=(255, 255, 255))
-    draw.text((x, y), word, fill=(0, 0, 0), font=font)
-    return img
 
 
 def ocr_items(n: int, *, seed: int, background_paths: list[str] = ()) -> list[tuple[str, Image.Image]]:
@@ -144,7 +93,8 @@ def build_clean_records(out_dir: Path, *, n_images: int, n_ocr: int, seed: int) 
     questions, answers, image_ids = easy_vqa.get_train_questions()
     paths = easy_vqa.get_train_image_paths()
     grouped = _by_image(questions, answers, image_ids)
-    all_ids = np.array(sorted(grouped))
+    # Only the pool share of the train images: the rest pretrains the bundled base (mmsift.probe.pretrain).
+    all_ids = np.array(sorted(i for i in grouped if i in POOL_IMAGE_IDS))
     chosen = np.sort(rng.choice(all_ids, size=min(n_images, len(all_ids)), replace=False))
     img_dir = out_dir / "images"
     (img_dir / "easyvqa").mkdir(parents=True, exist_ok=True)

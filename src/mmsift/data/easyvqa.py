@@ -18,8 +18,13 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +34,20 @@ COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 YES_NO = ("yes", "no")
 PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
 MAX_ROUNDS = 4
+# Short words and numbers for the OCR task: few enough that a tiny model can learn to read them.
+OCR_WORDS = ("cat", "dog", "sun", "map", "red", "box", "key", "pen", "cup", "hat",
+             "12", "47", "85", "306", "2024", "71")
+IMAGE_SIZE = 64  # easy-vqa images are 64 x 64
+OCR_QUESTION = "What text is written in the image?"
+DESCRIBE_QUESTION = "Describe the image."
+# The train split is cut in two by image id: pools (the demo's, the bench's) draw from the first 1,000 images,
+# the pretrained base (mmsift.probe.pretrain) learns from the other 3,000, so no pool image is seen in pretraining.
+POOL_IMAGE_IDS = range(0, 1000)
+BASE_IMAGE_IDS = range(1000, 4000)
+
+
+
+
 
 
 def question_type(answer: str) -> str:
@@ -76,7 +95,7 @@ def build_easyvqa_pool(out_dir: str | os.PathLike, *, n_images: int, seed: int =
     Deterministic: the same ``n_images``, ``seed`` and ``split`` give the same file.
     """
     (texts, answers, image_ids), paths = _load(split)
-    available = sorted(paths)
+    available = sorted(i for i in paths if split != "train" or i in POOL_IMAGE_IDS)
     if not 0 < n_images <= len(available):
         raise ValueError(f"n_images must be in 1..{len(available)} for split {split!r}, got {n_images}")
     rng = random.Random(seed)
@@ -106,3 +125,48 @@ def build_easyvqa_pool(out_dir: str | os.PathLike, *, n_images: int, seed: int =
     out.write_text(json.dumps(records, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     log.info("wrote %d records over %d easy-vqa %s images to %s", len(records), n_images, split, out)
     return out
+
+
+@dataclass
+class ImageFacts:
+    """What the easy-vqa questions reveal about one image: its shape and colour (None when no question says)."""
+
+    shape: str | None
+    color: str | None
+
+
+def image_facts(questions: list[str], answers: list[str]) -> ImageFacts:
+    shape = color = None
+    for q, a in zip(questions, answers):
+        t = question_type(a)
+        if t == "shape":
+            shape = a
+            m = re.search(r"\b(" + "|".join(COLORS) + r")\b", q)
+            color = color or (m.group(1) if m else None)
+        elif t == "color":
+            color = a
+            m = re.search(r"\b(" + "|".join(SHAPES) + r")\b", q)
+            shape = shape or (m.group(1) if m else None)
+    return ImageFacts(shape, color)
+
+
+def describe(facts: ImageFacts) -> str:
+    return f"A {facts.color} {facts.shape}."
+
+
+def render_text(word: str, rng: np.random.Generator, background: Image.Image | None = None) -> Image.Image:
+    """``word`` in PIL's bundled font, dark on a light canvas (or on an easy-vqa image), at a random spot."""
+    if background is None:
+        shade = int(rng.integers(200, 256))
+        img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (shade, shade, shade))
+    else:
+        img = background.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=18)
+    left, top, right, bottom = draw.textbbox((0, 0), word, font=font)
+    w, h = right - left, bottom - top
+    x = int(rng.integers(0, max(1, IMAGE_SIZE - w))) - left
+    y = int(rng.integers(0, max(1, IMAGE_SIZE - h))) - top
+    draw.rectangle((x + left - 1, y + top - 1, x + right + 1, y + bottom + 1), fill=(255, 255, 255))
+    draw.text((x, y), word, fill=(0, 0, 0), font=font)
+    return img

@@ -18,20 +18,25 @@ def warmup_command(
         "--images", help="Folder the records' image paths are relative to (default: the data file's folder).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the trained proxy model to.")] = Path(
         "proxy"),
-    n_samples: Annotated[int, typer.Option("--n-samples", help="Random pool records to train on.")] = 256,
+    n_samples: Annotated[Optional[int], typer.Option(
+        "--n-samples", help="Random pool records to train on (default: the whole pool).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training slice.")] = 3,
-    lr: Annotated[float, typer.Option("--lr", help="Peak AdamW learning rate.")] = 3e-3,
+    lr: Annotated[Optional[float], typer.Option(
+        "--lr", help="Peak AdamW learning rate (default 1e-3 from the base, 3e-3 with --base none).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per step.")] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the slice, weights and batches.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
     task_field: Annotated[Optional[str], typer.Option("--task-field", help="Record field naming its task.")] = None,
+    base: Annotated[str, typer.Option(
+        "--base", help="bundled: start from the pretrained base (built once, cached); none: random weights.")
+    ] = "bundled",
 ) -> None:
-    """Build the bundled small proxy for a pool (tokenizer from its texts) and train it on a random slice."""
-    from mmsift.probe.warmup import read_warmup_log, warmup
+    """Make the bundled small proxy for a pool: the pretrained base, instruction-tuned on the pool (vision frozen)."""
+    from mmsift.probe.warmup import read_warmup_log, shuffle_line, warmup
 
     try:
         path = warmup(data, images=images, out=out, n_samples=n_samples, epochs=epochs, seed=seed, device=device,
-                      lr=lr, batch_size=batch_size, task_field=task_field)
+                      lr=lr, batch_size=batch_size, task_field=task_field, base=base)
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -40,6 +45,7 @@ def warmup_command(
     curve = " -> ".join(f"{x:.3f}" for x in losses)
     typer.echo(f"trained the proxy on {info.get('n_samples', '?')} samples for {epochs} epochs "
                f"in {info.get('seconds', 0):.1f}s; answer loss per epoch: {curve}")
+    typer.echo(shuffle_line(info))
     typer.echo(f"model written to {path}")
 
 

@@ -69,7 +69,8 @@ def train_tokenizer(texts, *, vocab_size: int = 2048, min_frequency: int = 2):
 def build_proxy(
     out_dir: str | os.PathLike,
     *,
-    texts,
+    texts=(),
+    tokenizer=None,
     seed: int = 0,
     hidden_size: int = 64,
     num_layers: int = 4,
@@ -80,12 +81,15 @@ def build_proxy(
     patch_size: int = 8,
     vision_hidden_size: int = 32,
     vision_layers: int = 2,
+    vision_heads: int = 2,
+    vision_feature_layer: int = -2,
     vocab_size: int = 2048,
     max_positions: int = 2048,
 ) -> Path:
-    """Build the small proxy with a tokenizer trained on ``texts`` and save it under ``out_dir``.
+    """Build the small proxy with a tokenizer trained on ``texts`` (or the given ``tokenizer``), save it under
+    ``out_dir``.
 
-    Weights are random (seeded); ``warmup`` trains them. Returns ``out_dir``. The defaults give a model of
+    Weights are random (seeded); :mod:`mmsift.probe.pretrain` and ``warmup`` train them. Returns ``out_dir``. The defaults give a model of
     ~0.4M parameters that runs a few hundred samples per second on one CPU core.
     """
     import torch
@@ -100,13 +104,14 @@ def build_proxy(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden_size,
         intermediate_size=2 * vision_hidden_size,
         num_hidden_layers=vision_layers,
-        num_attention_heads=2,
+        num_attention_heads=vision_heads,
         image_size=image_size,
         patch_size=patch_size,
     )
@@ -127,7 +132,7 @@ def build_proxy(
         vision_config=vision,
         text_config=text,
         image_token_index=image_token_id,
-        vision_feature_layer=-2,
+        vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Training the bundled proxy: ``warmup`` builds it for a pool and trains it on a random slice of that pool.
+"""Training the bundled proxy: ``warmup`` makes it for a pool (from the pretrained base) and trains it on the pool.
 
 :func:`train_proxy` is the reusable loop (the benchmark trains the same model on subsets from scratch with it):
 AdamW, linear warm-up then cosine decay, gradient clipping at 1.0, loss = mean cross-entropy over the answer
@@ -11,11 +11,13 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,15 @@ def train_proxy(
     device: str = "cpu",
     weight_decay: float = 0.0,
     warmup_fraction: float = 0.1,
+    freeze_vision: bool = False,
+    progress: str | None = None,
 ) -> TrainResult:
     """Train a model (a directory or a :class:`~mmsift.probe.models.LoadedModel`) on ``records``.
 
     Runs ``epochs`` passes, or exactly ``steps`` optimisation steps when given (cycling through reshuffled
     epochs). Batches are drawn with a generator seeded by ``seed``. Returns the trained model and the loss curve.
+    ``freeze_vision`` keeps the vision tower's weights fixed (LLaVA's stages 1 and 2: the pretrained tower is not
+    trained on instruction data). ``progress``: a tqdm bar with that label over the steps (None: no bar).
     """
     import torch
 
@@ -92,7 +98,11 @@ def train_proxy(
     gen = torch.Generator().manual_seed(seed)
     per_epoch = math.ceil(len(encs) / batch_size)
     total = steps if steps is not None else epochs * per_epoch
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    tower = vision_tower(model)
+    if tower is not None:
+        tower.requires_grad_(not freeze_vision)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     n_warm = max(1, int(warmup_fraction * total))
 
     def schedule(step):
@@ -105,12 +115,21 @@ def train_proxy(
     losses: list[float] = []
     epoch_losses: list[float] = []
     with cpu_threads_for(model, lm.device):
-        _train_loop(adapter, model, encs, lm.device, opt, sched, gen, batch_size, total, losses, epoch_losses)
+        bar = tqdm(total=total, desc=progress, unit="step", disable=progress is None, leave=False)
+        with bar:
+            _train_loop(adapter, model, params, encs, lm.device, opt, sched, gen, batch_size, total, losses,
+                        epoch_losses, bar)
     model.eval()
     return TrainResult(lm, losses, epoch_losses, len(encs), len(failed), time.perf_counter() - t0)
 
 
-def _train_loop(adapter, model, encs, device, opt, sched, gen, batch_size, total, losses, epoch_losses) -> None:
+def vision_tower(model):
+    """The model's vision tower module, or None for a family whose tower is not at ``model.model.vision_tower``."""
+    return getattr(getattr(model, "model", None), "vision_tower", None)
+
+
+def _train_loop(adapter, model, params, encs, device, opt, sched, gen, batch_size, total, losses, epoch_losses,
+                bar) -> None:
     import torch
 
     step = 0
@@ -124,14 +143,70 @@ def _train_loop(adapter, model, encs, device, opt, sched, gen, batch_size, total
             loss = batch_answer_loss(adapter, model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
             in_epoch.append(losses[-1])
             step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         epoch_losses.append(float(np.mean(in_epoch)))
         log.info("epoch %d: mean answer loss %.4f (%d steps)", len(epoch_losses), epoch_losses[-1], step)
+
+
+def image_shuffle_test(lm, records, images_dir, *, n: int = 256, seed: int = 0, batch_size: int = 16) -> dict:
+    """Does the model read the images? Mean answer-token loss of up to ``n`` records with their own image and
+    with the image of another record (each image moved one place along a seeded random order, so every record
+    gets a different record's image); ``increase`` = shuffled - own. Near 0: the answers are predicted from the
+    text alone. Only single-image records take part, swapped between records whose image tensors have the same
+    shapes.
+    """
+    import torch
+
+    from mmsift.probe.models import cpu_threads_for
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(records))[: max(n * 2, n)]
+    encs, _ = encode_records(lm.adapter, [records[i] for i in order], images_dir)
+    encs = [e for e in encs if e.n_images == 1 and e.extra][:n]
+    groups: dict[tuple, list[int]] = {}
+    for k, e in enumerate(encs):
+        groups.setdefault(tuple((key, tuple(v.shape)) for key, v in sorted(e.extra.items())), []).append(k)
+    swapped = list(encs)
+    for members in groups.values():
+        for a, b in zip(members, members[1:] + members[:1]):
+            swapped[a] = type(encs[a])(encs[a].input_ids, encs[a].answer_mask, encs[a].image_mask,
+                                       dict(encs[b].extra), encs[a].n_images)
+    pairs = sum(len(m) for m in groups.values() if len(m) > 1)
+    if pairs < 2:
+        return {"n_records": 0, "loss_own": float("nan"), "loss_shuffled": float("nan"), "increase": float("nan")}
+    keep = [k for m in groups.values() if len(m) > 1 for k in m]
+    model = lm.model
+    model.eval()
+    sums = {"own": [], "shuffled": []}
+    with torch.no_grad(), cpu_threads_for(model, lm.device):
+        for name, pool in (("own", encs), ("shuffled", swapped)):
+            for s in range(0, len(keep), batch_size):
+                batch = lm.adapter.collate([pool[k] for k in keep[s:s + batch_size]]).to(lm.device)
+                n_tok = int(batch.answer_mask.sum())
+                sums[name].append((float(batch_answer_loss(lm.adapter, model, batch)) * n_tok, n_tok))
+    own = sum(a for a, _ in sums["own"]) / sum(b for _, b in sums["own"])
+    shuffled = sum(a for a, _ in sums["shuffled"]) / sum(b for _, b in sums["shuffled"])
+    return {"n_records": len(keep), "loss_own": round(own, 4), "loss_shuffled": round(shuffled, 4),
+            "increase": round(shuffled - own, 4)}
+
+
+def shuffle_line(info: dict) -> str:
+    """One line for users: the image-shuffle figure of a ``warmup.json`` and what it means."""
+    test = info.get("image_shuffle") or {}
+    if not test.get("n_records"):
+        return "image-shuffle test: not enough single-image records to run it"
+    verdict = ("the proxy reads the images" if test["increase"] >= 0.1 else
+               "the proxy barely uses the images: image-based signals will describe the text, not the images")
+    return (f"image-shuffle test on {test['n_records']} records: answer loss {test['loss_own']:.3f} with their own "
+            f"image, {test['loss_shuffled']:.3f} with another record's (+{test['increase']:.3f}): {verdict}")
 
 
 def warmup(
@@ -139,43 +214,75 @@ def warmup(
     *,
     images,
     out,
-    n_samples: int = 256,
+    n_samples: int | None = None,
     epochs: int = 3,
     seed: int = 0,
     device: str = "cpu",
-    lr: float = 3e-3,
+    lr: float | None = None,
     batch_size: int = 16,
     task_field: str | None = None,
+    base: str = "bundled",
+    base_recipe=None,
     max_tokenizer_texts: int = 50_000,
+    progress: bool = True,
 ) -> Path:
-    """Build the bundled proxy for the pool ``data`` and train it on ``n_samples`` random good records.
+    """Make a proxy for the pool ``data`` that reads its images, trained on the whole pool (or ``n_samples``
+    random good records).
 
-    The tokenizer is trained on the texts of (up to ``max_tokenizer_texts`` turns of) the pool's good records.
-    Writes the model to ``out`` (``save_pretrained``) with ``warmup.json`` (settings and loss curve).
+    ``base="bundled"`` (default): start from the pretrained base (:mod:`mmsift.probe.pretrain`, built once and
+    cached; ``base_recipe`` picks another recipe than the default) and instruction-tune projector and language
+    model on the pool with the vision tower frozen, as LLaVA-1.5 does; lr defaults to 1e-3.
+    ``base="none"``: a proxy with random weights and a tokenizer trained on the pool's texts (up to
+    ``max_tokenizer_texts`` turns), every weight trained on the pool; lr defaults to 3e-3. Small CPU budgets
+    rarely teach such a proxy to look at the images: the image-shuffle test in ``warmup.json`` says whether it did.
+
+    Writes the model to ``out`` (``save_pretrained``) with ``warmup.json`` (settings, loss curve and the
+    image-shuffle test, :func:`image_shuffle_test`).
     """
     from mmsift.data.validate import read_and_validate
     from mmsift.probe.models import check_device
     from mmsift.probe.proxy import build_proxy
 
     check_device(device)
-    if n_samples < 1 or epochs < 1 or batch_size < 1:
+    if base not in ("bundled", "none"):
+        raise ValueError(f"--base must be 'bundled' or 'none', got {base!r}")
+    if (n_samples is not None and n_samples < 1) or epochs < 1 or batch_size < 1:
         raise ValueError(f"--n-samples, --epochs and --batch-size must be >= 1, got {n_samples}, {epochs}, {batch_size}")
     t0 = time.perf_counter()
     pool, images_dir, report = read_and_validate(data, images, task_field=task_field)
     good = report.good_records(pool)
     if not good:
         raise ValueError(f"{data}: no valid record to train on ({report.n_errors} errors; run mmsift validate)")
-    texts = [t.text.replace("<image>", "") for r in good for t in r.turns][:max_tokenizer_texts]
     out = Path(out)
-    build_proxy(out, texts=texts, seed=seed)
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(good), size=min(n_samples, len(good)), replace=False))
-    subset = [good[i] for i in chosen]
+    base_info = None
+    if base == "bundled":
+        from mmsift.probe.pretrain import ensure_base, read_base_info
+
+        base_dir = ensure_base(base_recipe, device=device)
+        base_info = read_base_info(base_dir)
+        if out.exists() and out.resolve() == base_dir.resolve():
+            raise ValueError(f"--out {out} is the cached base itself; write the proxy elsewhere")
+        shutil.copytree(base_dir, out, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("base.json", WARMUP_LOG))
+        lr = 1e-3 if lr is None else lr
+    else:
+        texts = [t.text.replace("<image>", "") for r in good for t in r.turns][:max_tokenizer_texts]
+        build_proxy(out, texts=texts, seed=seed)
+        lr = 3e-3 if lr is None else lr
+    if n_samples is None or n_samples >= len(good):
+        subset = good
+    else:
+        rng = np.random.default_rng(seed)
+        subset = [good[i] for i in np.sort(rng.choice(len(good), size=n_samples, replace=False))]
     result = train_proxy(out, subset, images_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                         device=device)
+                         device=device, freeze_vision=base == "bundled", progress="warm-up" if progress else None)
     result.model.model.save_pretrained(out)
+    shuffle = image_shuffle_test(result.model, subset, images_dir, seed=seed, batch_size=batch_size)
     info = {
         "pool": str(Path(pool.path).resolve()),
+        "base": "none" if base_info is None else {"key": base_info["key"],
+                                                  "perception_heldout_accuracy":
+                                                      base_info["perception_heldout_accuracy"]},
         "n_samples": result.n_samples,
         "n_failed": result.n_failed,
         "n_skipped_by_validation": len(report.bad_indices),
@@ -184,13 +291,16 @@ def warmup(
         "batch_size": batch_size,
         "seed": seed,
         "device": device,
+        "vision_frozen": base == "bundled",
+        "image_shuffle": shuffle,
         "losses": result.losses,
         "epoch_losses": result.epoch_losses,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     (out / WARMUP_LOG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    log.info("warm-up: answer loss %.3f -> %.3f over %d steps on %d samples (%.1fs)",
-             result.losses[0], result.losses[-1], len(result.losses), result.n_samples, info["seconds"])
+    log.info("warm-up: answer loss %.3f -> %.3f over %d steps on %d samples (%.1fs); %s",
+             result.losses[0], result.losses[-1], len(result.losses), result.n_samples, info["seconds"],
+             shuffle_line(info))
     return out
 
 

@@ -1,0 +1,65 @@
+"""The pretrained base: built once per recipe and cached, perception heads learn, the tower is frozen afterwards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+def test_base_is_cached_by_recipe(monkeypatch, tiny_pretrained_base):
+    from mmsift.probe import pretrain
+
+    first = pretrain.ensure_base()
+    info = pretrain.read_base_info(first)
+    assert first.parent.parent == pretrain.cache_root() and first.name == tiny_pretrained_base.key()
+    assert set(info["perception_heldout_accuracy"]) == {"shape", "color", "word"}
+    assert (first / "config.json").is_file() and info["key"] == first.name
+
+    calls = []
+    monkeypatch.setattr(pretrain, "build_base", lambda *a, **k: calls.append(a))
+    assert pretrain.ensure_base() == first and not calls  # the cache answers; nothing is rebuilt
+    other = pretrain.BaseRecipe(**{**json.loads(json.dumps(info["recipe"])), "align_steps": 9})
+    assert other.key() != tiny_pretrained_base.key()
+    assert pretrain.base_path(other) != first
+
+
+def test_base_config_reads_the_trained_layer(tiny_pretrained_base):
+    from mmsift.probe.models import load_model
+    from mmsift.probe.pretrain import ensure_base
+
+    lm = load_model(ensure_base())
+    # The perception heads train the tower's last layer; the projector must read that same layer.
+    assert lm.model.config.vision_feature_layer == -1
+    assert lm.model.config.vision_config.image_size == tiny_pretrained_base.image_size
+
+
+def test_perception_heads_learn_a_separable_label():
+    """Stage 0 on images whose label is their colour (red vs blue): held-out accuracy reaches 1."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mmsift.probe.pretrain import evaluate_perception, train_perception
+
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=16, patch_size=8))
+    y = torch.arange(64) % 2
+    pixels = torch.randn(64, 3, 16, 16) * 0.1
+    pixels[:, 0] += torch.where(y == 0, 1.0, -1.0)[:, None, None]
+    unknown = torch.full((64,), -1)  # a head with no known label is skipped, not an error
+    heads, loss = train_perception(tower, pixels[:48], {"c": y[:48], "u": unknown[:48]}, steps=40, batch=16,
+                                   lr=5e-3, seed=0, n_classes={"c": 2, "u": 3}, progress=None)
+    acc = evaluate_perception(tower, heads, pixels[48:], {"c": y[48:], "u": unknown[48:]})
+    assert acc["c"] == 1.0 and acc["u"] != acc["u"]  # nan: no known label
+    assert loss < 0.5
+
+
+@pytest.mark.parametrize("name", ["MMSIFT_CACHE"])
+def test_cache_root_follows_env(monkeypatch, tmp_path, name):
+    from mmsift.probe.pretrain import cache_root
+
+    monkeypatch.setenv(name, str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    monkeypatch.delenv(name)
+    assert cache_root().name == "mmsift"
