@@ -109,7 +109,6 @@ def test_cached_option_losses_match_full_sequences(tiny):
     from mmsift.bench.evaluate import encode_items, option_losses
     from mmsift.data.records import Turn
     from mmsift.probe.models import load_model
-    from mmsift.probe.signals import answer_loss
 
     root, _, items, init = tiny
     lm = load_model(init, dtype="float32")
@@ -125,10 +124,14 @@ def test_cached_option_losses_match_full_sequences(tiny):
         img = Image.open(root / "eval" / "images" / item.image).convert("RGB")
         encs = [lm.adapter.encode([Turn("user", "<image>\n" + item.question), Turn("assistant", o)], [img])
                 for o in item.options]
+        # Reference: full sequences, NLL summed over every token after the shared prompt.
+        plen = len(enc[items.index(item)].prompt)
+        ref = []
         with torch.no_grad():
-            mean = answer_loss(lm.adapter, lm.model, lm.adapter.collate(encs))
-        # The probe's answer loss is a mean over answer tokens; the bench ranks by the sum.
-        ref = mean * np.array([int(e.answer_mask.sum()) for e in encs])
+            for e in encs:
+                logits = lm.model(input_ids=e.input_ids[None], **e.extra).logits[0].float()
+                logp = torch.log_softmax(logits[:-1], -1).gather(-1, e.input_ids[1:, None])[:, 0]
+                ref.append(float(-logp[plen - 1:].sum()))
         assert got.shape == (len(item.options),)
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     assert len({round(float(x.std()), 6) for x in fast}) > 1

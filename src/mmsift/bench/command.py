@@ -26,18 +26,22 @@ def bench_command(
                                           help="comma-separated budgets (default 0.05,0.15,0.3; --quick: 0.3)"),
     methods: Optional[str] = typer.Option(None, "--methods",
                                           help="comma-separated methods (default: every method the probe can feed)"),
-    quick: bool = typer.Option(False, "--quick", help="small pool, one budget, five methods (a few minutes)"),
-    seed: int = typer.Option(0, "--seed", help="seed of the pool, the selection and the training"),
+    quick: bool = typer.Option(False, "--quick",
+                               help="smaller pool, budget 0.15, two seed pairs, random/oracle/datatailor/ards/"
+                                    "selfcheck/coincide (a few minutes)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the pool, the evaluation items and the probe"),
+    seeds: Optional[str] = typer.Option(None, "--seeds",
+                                        help="seed pairs (selection = training seed), e.g. 0,1,2 (default; --quick 0,1)"),
+    mc_attacks: bool = typer.Option(False, "--mc-attacks", help="also evaluate ARDS's attacked MC versions"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     judge_run: Optional[str] = typer.Option(None, "--judge-run",
                                             help="signal store with judge columns, to include judge methods"),
-    random_seeds: Optional[str] = typer.Option(None, "--random-seeds",
-                                               help="extra seeds for random subsets, e.g. 1,2 (spread of random)"),
     threads: int = typer.Option(1, "--threads", help="CPU threads for training and evaluation"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log each stage"),
 ) -> None:
-    """Build a pool with known defects, select with each method, train the small target on each subset and
-    evaluate it on the easy-vqa test split; prints the results table and writes it as Markdown, CSV and JSON."""
+    """Build a pool with known defects, select with each method, train the target (the pretrained base, vision
+    frozen) on each subset for several seed pairs and evaluate it on the easy-vqa test split; prints the table
+    with 95% intervals, paired verdicts against random and the sensitivity line (results.md/.csv/.json)."""
     from mmsift.bench.runner import BenchConfig, run_bench
 
     if verbose:
@@ -46,11 +50,15 @@ def bench_command(
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     budget_values = _budgets(budgets) if budgets else None
     try:
-        extra_seeds = tuple(int(x) for x in random_seeds.split(",") if x.strip()) if random_seeds else ()
+        seed_pairs = tuple(int(x) for x in seeds.split(",") if x.strip()) if seeds else None
     except ValueError:
-        raise typer.BadParameter(f"--random-seeds {random_seeds!r}: give integers, e.g. 1,2") from None
+        raise typer.BadParameter(f"--seeds {seeds!r}: give integers, e.g. 0,1,2") from None
+    if seed_pairs is not None and (not seed_pairs or len(set(seed_pairs)) != len(seed_pairs)):
+        raise typer.BadParameter(f"--seeds {seeds!r}: give distinct integers, e.g. 0,1,2")
     common = dict(methods=method_list, seed=seed, device=device, judge_run=judge_run, threads=threads,
-                  random_seeds=extra_seeds)
+                  mc_attacks=mc_attacks)
+    if seed_pairs is not None:
+        common["seeds"] = seed_pairs
     if quick:
         cfg = BenchConfig.quick_config(out, budgets=budget_values, **common)
     else:

@@ -1,8 +1,8 @@
 """Evaluation of a trained target on the easy-vqa *test* split (never part of the pool).
 
-- Open questions: the model's answer loss (cross-entropy summed over the answer tokens and their eos, i.e. the
-  negative log-likelihood of the whole option, with the probe's chat template and answer masks) is computed for
-  each of the 13 easy-vqa answers; the lowest-loss answer is the prediction. Summed, not averaged: a mean over
+- Open questions: the negative log-likelihood of each of the 13 easy-vqa answers (every token after the prompt the
+  options share, i.e. the answer tokens, their eos and any template piece a BPE merge tied to the answer, with
+  the probe's chat template) is computed; the lowest-loss answer is the prediction. Summed, not averaged: a mean over
   tokens favours options the tokenizer splits into several easily predicted pieces. No generation, so a tiny model is scored on what it prefers, not on what it can spell.
   Accuracy overall and per question type (shape / color / yesno), and for rendered-text items (ocr, ranked over
   the OCR word list).
@@ -65,9 +65,13 @@ def mc_versions(question: str, options: list[str], answer: str, *, seed: int, ke
     return out
 
 
-def build_eval_set(out_dir, *, n_per_type: int = 150, n_mc: int = 150, n_ocr: int = 80, seed: int = 0) -> Path:
+def build_eval_set(out_dir, *, n_per_type: int = 150, n_mc: int = 150, n_ocr: int = 80, seed: int = 0,
+                   mc_attacks: bool = True, validation_ids=None) -> Path:
     """Sample test items (``n_per_type`` shape, colour and yes/no questions each), MC items and OCR items.
 
+    ``mc_attacks``: also the permutation / symbol / both versions of every MC item (else only ``mc_clean``).
+    ``validation_ids``: draw from these easy-vqa *train* image ids instead of the test split (a validation set
+    for choosing the target's recipe, so that the test split is never used to tune anything).
     Writes ``out_dir/eval.json`` and the images under ``out_dir/images``; returns the JSON path.
     """
     import shutil
@@ -78,8 +82,14 @@ def build_eval_set(out_dir, *, n_per_type: int = 150, n_mc: int = 150, n_ocr: in
     (out_dir / "images" / "test").mkdir(parents=True, exist_ok=True)
     (out_dir / "images" / "ocr").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    questions, answers, image_ids = easy_vqa.get_test_questions()
-    paths = easy_vqa.get_test_image_paths()
+    if validation_ids is None:
+        questions, answers, image_ids = easy_vqa.get_test_questions()
+        paths = easy_vqa.get_test_image_paths()
+    else:
+        allowed = set(int(i) for i in validation_ids)
+        questions, answers, image_ids = zip(*[(q, a, i) for q, a, i in zip(*easy_vqa.get_train_questions())
+                                              if int(i) in allowed])
+        paths = {i: p for i, p in easy_vqa.get_train_image_paths().items() if i in allowed}
     all_answers = list(easy_vqa.get_answers())
     types = np.array([question_type(a) for a in answers])
     items: list[EvalItem] = []
@@ -95,6 +105,8 @@ def build_eval_set(out_dir, *, n_per_type: int = 150, n_mc: int = 150, n_ocr: in
         opts = make_mc_options(answers[i], rng)
         versions = mc_versions(questions[i], opts, answers[i], seed=seed, key=f"test-{i}")
         for variant, (prompt, labels, label) in versions.items():
+            if variant != "clean" and not mc_attacks:
+                continue
             items.append(EvalItem(f"test/{image_ids[i]}.png", prompt, label, labels, f"mc_{variant}", g))
     for i in sorted(used_images):
         shutil.copyfile(paths[i], out_dir / "images" / "test" / f"{i}.png")
@@ -131,8 +143,8 @@ def encode_items(lm, items: list[EvalItem], images_dir) -> list[EncodedItem]:
 
     The probe's encoding of (question, option) marks the answer tokens. The prompt is the longest prefix all
     options share before their first answer token (a BPE merge may pull the space after "ASSISTANT:" into one
-    option's answer token and not into another's); the rest of each option is fed after it and only its
-    answer-marked tokens are scored, exactly as in the probe's answer loss.
+    option's answer token and not into another's); the rest of each option is fed after it and all of it is
+    scored.
     """
     from PIL import Image
 
@@ -154,7 +166,9 @@ def encode_items(lm, items: list[EvalItem], images_dir) -> list[EncodedItem]:
         out.append(EncodedItem(
             prompt=full.input_ids[:cut], extra=dict(full.extra),
             options=[torch.tensor(ids[shared:], dtype=torch.long) for ids, _ in raw],
-            scored=[torch.tensor(mask[shared:], dtype=torch.bool) for _, mask in raw],
+            # Every continuation token counts: an unscored one (e.g. a bare "Ġ" before an answer the tokenizer
+            # has no spaced token for) would carry the choice between options without being scored.
+            scored=[torch.ones(len(ids) - shared, dtype=torch.bool) for ids, _ in raw],
         ))
     return out
 
@@ -220,18 +234,26 @@ def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threa
     return out
 
 
-def accuracy_table(items: list[EvalItem], losses: list[np.ndarray]) -> dict[str, float]:
-    """Accuracy per kind, ``vqa`` (shape+color+yesno) and ``all_open`` (vqa + ocr); ties go to the first option."""
+def item_correct(items: list[EvalItem], losses: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per kind, whether each item's lowest-loss option is its answer (ties go to the first option), in item order."""
     correct: dict[str, list[bool]] = {}
     for item, loss in zip(items, losses):
-        pred = item.options[int(np.argmin(loss))]
-        correct.setdefault(item.kind, []).append(pred == item.answer)
+        correct.setdefault(item.kind, []).append(item.options[int(np.argmin(loss))] == item.answer)
+    return {k: np.asarray(v, dtype=bool) for k, v in correct.items()}
+
+
+def accuracy_table(items: list[EvalItem], losses: list[np.ndarray]) -> dict[str, float]:
+    """Accuracy per kind, ``vqa`` (shape+color+yesno) and ``all_open`` (vqa + ocr)."""
+    return accuracies(item_correct(items, losses))
+
+
+def accuracies(correct: dict[str, np.ndarray]) -> dict[str, float]:
     acc = {k: float(np.mean(v)) for k, v in correct.items()}
-    vqa = [c for k in ("shape", "color", "yesno") for c in correct.get(k, [])]
-    if vqa:
+    vqa = np.concatenate([correct[k] for k in ("shape", "color", "yesno") if k in correct] or [np.zeros(0)])
+    if len(vqa):
         acc["vqa"] = float(np.mean(vqa))
-    open_ = vqa + correct.get("ocr", [])
-    if open_:
+    open_ = np.concatenate([vqa, correct.get("ocr", np.zeros(0, dtype=bool))])
+    if len(open_):
         acc["all_open"] = float(np.mean(open_))
     return acc
 
@@ -255,3 +277,9 @@ def chance_table(items: list[EvalItem]) -> dict[str, float]:
 def evaluate(lm, items: list[EvalItem], encoded: list[EncodedItem], *, threads: int = 1) -> dict[str, float]:
     """Accuracy table of the trained target ``lm`` (a ``LoadedModel``) on the encoded evaluation items."""
     return accuracy_table(items, option_losses(lm, encoded, threads=threads))
+
+
+def evaluate_items(lm, items: list[EvalItem], encoded: list[EncodedItem], *, threads: int = 1):
+    """Per-kind item correctness (for intervals and paired comparisons) and the accuracy table."""
+    correct = item_correct(items, option_losses(lm, encoded, threads=threads))
+    return correct, accuracies(correct)

@@ -1,25 +1,26 @@
-"""The benchmark's target model: the bundled small LLaVA, trained from the same initial weights on each subset.
+"""The benchmark's target model: the pretrained base of the bundled proxy, instruction-tuned on each subset.
 
-The initial checkpoint is built once per benchmark with :func:`mmsift.probe.proxy.build_proxy` from the texts
-of the whole pool *and* of the evaluation set, so every subset is trained with the same tokenizer and starts
-from the same random weights. Training reuses the probe's loop (:func:`mmsift.probe.warmup.train_proxy`: AdamW,
-linear warm-up then cosine decay, gradient clipping at 1.0, loss = mean answer-token cross-entropy with the
+Every subset starts from the same checkpoint, the cached base (:mod:`mmsift.probe.pretrain`: a perception-trained
+vision tower and caption alignment on easy-vqa images that no pool uses), and is trained with the vision tower
+frozen, as LLaVA-1.5 instruction-tunes. Training reuses the probe's loop (:func:`mmsift.probe.warmup.train_proxy`:
+AdamW, linear warm-up then cosine decay, gradient clipping at 1.0, loss = mean answer-token cross-entropy with the
 probe's own answer masks and chat template), so the target sees exactly the inputs the probe scores.
 
 One fixed recipe (:class:`Recipe`) for every subset:
-``steps = clip(ceil(epochs * n_samples / batch_size), min_steps, max_steps)`` so that every subset is seen the
-same number of times while a tiny subset still gets enough updates to move off its initialisation. Training is
-seeded and deterministic on CPU (``torch.use_deterministic_algorithms`` and a fixed thread count): same subset
-and seed, same weights.
+``steps = clip(ceil(epochs * n_samples / batch_size), min_steps, max_steps)``: large subsets get ``epochs``
+passes; small ones at least ``min_steps`` updates (more passes), so a 5% subset is not judged on an undertrained
+model. Training is seeded and deterministic on CPU (``torch.use_deterministic_algorithms`` and a fixed thread
+count): same subset and seed, same weights.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -28,32 +29,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Recipe:
-    epochs: float = 8.0
-    min_steps: int = 150
-    max_steps: int = 2000
-    batch_size: int = 16
-    lr: float = 3e-3
+    epochs: float = 4.0
+    min_steps: int = 60
+    max_steps: int = 400
+    batch_size: int = 32
+    lr: float = 2e-3
     threads: int = 1
 
     def steps_for(self, n_samples: int) -> int:
         steps = math.ceil(self.epochs * n_samples / self.batch_size)
         return int(min(self.max_steps, max(self.min_steps, steps)))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class TargetSize:
-    """Size of the target (keyword arguments of ``build_proxy``)."""
-
-    hidden_size: int = 64
-    num_layers: int = 4
-    intermediate_size: int = 128
-    image_size: int = 32
-    patch_size: int = 8
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,28 +58,33 @@ def deterministic(threads: int):
         torch.use_deterministic_algorithms(old_det)
 
 
-def build_target_init(out_dir, *, texts: list[str], seed: int, size: TargetSize | None = None) -> Path:
-    """The initial checkpoint every subset starts from: the bundled proxy with random weights (its projector
-    initialised so that image features get through, see ``build_proxy``) and a tokenizer trained on ``texts``."""
-    from mmsift.probe.proxy import build_proxy
-
-    return Path(build_proxy(out_dir, texts=texts, seed=seed, **(size or TargetSize()).to_dict()))
-
-
-def train_target(init_dir, records, images_dir, *, recipe: Recipe, seed: int, device: str = "cpu"):
-    """Train a fresh copy of ``init_dir`` on ``records`` (``mmsift.data.records.Record``).
+def train_target(init, records, images_dir, *, recipe: Recipe, seed: int, device: str = "cpu",
+                 encoded: list | None = None, steps: int | None = None):
+    """Train a fresh copy of ``init`` (a model directory, or a ``LoadedModel`` that is copied, not changed) on
+    ``records`` (``mmsift.data.records.Record``), vision tower frozen.
 
     Returns the probe's ``TrainResult`` (``.model`` is a ``LoadedModel``; ``.losses``, ``.seconds``,
     ``.n_failed``). Records the loop cannot encode are logged and counted there, never silently dropped.
+    ``encoded``: the records already encoded (see ``train_proxy``); ``steps`` overrides the recipe's count.
     """
     from mmsift.probe.warmup import train_proxy
 
     if not records:
         raise ValueError("cannot train the target on an empty subset")
-    steps = recipe.steps_for(len(records))
+    steps = recipe.steps_for(len(records)) if steps is None else steps
     with deterministic(recipe.threads):
-        result = train_proxy(init_dir, list(records), images_dir, steps=steps, lr=recipe.lr,
-                             batch_size=recipe.batch_size, seed=seed, device=device)
+        result = train_proxy(_fresh(init), list(records), images_dir, steps=steps, lr=recipe.lr,
+                             batch_size=recipe.batch_size, seed=seed, device=device, freeze_vision=True,
+                             encoded=encoded)
     log.info("trained target on %d samples: %d steps, %.1fs, final loss %.3f", result.n_samples, steps,
              result.seconds, sum(result.losses[-10:]) / max(1, len(result.losses[-10:])))
     return result
+
+
+def _fresh(init):
+    """A directory as is (loaded fresh by the loop); a loaded model as a deep copy, so the caller's is kept."""
+    from mmsift.probe.models import LoadedModel
+
+    if isinstance(init, LoadedModel):
+        return dataclasses.replace(init, model=copy.deepcopy(init.model))
+    return init

@@ -73,6 +73,7 @@ def train_proxy(
     warmup_fraction: float = 0.1,
     freeze_vision: bool = False,
     progress: str | None = None,
+    encoded: list | None = None,
 ) -> TrainResult:
     """Train a model (a directory or a :class:`~mmsift.probe.models.LoadedModel`) on ``records``.
 
@@ -80,6 +81,8 @@ def train_proxy(
     epochs). Batches are drawn with a generator seeded by ``seed``. Returns the trained model and the loss curve.
     ``freeze_vision`` keeps the vision tower's weights fixed (LLaVA's stages 1 and 2: the pretrained tower is not
     trained on instruction data). ``progress``: a tqdm bar with that label over the steps (None: no bar).
+    ``encoded``: the records' inputs already encoded by this model's adapter (``encode_records``), so a caller
+    that trains many subsets of one pool encodes its images once.
     """
     import torch
 
@@ -89,7 +92,7 @@ def train_proxy(
     lm = model_dir_or_model if isinstance(model_dir_or_model, LoadedModel) else load_model(
         model_dir_or_model, device=device, dtype="float32")
     adapter, model = lm.adapter, lm.model
-    encs, failed = encode_records(adapter, records, images_dir)
+    encs, failed = (list(encoded), []) if encoded is not None else encode_records(adapter, records, images_dir)
     for rid, kind, msg in failed:
         log.warning("record %s not used for training: %s: %s", rid, kind, msg)
     if not encs:
