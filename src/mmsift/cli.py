@@ -174,11 +174,15 @@ def demo_command(
     warmup_epochs: int = typer.Option(2, "--warmup-epochs"),
 ) -> None:
     """End to end on the bundled easy-vqa pool: build, validate, warm up a proxy, probe, select, explain."""
+    from mmsift.cli_common import fail_systematic
     from mmsift.demo import run_demo
+    from mmsift.failures import SystematicFailure
 
     try:
         result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device,
                           warmup_samples=warmup_samples, warmup_epochs=warmup_epochs)
+    except SystematicFailure as e:
+        fail_systematic(e)
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

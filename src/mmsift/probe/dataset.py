@@ -7,6 +7,8 @@ processes while the model runs in the main one. A record that cannot be encoded 
 
 from __future__ import annotations
 
+import traceback
+
 from pathlib import Path
 
 from mmsift.data.records import Record, Turn
@@ -65,7 +67,7 @@ class ProbeDataset:
         try:
             images = load_images(rec, self.images_dir) if rec.images else []
         except Exception as e:  # missing/corrupt file found only now (validation may have been skipped)
-            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}")}
+            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}"), "traceback": _trace(e)}
         try:
             enc = self.adapter.encode(rec.turns, images)
             if self.max_length and len(enc) > self.max_length:
@@ -77,9 +79,9 @@ class ProbeDataset:
                     variants[name] = v
         except EncodeError as e:
             kind = "too_long" if "longer than" in str(e) else "encode_error"
-            return {"pos": i, "error": (kind, str(e))}
+            return {"pos": i, "error": (kind, str(e)), "traceback": _trace(e)}
         except Exception as e:
-            return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}")}
+            return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}"), "traceback": _trace(e)}
         return {"pos": i, "enc": enc, "variants": variants}
 
     def _variant(self, name: str, rec: Record, images, enc):
@@ -100,3 +102,8 @@ class ProbeDataset:
             extra = self.adapter.noise_images(enc.extra, lambda x: diffusion_noise(x, generator=gen))
             return type(enc)(enc.input_ids, enc.answer_mask, enc.image_mask, extra, enc.n_images)
         raise ValueError(f"unknown variant {name!r}")
+
+
+def _trace(error: BaseException) -> str:
+    # Text, not the exception: items cross process boundaries from DataLoader workers.
+    return "".join(traceback.format_exception(error))
