@@ -153,11 +153,15 @@ def open_embedded(ref: EmbeddedImage):
 
 
 def check_embedded(refs: list[EmbeddedImage], *, decode: bool = False) -> list[tuple[str, str] | None]:
-    """Per reference: None for a good image, else ``(kind, message)``; reads each row group's images once."""
+    """Per reference: None for a good image, else ``(kind, message)`` (the checks of image files, on the bytes).
+
+    References are visited in file order, so each row group's image column is read once.
+    """
     import io
 
-    from PIL import Image, UnidentifiedImageError
     from tqdm.auto import tqdm
+
+    from mmsift.data.validate import check_image_data
 
     order = sorted(range(len(refs)), key=lambda k: (refs[k].source, refs[k].row_group, refs[k].row))
     out: list = [None] * len(refs)
@@ -167,16 +171,7 @@ def check_embedded(refs: list[EmbeddedImage], *, decode: bool = False) -> list[t
         except ValueError as e:
             out[k] = ("unreadable_image", str(e))
             continue
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                if decode or im.format not in ("PNG", "JPEG"):
-                    im.load()
-                else:
-                    im.verify()
-        except UnidentifiedImageError:
-            out[k] = ("unreadable_image", "not an image format PIL can read")
-        except Exception as e:  # PIL raises many types for broken data
-            out[k] = ("corrupt_image", f"broken image data: {e}")
+        out[k] = check_image_data(io.BytesIO(data), len(data), "the image data", decode=decode)
     return out
 
 

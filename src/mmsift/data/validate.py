@@ -404,8 +404,6 @@ def _check_paths(relpaths: list[str], images_dir, do_files: bool, decode: bool,
 
 def check_image_file(path: str | os.PathLike, *, decode: bool = False) -> tuple[str, str] | None:
     """``None`` for a good image file, else ``(kind, message)``. See the module docstring for what is checked."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -419,32 +417,40 @@ def check_image_file(path: str | os.PathLike, *, decode: bool = False) -> tuple[
     except OSError as e:
         return "unreadable_image", f"cannot open {path}: {e.strerror or e}"
     with f:  # one open per file: PIL reads from it, and so does the JPEG end-marker check
-        try:
-            im = Image.open(f)
-        except UnidentifiedImageError:
-            return "unreadable_image", f"{path} is not an image format PIL can read"
-        except Image.DecompressionBombError as e:
-            return "unreadable_image", f"{path}: {e}"
-        except OSError as e:
-            if e.errno is not None:  # the OS refused (I/O error)
-                return "unreadable_image", f"cannot read {path}: {e.strerror or e}"
-            return "corrupt_image", f"{path} has a broken header: {e}"
-        fmt = im.format
-        try:
-            if decode:
+        return check_image_data(f, st.st_size, str(path), decode=decode)
+
+
+def check_image_data(f, size: int, path: str, *, decode: bool = False) -> tuple[str, str] | None:
+    """The image checks of :func:`check_image_file` on an open binary file object of ``size`` bytes; ``path``
+    names it in messages."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(f)
+    except UnidentifiedImageError:
+        return "unreadable_image", f"{path} is not an image format PIL can read"
+    except Image.DecompressionBombError as e:
+        return "unreadable_image", f"{path}: {e}"
+    except OSError as e:
+        if e.errno is not None:  # the OS refused (I/O error)
+            return "unreadable_image", f"cannot read {path}: {e.strerror or e}"
+        return "corrupt_image", f"{path} has a broken header: {e}"
+    fmt = im.format
+    try:
+        if decode:
+            im.load()
+        elif fmt == "PNG":
+            im.verify()
+        elif fmt == "JPEG":
+            f.seek(max(0, size - 64))
+            if b"\xff\xd9" not in f.read():
+                # No end marker: often truncated, sometimes only trailing padding; decoding decides.
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
-            elif fmt == "PNG":
-                im.verify()
-            elif fmt == "JPEG":
-                f.seek(max(0, st.st_size - 64))
-                if b"\xff\xd9" not in f.read():
-                    # No end marker: often truncated, sometimes only trailing padding; decoding decides.
-                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-                    im.load()
-            else:
-                im.load()
-        except Exception as e:  # PIL raises many types here (OSError, SyntaxError, ValueError, struct.error...)
-            return "corrupt_image", f"{path} ({fmt}) is broken: {e}"
-        finally:
-            im.close()
+        else:
+            im.load()
+    except Exception as e:  # PIL raises many types here (OSError, SyntaxError, ValueError, struct.error...)
+        return "corrupt_image", f"{path} ({fmt}) is broken: {e}"
+    finally:
+        im.close()
     return None
