@@ -172,6 +172,33 @@ def select_command(
         typer.echo(f"HTML report -> {html}")
 
 
+@app.command("run", cls=_Command)
+def run_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML: pool, images, proxy, probe settings and stages."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: the recipe's 'out', else mmsift-run)."),
+    check: bool = typer.Option(False, "--check", help="Only check the recipe (keys, methods, budgets, paths)."),
+) -> None:
+    """Run a whole recipe: warm-up or model -> probe -> clean/dedup/select stages -> subset, scores, report."""
+    from mmsift.recipe import RecipeError, load_recipe, run_recipe
+    from mmsift.store import StoreError
+
+    try:
+        loaded = load_recipe(recipe)
+    except RecipeError as e:
+        typer.echo(f"error: {recipe}: {e}", err=True)
+        raise typer.Exit(2) from None
+    if check:
+        typer.echo(f"{recipe}: OK ({len(loaded.data['stages'])} stages, methods {', '.join(loaded.methods)})")
+        return
+    try:
+        result = run_recipe(loaded, out=out)
+    except (RecipeError, StoreError, ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    for line in result.lines:
+        typer.echo(line)
+
+
 @app.command("methods", cls=_Command)
 def methods_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),

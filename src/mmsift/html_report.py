@@ -115,13 +115,20 @@ def _vector_name(store) -> str | None:
     return next((n for n in _VECTOR_PREFERENCE if n in names), names[0] if names else None)
 
 
-def write_html_report(path, *, selection, store, pool, report: dict, meaning, images=None, n_examples: int = 5
-                      ) -> Path:
-    """Write the report of ``selection`` (from ``store``, on ``pool``) to ``path``; returns the path."""
+def write_html_report(path, *, selection, store, pool, report: dict, meaning, images=None, n_examples: int = 5,
+                      rows_index=None) -> Path:
+    """Write the report of ``selection`` (from ``store``, on ``pool``) to ``path``; returns the path.
+
+    ``rows_index``: the pool positions of the rows ``selection`` scored, when it scored only some of the store's
+    rows (a recipe's later stages); by default every store row.
+    """
     from mmsift.explain import describe_components
 
     path = Path(path)
-    keys = store.load([])
+    store_index = np.asarray(store.load([]).index)
+    index = store_index if rows_index is None else np.asarray(rows_index)
+    position = {int(i): k for k, i in enumerate(store_index)}
+    store_rows = np.fromiter((position[int(i)] for i in index), dtype=np.int64, count=len(index))
     kept = np.zeros(len(selection.scores), dtype=bool)
     kept[selection.rows] = True
     shown = meaning.shown(selection.scores)
@@ -145,15 +152,16 @@ def write_html_report(path, *, selection, store, pool, report: dict, meaning, im
         parts.append('<h2 id="map">Map</h2><p>This run has no probe vectors to map.</p>')
     else:
         parts.append('<h2 id="map">Map of the probe vectors</h2>'
-                     + map_chart(store.load([name])[name], kept, name, seed=int(settings.get("seed") or 0)))
+                     + map_chart(np.asarray(store.load([name])[name])[store_rows], kept, name,
+                                 seed=int(settings.get("seed") or 0)))
     by_index = {r.index: r for r in pool.records}
     finite = np.flatnonzero(np.isfinite(selection.scores))
-    order = finite[np.lexsort((keys.index[finite], -selection.scores[finite]))]
+    order = finite[np.lexsort((index[finite], -selection.scores[finite]))]
     for title, rows in (("Highest-scored records", order[:n_examples]),
                         ("Lowest-scored records", order[::-1][:n_examples])):
         parts.append(f'<h2 id="{"top" if title.startswith("High") else "bottom"}">{title}</h2>')
         for row in rows:
-            rec = by_index.get(int(keys.index[row]))
+            rec = by_index.get(int(index[row]))
             if rec is None:
                 continue
             heading = f"{'kept' if kept[row] else 'dropped'}, {meaning.label} {shown[row]:.4g}"
