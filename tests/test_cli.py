@@ -79,6 +79,19 @@ def test_methods_lists_every_registered_method():
     assert [m["name"] for m in json.loads(res.output)] == list(SCORERS)
 
 
+def _check_in_browser(page):
+    """When a Chromium is installed: the page loads, and no script from the pool ran (the title is unchanged)."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "<title>mmsift selection</title>" in dom and 'id="bottom"' in dom
+
+
 def test_select_scores_file_html_and_settings(tmp_path):
     """--scores lists every record with score, components and kept; the report holds the full settings; two
     subsets in one folder get their own ids files; a .csv subset is refused; the HTML escapes record text."""
@@ -86,7 +99,8 @@ def test_select_scores_file_html_and_settings(tmp_path):
 
     records = [{"id": f"r{i}", "image": f"t{i % 2}/x.png",
                 "conversations": [{"from": "human", "value": "<image>\nq" * (i + 1)},
-                                  {"from": "gpt", "value": "<script>alert(1)</script>" if i == 9 else "a"}]}
+                                  {"from": "gpt", "value": "<script>alert(1)</script>" if i == 9 else
+                                  "<script>document.title='pwned'</script>" if i == 0 else "a"}]}
                for i in range(10)]
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps(records))
@@ -113,6 +127,10 @@ def test_select_scores_file_html_and_settings(tmp_path):
     assert "--balance-tasks" in settings["command"]
     page = (tmp_path / "r.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    for section in ('id="tasks"', 'id="scores"', 'id="map"', 'id="top"', 'id="bottom"'):
+        assert section in page
+    assert page.count("data:image/png;base64,") == 3  # task chart, score histogram, vector map
+    _check_in_browser(tmp_path / "r.html")
     res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "loss", "-b", "4", "-o",
                               str(tmp_path / "sel" / "loss.json")])
     assert res.exit_code == 0, res.output

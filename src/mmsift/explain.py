@@ -116,3 +116,19 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def rerun_commands(*, pool, images, model, run, methods, budget, subsets: dict, seed: int = 0) -> list[str]:
+    """The shell commands that redo each step of a run on its outputs (validate, probe, one select per method)."""
+    import shlex
+
+    q = shlex.quote
+    lines = [f"mmsift validate {q(str(pool))} --images {q(str(images))}",
+             f"mmsift probe {q(str(pool))} --images {q(str(images))} --model {q(str(model))} --out {q(str(run))} "
+             f"--methods {','.join(methods)} --seed {seed} --overwrite"]
+    for method in methods:
+        out = subsets[method]
+        html = str(out.with_name(out.stem + ".html")) if hasattr(out, "with_name") else f"{out}.html"
+        lines.append(f"mmsift select {q(str(run))} --method {method} --budget {budget} --seed {seed} "
+                     f"--out {q(str(out))} --scores {q(html[:-5] + '.scores.csv')} --html {q(html)}")
+    return lines

@@ -185,15 +185,15 @@ def load_layout(path: str | Path, pool_path: str | Path | None = None) -> Layout
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"--layout {path}: {e}") from None
+        raise ValueError(f"layout {path}: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"--layout {path}: expected a JSON object")
+        raise ValueError(f"layout {path}: expected a JSON object")
     if "columns" in data or "tags" in data or "formatting" in data:
         return layout_from_entry(data, where=str(path))
     name = Path(pool_path).name if pool_path is not None else None
     hits = {k: v for k, v in data.items() if isinstance(v, dict) and v.get("file_name") == name}
     if len(hits) != 1:
-        raise ValueError(f"--layout {path}: {len(hits)} entries have file_name {name!r} (entries: {sorted(data)[:10]})")
+        raise ValueError(f"layout {path}: {len(hits)} entries have file_name {name!r} (entries: {sorted(data)[:10]})")
     key, entry = next(iter(hits.items()))
     return layout_from_entry(entry, where=f"{path} [{key}]")
 

@@ -270,7 +270,9 @@ def _check_id(rec: Record) -> Problem | None:
 def _unknown_format_message(raw: dict) -> str:
     fields = ", ".join(repr(k) for k in list(raw)[:12]) + (", ..." if len(raw) > 12 else "")
     return (f"the record fits no known layout; its fields are {fields or '(none)'}. Known layouts: {CANDIDATES}. "
-            "A pool with renamed columns or tags needs --layout (a LLaMA-Factory dataset_info.json entry)")
+            "For renamed columns or tags, put a LLaMA-Factory dataset_info.json beside the pool with an entry whose "
+            "file_name is the pool file (columns: messages, images; tags: role_tag, content_tag, user_tag, "
+            "assistant_tag)")
 
 
 def _check_conversation(rec: Record) -> list[Problem]:
