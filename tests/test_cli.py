@@ -145,3 +145,18 @@ def test_version_and_flags_without_values():
     assert res.exit_code == 0 and res.output.startswith("mmsift ")
     res = runner.invoke(app, ["select", "--help"], env={"COLUMNS": "200"})
     assert "--balance-tasks" in res.output and "<bool>" not in res.output
+
+
+def test_score_meaning_and_task_notes():
+    from mmsift.explain import score_meaning, task_notes
+
+    low = score_meaning("perplexity")
+    assert low.sentence == "lower perplexity kept" and list(low.shown(np.array([-3.0]))) == [3.0]
+    assert score_meaning("perplexity", {"mode": "high"}).sign == 1.0
+    assert score_meaning("loss").sentence == "higher answer loss kept"  # loss defaults to mode=high
+    assert score_meaning("datatailor").sign == 1.0
+    # 100 kept of 400: color (100 in pool) expects 25 and gets 0; shape (100) expects 25, gets 5 (0.2x);
+    # yesno (200) expects 50 and gets 95 (1.9x: within 4x, no note).
+    notes = task_notes({"shape": 5, "yesno": 95}, {"color": 100, "shape": 100, "yesno": 200})
+    assert len(notes) == 2 and notes[0].startswith("task 'color': 0 of 100 kept")
+    assert "task 'shape': kept 5 of 100 (5%), 0.2x its pool share" in notes[1]

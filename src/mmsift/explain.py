@@ -35,7 +35,7 @@ COMPONENTS = {
 }
 
 # Methods whose score is minus a quantity in some modes: what that quantity is called.
-_MODE_QUANTITY = {"loss": "answer loss", "perplexity": "perplexity", "selfcheck": "answer loss"}
+_MODE_QUANTITY = {"loss": "answer loss", "perplexity": "perplexity"}
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,13 @@ def _param_value(method: str, params: dict | None, name: str):
 
 def score_meaning(method: str, params: dict | None = None) -> ScoreMeaning:
     """The meaning of ``method``'s scores with ``params`` (defaults filled from the scorer's signature)."""
+    if method == "selfcheck":
+        # -loss, or -(loss - loss_ref) with a reference run: shown as the (change of) loss, lower kept.
+        return ScoreMeaning("answer loss (minus the reference loss, with --reference-run)", -1.0,
+                            "lower answer loss (or lower loss change against the reference run) kept")
     quantity = _MODE_QUANTITY.get(method)
     if quantity is not None:
-        mode = _param_value(method, params, "mode") or ("low" if method == "selfcheck" else None)
+        mode = _param_value(method, params, "mode")
         if mode == "low":
             return ScoreMeaning(quantity, -1.0, f"lower {quantity} kept")
         if mode == "high":
