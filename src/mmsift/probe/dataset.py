@@ -28,13 +28,20 @@ def as_list(items):
 
 
 def load_images(record: Record, images_dir) -> list:
-    """The record's images decoded to RGB PIL images (paths resolved safely inside ``images_dir``)."""
+    """The record's images decoded to RGB PIL images (paths resolved safely inside ``images_dir``, embedded
+    Parquet images read from their file)."""
     from PIL import Image
 
     from mmsift.data.paths import resolve_image
 
     out = []
-    for rel in record.images:
+    refs = record.embedded or [None] * len(record.images)
+    for rel, ref in zip(record.images, refs):
+        if ref is not None:  # bytes inside a Parquet pool, read on demand
+            from mmsift.data.parquet import open_embedded
+
+            out.append(open_embedded(ref))
+            continue
         path = resolve_image(images_dir, rel)
         with Image.open(path) as im:
             im.load()
