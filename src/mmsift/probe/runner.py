@@ -84,6 +84,10 @@ class ProbeResult:
         lines = [f"probed {self.n_probed} of {self.n_records} records into {self.store.root} "
                  f"({self.seconds:.1f}s{f', {self.resumed_shards} shards reused' if self.resumed_shards else ''})",
                  f"signals: {', '.join(self.store.signal_names)}"]
+        man = self.store.manifest
+        if man.get("pool_format"):
+            layouts = "; ".join(f"{k} ({v})" for k, v in (man.get("pool_layouts") or {}).items())
+            lines.append(f"pool: {man['pool_format']}" + (f", detected format: {layouts}" if layouts else ""))
         if self.n_skipped:
             kinds: dict[str, int] = {}
             for _, kind, _ in self.skipped:
@@ -439,6 +443,7 @@ def run_probe(
         "seed": seed,
         "pool": str(Path(pool.path).resolve()),
         "pool_format": pool.format,
+        "pool_layouts": pool.layouts,
         "images": str(Path(images_dir).resolve()),
         "task_field": task_field,
         "n_records": n_entries,
