@@ -1,5 +1,5 @@
-"""COINCIDE (Lee et al. 2024): cluster-level transferability and density decide each cluster's share; samples
-inside a cluster are picked greedily to match the cluster's distribution (minimum MMD)."""
+"""COINCIDE (Lee, Li & Hwang 2024, arXiv:2406.10995): cluster-level transferability and density decide each
+cluster's share; samples inside a cluster are picked greedily to match the cluster's distribution (minimum MMD)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def _kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
 
 def transferability(cent: np.ndarray, sim_cap: float, chunk: int = 2048) -> np.ndarray:
     """``T_c`` = mean cosine of centroid c to the other centroids, ignoring pairs with cosine > ``sim_cap``
-    (0 when no pair is left). Centroid rows are unit; computed in row chunks (memory O(chunk * K))."""
+    (0 when no pair is left). Rows are L2-normalised here; computed in row chunks (memory O(chunk * K))."""
+    cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     k = len(cent)
     out = np.zeros(k)
     for s in range(0, k, chunk):
@@ -63,30 +64,37 @@ class Coincide(Scorer):
     k-means into K clusters (``n_clusters``; default min(10000, N // 20), at least 1); for each cluster c
 
     - transferability ``T_c`` = mean cosine of its centroid to the other centroids, ignoring pairs above ``sim_cap``
-      (0.9);
-    - density ``D_c`` = mean Gaussian kernel ``k(x, y) = exp(-||x - y||^2 / (2 bandwidth^2))`` over pairs of distinct
-      members (1 for a singleton; over ``max_members`` sampled members for larger clusters, noted in ``notes_``);
+      (0.9). With ``transfer_on="text"`` (default, the authors' code) the cosine is taken on the text half of the
+      centroids (the ``txt_mean`` columns); ``"all"`` uses the whole centroid;
+    - density ``D_c`` = mean Gaussian kernel ``k(x, y) = exp(-||x - y||^2 / (2 bandwidth^2))`` over all pairs of
+      members, each member with itself included (the code's ``K.mean()``; 1 for a singleton; over ``max_members``
+      sampled members for larger clusters, noted in ``notes_``);
     - budget share ``w_c = softmax_c(T_c / D_c / temperature)``, temperature 0.1: clusters that transfer to
       the rest of the pool and are not dense get more of the budget.
 
-    :meth:`choose` turns the shares into per-cluster counts (largest remainder, capped at the cluster size) and
-    picks each cluster's count greedily to minimise the MMD between the picks and the cluster (kernel herding with
-    the same kernel; the cluster's distribution is estimated from at most ``max_members`` members).
-    :meth:`score` is the per-member rate ``w_c / |C_c|`` (higher = keep); it is only what the selector ranks by
-    when ``choose`` is off (with ``--dedup``). ``details_``: cluster, T, D of each sample's cluster.
-    Reads ``img_mean``, ``txt_mean``. Paper: Lee et al. 2024, "Concept-skill Transferability-based Data Selection
-    for Large Vision-Language Models" (COINCIDE). The paper concatenates several layers' means; the probe
-    decides which layers go into ``img_mean``/``txt_mean``.
+    :meth:`choose` turns the shares into per-cluster counts (largest remainder, capped at the cluster size; the
+    code visits clusters by share and hands a capped cluster's remainder to the next, which gives the same counts
+    up to rounding) and picks each cluster's count greedily to minimise the MMD between the picks and the cluster
+    (kernel herding with the same kernel; the cluster's distribution is estimated from at most ``max_members``
+    members). :meth:`score` is the per-member rate ``w_c / |C_c|`` (higher = keep); it is only what the selector
+    ranks by when a caller bypasses ``choose``. ``details_``: cluster, T, D of each sample's cluster.
+
+    Reads ``img_mean``, ``txt_mean``: the probe's COINCIDE features (docs/methods.md says which layers and which
+    activation). Paper: Lee, Li & Hwang 2024, "Concept-skill Transferability-based Data Selection for Large
+    Vision-Language Models" (COINCIDE), arXiv:2406.10995.
     """
 
     name = "coincide"
     requires = ("img_mean", "txt_mean")
-    paper = "Lee et al. 2024, Concept-skill Transferability-based Data Selection (COINCIDE)"
+    paper = "Lee, Li & Hwang 2024, Concept-skill Transferability-based Data Selection (COINCIDE), arXiv:2406.10995"
     summary = "cluster shares from transferability/density, MMD-greedy picks inside clusters"
 
     def __init__(self, *, n_clusters: int | None = None, temperature: float = 0.1, sim_cap: float = 0.9,
-                 bandwidth: float = 1.0, max_members: int = 2000, random_state: int = 0):
+                 bandwidth: float = 1.0, max_members: int = 2000, transfer_on: str = "text", random_state: int = 0):
         super().__init__(random_state=random_state)
+        if transfer_on not in ("text", "all"):
+            raise ValueError(f"transfer_on must be 'text' or 'all', got {transfer_on!r}")
+        self.transfer_on = transfer_on
         if temperature <= 0 or bandwidth <= 0:
             raise ValueError("temperature and bandwidth must be > 0")
         if n_clusters is not None and n_clusters < 1:
@@ -120,7 +128,9 @@ class Coincide(Scorer):
         cent, labels, how = kmeans(x, k, spherical=True, random_state=self.random_state, niter=10)
         cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
         kk = len(cent)
-        t = transferability(cent, self.sim_cap)
+        # the text half: the txt_mean columns, after the img_mean ones (see _features)
+        t = transferability(cent[:, signals["img_mean"].shape[1]:] if self.transfer_on == "text" else cent,
+                            self.sim_cap)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(kk + 1))
         rng = np.random.default_rng(self.random_state)
@@ -134,7 +144,7 @@ class Coincide(Scorer):
                 ref = members[self._ref(members, rng)]
                 n_sampled += len(ref) < len(members)
                 g = _kernel(x[ref], x[ref], self.bandwidth).astype(np.float64)
-                d[c] = (g.sum() - np.trace(g)) / (len(ref) * (len(ref) - 1))
+                d[c] = g.mean()  # diagonal included, as the authors' code (a singleton has density 1)
         logits = t / d / self.temperature
         w = np.exp(logits - logits.max())
         w /= w.sum()
