@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mmsift.data.records import Record, Turn
 from mmsift.probe.models import EncodeError, FamilyAdapter
-from mmsift.probe.perturb import diffusion_noise, permutation_attack, stable_seed, symbol_attack
+from mmsift.probe.perturb import noise_image, permutation_attack, stable_seed, symbol_attack
 
 VARIANTS = ("loss_noq", "loss_sym", "loss_perm", "loss_imgnoise")
 
@@ -97,6 +97,6 @@ class ProbeDataset:
             if not images:
                 return None
             gen = torch.Generator().manual_seed(stable_seed(self.seed, rec.id, "imgnoise") % (2**63))
-            extra = self.adapter.noise_images(enc.extra, lambda x: diffusion_noise(x, generator=gen))
-            return type(enc)(enc.input_ids, enc.answer_mask, enc.image_mask, extra, enc.n_images)
+            # noise on the decoded image in [0, 1], before the processor resizes it (ARDS's order)
+            return self.adapter.encode(rec.turns, [noise_image(im, generator=gen) for im in images])
         raise ValueError(f"unknown variant {name!r}")
