@@ -135,15 +135,11 @@ class Qwen2VLAdapter(FamilyAdapter):
         pos = (batch.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return pos.unsqueeze(0).expand(3, -1, -1)
 
-    def forward(self, model, batch: Batch, *, hidden_layers=None):
+    def body_inputs(self, model, batch: Batch) -> dict:
         positions = self.rope_positions(model, batch)
         # Kept for final_token_attention, whose signature carries no batch; it checks the shape before use.
         self._positions = positions
-        out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
-                          use_cache=False,
-                          output_hidden_states=sorted(set(hidden_layers)) if hidden_layers else False,
-                          **batch.extra)
-        return out.last_hidden_state, out.hidden_states
+        return {**super().body_inputs(model, batch), "position_ids": positions}
 
     def final_token_attention(self, model, h_in: torch.Tensor, attention_mask: torch.Tensor,
                               last_pos: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mmsift.data.records import IMAGE_PLACEHOLDER, Turn
+from mmsift.probe.capture import hidden_state_taps, record_inputs
 
 log = logging.getLogger(__name__)
 
@@ -286,16 +287,29 @@ class FamilyAdapter:
     def num_layers(model) -> int:
         return int(model.config.get_text_config().num_hidden_layers)
 
-    def forward(self, model, batch: Batch, *, hidden_layers=None):
-        """Run the model body (no LM head). Returns (last_hidden_state, hidden_states tuple or None).
+    def body_inputs(self, model, batch: Batch) -> dict:
+        """Keyword arguments of the model body (``model.model``) for ``batch``."""
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False,
+                **batch.extra}
 
-        ``hidden_layers`` are indices into the L+1 hidden states (0 = embeddings, -1 = final, after the final
-        norm); only those are kept, so memory does not grow with the model depth.
+    def forward(self, model, batch: Batch, *, hidden_layers=None):
+        """Run the model body (no LM head). Returns (last_hidden_state, {index: hidden state} or None).
+
+        ``hidden_layers`` are indices into the L+1 hidden states (0 = embeddings, L or -1 = final, after the final
+        norm); only those are kept, so memory does not grow with the model depth. They are read with forward
+        pre-hooks on the decoder layers (see capture.py), which behave the same on every transformers release.
         """
-        out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
-                          output_hidden_states=sorted(set(hidden_layers)) if hidden_layers else False,
-                          **batch.extra)
-        return out.last_hidden_state, out.hidden_states
+        n_layers = self.num_layers(model)
+        wanted = sorted({i % (n_layers + 1) for i in hidden_layers or ()})
+        _, layers = self.decoder_layers(model)
+        with record_inputs(hidden_state_taps(layers, wanted, n_layers)) as states:
+            out = model.model(**self.body_inputs(model, batch))
+        if not hidden_layers:
+            return out.last_hidden_state, None
+        hidden = dict(states)
+        if n_layers in wanted:
+            hidden[n_layers] = out.last_hidden_state
+        return out.last_hidden_state, hidden
 
     @staticmethod
     def lm_head(model, hidden: torch.Tensor) -> torch.Tensor:
