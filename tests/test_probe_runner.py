@@ -99,7 +99,9 @@ def test_end_to_end_store(setup, full_run):
     np.testing.assert_array_equal(c["n_rounds"], [3 if k == 2 else 1 for k in kinds])
     assert list(s.tasks) == ["all" if k == 3 else ("shapes" if (int(i[1:]) % 6) % 2 == 0 else "colors")
                              for i, k in zip(s.ids, kinds)]
-    assert c["last"].dtype == np.float16 and c["img_mean"].shape == (18, 64 * 2)
+    # the 4-layer proxy: hidden states 1, 2, 3 (COINCIDE's relative depths of 24 layers), 64 wide each
+    assert c["last"].dtype == np.float16 and c["img_mean"].shape == (18, 64 * 3)
+    assert c["attn_img"].shape == (18, 64 * 4) and c["last_final"].shape == (18, 64)  # decoder layers 0..3
     assert (c["img_mean"][~has_image] == 0).all()
 
 

@@ -28,7 +28,7 @@ def _signals():
                    columns={"fmt": np.array(FMT, dtype=object), "loss": np.array(LOSS), "loss_sym": np.array(SYM),
                             "loss_perm": np.array(PERM), "loss_imgnoise": np.array(NOISE),
                             "is_mc": np.array([f == "mc" for f in FMT], float),
-                            "last": np.array(LAST, np.float16), "attn_pool": np.array(ATTN, np.float16)})
+                            "last_final": np.array(LAST, np.float16), "attn_pool": np.array(ATTN, np.float16)})
 
 
 def _unit(v):
@@ -53,6 +53,13 @@ def _gap(i):
     return abs(NOISE[i] - LOSS[i]) if not math.isnan(NOISE[i]) else NAN
 
 
+def _perturbed(i):
+    """Loss of the attack that gave the mc gap (symbol wins a tie)."""
+    sym = abs(SYM[i] - LOSS[i]) if not math.isnan(SYM[i]) else -1
+    perm = abs(PERM[i] - LOSS[i]) if not math.isnan(PERM[i]) else -1
+    return SYM[i] if sym >= perm else PERM[i]
+
+
 def _expected(agg, n_worst):
     # one subgroup per format (n_subgroups=1): the subgroups are the formats, in sorted order
     groups = []
@@ -60,7 +67,11 @@ def _expected(agg, n_worst):
         members = [i for i in range(len(FMT)) if FMT[i] == f and not math.isnan(_gap(i))]
         members.sort(key=lambda i: (-_gap(i), i))
         groups.append(members[:n_worst])
-    means = [sum(LOSS[j] for j in s) / len(s) for s in groups]
+    # the authors' code adds each mc evaluation item's attacked copy to the evaluation set: its loss joins the mean
+    means = []
+    for s in groups:
+        losses = [LOSS[j] for j in s] + [_perturbed(j) for j in s if FMT[j] == "mc"]
+        means.append(sum(losses) / len(losses))
     z = sum(math.exp(m) for m in means)
     w = [math.exp(m) / z for m in means]
     worst = {j for s in groups for j in s}
@@ -118,3 +129,20 @@ def test_missing_perturbations_is_a_clear_error():
         sig.columns[k] = np.full(len(FMT), np.nan)
     with pytest.raises(ValueError, match="worst-case"):
         make_scorer("ards").score(sig)
+
+
+def test_subgroup_weights_include_the_perturbed_copies():
+    # evaluation items: mc a2 (loss 0.5; its symbol attack, loss 2.5, gave the gap 2.0) and caption a4 (loss 0.8).
+    # With the attacked copy the mc subgroup's mean loss is (0.5 + 2.5) / 2 = 1.5, so w = softmax(1.5, 0.8);
+    # clean losses only (the old rule) gave softmax(0.5, 0.8), which puts more weight on the caption subgroup.
+    scorer = make_scorer("ards", {"n_worst": 1, "n_subgroups": 1})
+    s = scorer.score(_signals())
+    assert set(np.flatnonzero(s == -np.inf).tolist()) == {2, 4}
+    w_mc = math.exp(1.5) / (math.exp(1.5) + math.exp(0.8))
+    assert s[0] == pytest.approx(w_mc * _cos_r(0, 2) + (1 - w_mc) * _cos_r(0, 4), rel=1e-5)
+    w_old = math.exp(0.5) / (math.exp(0.5) + math.exp(0.8))
+    assert s[0] != pytest.approx(w_old * _cos_r(0, 2) + (1 - w_old) * _cos_r(0, 4), rel=1e-3)
+
+
+def test_both_vector_halves_come_from_the_final_layer():
+    assert "last_final" in make_scorer("ards").requires and "last" not in make_scorer("ards").requires

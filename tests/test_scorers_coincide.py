@@ -23,7 +23,7 @@ def _signals():
     n = len(IMG)
     return Signals(ids=np.array([f"c{i}" for i in range(n)], dtype=object), index=np.arange(n),
                    tasks=np.array(["all"] * n, dtype=object),
-                   columns={"img_mean": np.array(IMG, np.float16), "txt_mean": np.array(TXT, np.float16)})
+                   columns={"attn_img": np.array(IMG, np.float16), "attn_txt": np.array(TXT, np.float16)})
 
 
 def _features():
@@ -132,3 +132,13 @@ def test_herding_first_pick_is_the_most_central_member():
     sel = select_rows(_signals(), make_scorer("coincide", {"n_clusters": 1}), 1)
     everyone = list(range(len(IMG)))
     assert sel.rows.tolist() == [max(everyone, key=lambda i: sum(_k(x[i], x[j]) for j in everyone))]
+
+
+def test_features_choice_reads_the_named_signals():
+    assert make_scorer("coincide").requires == ("attn_img", "attn_txt")
+    sig = _signals()
+    sig.columns = {"img_mean": sig.columns["attn_img"], "txt_mean": sig.columns["attn_txt"]}
+    hidden = make_scorer("coincide", {"n_clusters": 3, "features": "hidden"})
+    np.testing.assert_allclose(hidden.score(sig), make_scorer("coincide", {"n_clusters": 3}).score(_signals()))
+    with pytest.raises(ValueError, match="features"):
+        make_scorer("coincide", {"features": "pixels"})

@@ -27,10 +27,14 @@ SCALARS = {
 
 VECTORS = {
     "last": "hidden state of the final token at the probe layer",
+    "last_final": "hidden state of the final token at the final layer (after the final norm)",
     "mean": "mean of the hidden states over all tokens at the probe layer",
     "attn_pool": "final token's attention-weighted sum of last-layer hidden states (mean over heads)",
     "img_mean": "L2-normalised mean over image tokens, concatenated over the chosen layers",
     "txt_mean": "L2-normalised mean over text tokens, concatenated over the chosen layers",
+    "attn_img": "COINCIDE: tanh of the mean attention output (o_proj input) over image tokens, L2-normalised, "
+                "concatenated over the feature layers",
+    "attn_txt": "COINCIDE: the same over the text tokens after the first image",
 }
 
 

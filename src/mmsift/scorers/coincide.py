@@ -11,6 +11,10 @@ from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
 
 
+# Which (image, text) vector signals make the features.
+FEATURES = {"attn": ("attn_img", "attn_txt"), "hidden": ("img_mean", "txt_mean")}
+
+
 def _kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
     """Gaussian kernel exp(-||a - b||^2 / (2 sigma^2)) between unit rows: ||a - b||^2 = 2 - 2 cos."""
     return np.exp((a @ b.T - 1.0) / bandwidth**2)
@@ -60,12 +64,12 @@ def herd(x: np.ndarray, q: int, bandwidth: float, ref: np.ndarray, chunk: int = 
 
 
 class Coincide(Scorer):
-    """COINCIDE: features ``x_i`` = L2-normalised concatenation of ``img_mean_i`` and ``txt_mean_i``; spherical
+    """COINCIDE: features ``x_i`` = L2-normalised concatenation of an image part and a text part; spherical
     k-means into K clusters (``n_clusters``; default min(10000, N // 20), at least 1); for each cluster c
 
     - transferability ``T_c`` = mean cosine of its centroid to the other centroids, ignoring pairs above ``sim_cap``
       (0.9). With ``transfer_on="text"`` (default, the authors' code) the cosine is taken on the text half of the
-      centroids (the ``txt_mean`` columns); ``"all"`` uses the whole centroid;
+      centroids; ``"all"`` uses the whole centroid;
     - density ``D_c`` = mean Gaussian kernel ``k(x, y) = exp(-||x - y||^2 / (2 bandwidth^2))`` over all pairs of
       members, each member with itself included (the code's ``K.mean()``; 1 for a singleton; over ``max_members``
       sampled members for larger clusters, noted in ``notes_``);
@@ -79,19 +83,28 @@ class Coincide(Scorer):
     members). :meth:`score` is the per-member rate ``w_c / |C_c|`` (higher = keep); it is only what the selector
     ranks by when a caller bypasses ``choose``. ``details_``: cluster, T, D of each sample's cluster.
 
-    Reads ``img_mean``, ``txt_mean``: the probe's COINCIDE features (docs/methods.md says which layers and which
-    activation). Paper: Lee, Li & Hwang 2024, "Concept-skill Transferability-based Data Selection for Large
+    Features: ``features="attn"`` (default) reads ``attn_img`` and ``attn_txt``, the authors' features: tanh of the
+    attention output (the input of ``o_proj``) averaged over the image tokens and over the text after the image,
+    per layer at COINCIDE's relative depths (see mmsift.probe.signals). ``features="hidden"`` reads ``img_mean``
+    and ``txt_mean`` (residual hidden states, every text token) as an earlier mmsift did; those include the BOS and
+    system prompt, a component every sample shares, which raises every cosine and flattens transferability.
+    Paper: Lee, Li & Hwang 2024, "Concept-skill Transferability-based Data Selection for Large
     Vision-Language Models" (COINCIDE), arXiv:2406.10995.
     """
 
     name = "coincide"
-    requires = ("img_mean", "txt_mean")
+    requires = ("attn_img", "attn_txt")
     paper = "Lee, Li & Hwang 2024, Concept-skill Transferability-based Data Selection (COINCIDE), arXiv:2406.10995"
     summary = "cluster shares from transferability/density, MMD-greedy picks inside clusters"
 
     def __init__(self, *, n_clusters: int | None = None, temperature: float = 0.1, sim_cap: float = 0.9,
-                 bandwidth: float = 1.0, max_members: int = 2000, transfer_on: str = "text", random_state: int = 0):
+                 bandwidth: float = 1.0, max_members: int = 2000, transfer_on: str = "text", features: str = "attn",
+                 random_state: int = 0):
         super().__init__(random_state=random_state)
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+        self.features = features
+        self.requires = FEATURES[features]
         if transfer_on not in ("text", "all"):
             raise ValueError(f"transfer_on must be 'text' or 'all', got {transfer_on!r}")
         self.transfer_on = transfer_on
@@ -109,8 +122,9 @@ class Coincide(Scorer):
         self._state = None
 
     def _features(self, signals: Signals) -> np.ndarray:
-        x = concat_float32([signals["img_mean"], signals["txt_mean"]], normalize_parts=False, normalize=True)
-        check_finite(x, "img_mean/txt_mean", signals.ids)
+        img, txt = self.requires
+        x = concat_float32([signals[img], signals[txt]], normalize_parts=False, normalize=True)
+        check_finite(x, f"{img}/{txt}", signals.ids)
         return x
 
     def _ref(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -128,8 +142,8 @@ class Coincide(Scorer):
         cent, labels, how = kmeans(x, k, spherical=True, random_state=self.random_state, niter=10)
         cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
         kk = len(cent)
-        # the text half: the txt_mean columns, after the img_mean ones (see _features)
-        t = transferability(cent[:, signals["img_mean"].shape[1]:] if self.transfer_on == "text" else cent,
+        # the text half: the text part's columns, after the image part's (see _features)
+        t = transferability(cent[:, signals[self.requires[0]].shape[1]:] if self.transfer_on == "text" else cent,
                             self.sim_cap)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(kk + 1))
