@@ -1,6 +1,7 @@
 """mmSSR: multi-modal rich scorers and styler (Lyu et al. 2025, "Cream of the Crop: Harvesting Rich, Scalable and
-Transferable Multi-Modal Data for Instruction Fine-Tuning", arXiv:2503.13383; docs/methods.md). A judge rates every sample 0-5 for 14 capabilities and labels its interaction styles
-(``mmsift judge --methods mmssr`` writes the ``cap_*`` and ``style_*`` columns); this scorer only samples.
+Transferable Multi-Modal Data for Instruction Fine-Tuning", arXiv:2503.13383). A judge rates every sample 0-5
+for 14 capabilities and labels its interaction styles (``mmsift judge --methods mmssr`` writes the ``cap_*`` and
+``style_*`` columns); this scorer only samples.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class MmSSR(Scorer):
 
     name = "mmssr"
     requires = CAP_COLUMNS + STYLE_COLUMNS
-    paper = "Lyu et al. 2025, Cream of the Crop: Harvesting Rich, Scalable and Transferable Multi-Modal Data (mmSSR), arXiv:2503.13383"
+    paper = ("Lyu et al. 2025, Cream of the Crop: Harvesting Rich, Scalable and Transferable Multi-Modal Data "
+             "(mmSSR), arXiv:2503.13383")
     summary = "judge capability ratings, rounds over capabilities, spread over (style, source) bins"
 
     def __init__(self, *, capabilities=None, thr: float = 0.0, reduce: str = "max", random_state: int = 0):

@@ -27,7 +27,7 @@ class Perplexity(Loss):
 
     name = "perplexity"
     requires = ("loss",)
-    paper = "Marion et al. 2023, When Less is More (perplexity pruning)"
+    paper = "Marion et al. 2023, When Less is More (perplexity pruning), arXiv:2309.04564"
     summary = "perplexity exp(loss): keep low, high or middle"
 
     def __init__(self, *, mode: str = "low", random_state: int = 0):

@@ -33,7 +33,7 @@ class SelfCheck(Scorer):
     name = "selfcheck"
     requires = ("loss",)
     optional = ("loss_ref",)
-    paper = "Gou et al. 2025, Corrupted but Not Broken (self-validation)"
+    paper = "Gou et al. 2025, Corrupted but Not Broken (self-validation), arXiv:2502.12635"
     summary = "low loss of a proxy fine-tuned on the pool = likely clean"
 
     def __init__(self, *, use_reference: bool = True, random_state: int = 0):
