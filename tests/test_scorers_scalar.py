@@ -182,3 +182,15 @@ def test_auroc_errors():
         auroc([1.0, 2.0], [1, 1])
     with pytest.raises(ValueError, match="NaN"):
         auroc([np.nan, 2.0], [0, 1])
+
+
+def test_selfcheck_budget_is_the_cleanest_share_of_every_task():
+    # task a: losses 0.1 .. 1.0; task b (harder in itself): 2.0 .. 2.9. A 20% budget is the cleanest 2 of each
+    # task (r0, r1 and r10, r11); one global ranking (the old behaviour, per_task=False) took r0-r3, all from a.
+    loss = [0.1 * (i + 1) for i in range(10)] + [2.0 + 0.1 * i for i in range(10)]
+    sig = _signals(loss=loss)
+    sig.tasks = np.array(["a"] * 10 + ["b"] * 10, dtype=object)
+    sel = select_rows(sig, make_scorer("selfcheck"), 0.2)
+    assert sel.ids == ["r0", "r1", "r10", "r11"] and sel.kept_per_task == {"a": 2, "b": 2}
+    assert select_rows(sig, make_scorer("selfcheck", {"per_task": False}), 0.2).ids == ["r0", "r1", "r2", "r3"]
+    assert select_rows(sig, make_scorer("selfcheck"), 0.1).ids == ["r0", "r10"]  # 10% of each task
