@@ -148,3 +148,31 @@ def test_imgnoise_variant_noises_the_image_before_the_processor(probe_setup, loa
     got = item["variants"]["loss_imgnoise"]
     torch.testing.assert_close(got.extra["pixel_values"], want.extra["pixel_values"])
     assert not torch.equal(got.extra["pixel_values"], item["enc"].extra["pixel_values"])
+
+
+def test_mc_variants_score_only_the_multiple_choice_round(probe_setup, loaded):  # noqa: F811
+    """A record with one multiple-choice round between two plain rounds: loss_mc, loss_sym and loss_perm are
+    averaged over that round's answer tokens only (the whole-conversation loss diluted the attack's effect)."""
+    from mmsift.data.io import read_pool
+    from mmsift.data.records import Record
+    from mmsift.probe.dataset import ProbeDataset, answer_runs, load_images
+
+    torch = pytest.importorskip("torch")
+    pool_path, images, _ = probe_setup
+    base = next(r for r in read_pool(pool_path).records if r.images and len(r.images) == 1)
+    turns = [Turn("user", "<image>\nIs there a circle?"), Turn("assistant", "Yes, a big one in the middle."),
+             Turn("user", "What colour is it?\nA. red\nB. green\nC. blue"), Turn("assistant", "B"),
+             Turn("user", "Describe the picture."), Turn("assistant", "A plain background with one shape.")]
+    rec = Record(id="m0", index=0, images=base.images, turns=turns, raw={})
+    item = ProbeDataset([rec], loaded.adapter, images, variants=("loss_mc", "loss_sym", "loss_perm"))[0]
+    runs = answer_runs(item["enc"].answer_mask)
+    assert int(runs.max()) == 2  # three assistant turns, three runs
+    full = {"loss_mc": item["enc"],
+            "loss_sym": loaded.adapter.encode(symbol_attack(turns), load_images(rec, images)),
+            "loss_perm": loaded.adapter.encode(permutation_attack(turns, seed=0, key="m0"), load_images(rec, images))}
+    for name, enc in full.items():
+        second = enc.answer_mask & (answer_runs(enc.answer_mask) == 1)  # the second assistant turn's tokens
+        got = item["variants"][name].answer_mask
+        assert bool(second.any()) and torch.equal(got, second), name
+    plain = Record(id="p0", index=1, images=base.images, turns=turns[:2], raw={})
+    assert ProbeDataset([plain], loaded.adapter, images, variants=("loss_mc", "loss_sym"))[0]["variants"] == {}

@@ -91,7 +91,10 @@ def test_end_to_end_store(setup, full_run):
     assert np.isnan(c["loss_imgnoise"][~has_image]).all() and np.isfinite(c["loss_imgnoise"][has_image]).all()
     assert np.isfinite(c["loss_noq"]).all() and np.isfinite(c["loss"]).all()
     # The attacks change the input, so they change the loss.
-    assert (np.abs(c["loss_sym"][is_mc] - c["loss"][is_mc]) > 1e-4).all()
+    assert (np.abs(c["loss_sym"][is_mc] - c["loss_mc"][is_mc]) > 1e-4).all()
+    # single-round multiple-choice records: the multiple-choice round is the whole conversation
+    np.testing.assert_allclose(c["loss_mc"][is_mc], c["loss"][is_mc], rtol=1e-5)
+    assert np.isnan(c["loss_mc"][~is_mc]).all()
     assert (np.abs(c["loss_imgnoise"][has_image] - c["loss"][has_image]) > 1e-6).all()
     assert list(c["fmt"]) == [{0: "short", 1: "mc", 2: "caption", 3: "text_only", 4: "short", 5: "region"}[k]
                               for k in kinds]

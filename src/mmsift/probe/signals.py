@@ -46,7 +46,7 @@ from mmsift.probe.perturb import stable_seed
 
 FORWARD_SCALARS = ("loss", "el2n", "tok_loss_max", "tok_loss_std", "sv_entropy", "sv_tau")
 BOOK_SCALARS = ("n_tokens", "n_answer_tokens", "n_rounds", "n_images")
-VARIANT_LOSSES = ("loss_noq", "loss_sym", "loss_perm", "loss_imgnoise")
+VARIANT_LOSSES = ("loss_noq", "loss_mc", "loss_sym", "loss_perm", "loss_imgnoise")
 TEXT_SIGNALS = ("is_mc", "fmt")
 VECTOR_SIGNALS = ("last", "last_final", "mean", "attn_pool", "img_mean", "txt_mean", "attn_img", "attn_txt")
 COINCIDE_VECTORS = ("attn_img", "attn_txt")

@@ -21,14 +21,16 @@ def conversation_vectors(last: np.ndarray, attn_pool: np.ndarray) -> np.ndarray:
     return r
 
 
-def perturbation_gap(fmt: np.ndarray, loss, loss_sym, loss_perm, loss_imgnoise) -> tuple[np.ndarray, np.ndarray]:
+def perturbation_gap(fmt: np.ndarray, loss, loss_mc, loss_sym, loss_perm,
+                     loss_imgnoise) -> tuple[np.ndarray, np.ndarray]:
     """(gap, perturbed loss) per row. gap = |loss(perturbed) - loss(clean)|: for multiple-choice items the larger
-    of the symbol- and permutation-attack gaps (either alone when the other is missing), for other image items the
-    image-noise gap; NaN when missing. The perturbed loss is the multiple-choice attack that gave the gap (NaN for
-    other items): the loss of ARDS's perturbed copy of an evaluation item."""
+    of the symbol- and permutation-attack gaps (either alone when the other is missing), measured on the
+    multiple-choice rounds' answer tokens (``loss_mc``, so plain rounds of the same record do not dilute it); for
+    other image items the image-noise gap on the whole conversation; NaN when missing. The perturbed loss is the
+    multiple-choice attack that gave the gap (NaN for other items): the loss of ARDS's perturbed copy."""
     mc = fmt == "mc"
     with np.errstate(invalid="ignore"):
-        sym, perm = np.abs(loss_sym - loss), np.abs(loss_perm - loss)
+        sym, perm = np.abs(loss_sym - loss_mc), np.abs(loss_perm - loss_mc)
         use_sym = np.isnan(perm) | (sym >= perm)
         mc_gap = np.where(use_sym, sym, perm)
         gap = np.where(mc, mc_gap, np.abs(loss_imgnoise - loss))
@@ -48,7 +50,9 @@ class ARDS(Scorer):
        ``n_subgroups`` subgroups by spherical k-means of r.
     3. Worst-case evaluation set: in each subgroup, the B members with the largest perturbation gap
        ``|loss(perturbed) - loss|`` — for ``fmt == "mc"`` the larger of the symbol (``loss_sym``) and permutation
-       (``loss_perm``) attacks, otherwise image noise (``loss_imgnoise``). Members without a usable gap are not
+       (``loss_perm``) attacks against ``loss_mc``, all three over the multiple-choice rounds' answer tokens only
+       (ARDS queries each multiple-choice round; a whole-conversation loss diluted one such round among plain
+       ones); otherwise image noise (``loss_imgnoise`` against ``loss``). Members without a usable gap are not
        candidates; ties go to the earlier record. B = ``n_worst``; ``None`` (default) takes 5% of the subgroup,
        at least 1 and at most 10, so the evaluation set never eats a small pool.
     4. Subgroup weight ``w_m = softmax_m(mean loss over S_m and the perturbed copies of its mc members)``: the
@@ -59,9 +63,10 @@ class ARDS(Scorer):
        training candidates); ``notes_`` counts them.
 
     Direction: higher = keep (the paper keeps the top 30%). Reads ``last_final``, ``attn_pool``, ``fmt``,
-    ``loss``, ``loss_sym``, ``loss_perm``, ``loss_imgnoise``. Deviations from the code, and why: the evaluation
-    items of a multiple-choice subgroup are chosen by loss gap, not by whether a generated answer flips (that
-    needs generation, which the one-pass probe does not do); the attacked copies' vectors are not added to the
+    ``loss``, ``loss_mc``, ``loss_sym``, ``loss_perm``, ``loss_imgnoise``. Deviations from the code, and why: the
+    evaluation items of a multiple-choice subgroup are chosen by loss gap, not by whether a generated answer flips
+    (that needs generation, which the one-pass probe does not do); several multiple-choice rounds of one record
+    are attacked and scored together (mean over their answer tokens), not one query each; the attacked copies' vectors are not added to the
     target set (the probe embeds each record once); the copy's loss is that of one attack, not of the code's
     combined symbol-and-permutation copy. Memory O(N d): the mean aggregation reduces to one dot product per
     sample, the max aggregation works in row chunks against the |S| evaluation vectors. Paper: Yang, Liu & Wei,
@@ -69,7 +74,7 @@ class ARDS(Scorer):
     """
 
     name = "ards"
-    requires = ("last_final", "attn_pool", "fmt", "loss", "loss_sym", "loss_perm", "loss_imgnoise")
+    requires = ("last_final", "attn_pool", "fmt", "loss", "loss_mc", "loss_sym", "loss_perm", "loss_imgnoise")
     paper = "Yang, Liu & Wei 2025, Data Selection Matters: Towards Robust Instruction Tuning of LMMs (ARDS, NeurIPS)"
     summary = "closest to worst-case (attack-sensitive) subgroups, per instruction format"
 
@@ -89,8 +94,8 @@ class ARDS(Scorer):
         n = len(signals)
         fmt = np.asarray(signals["fmt"]).astype(str)
         loss = scalar(signals, "loss")
-        gap, perturbed = perturbation_gap(fmt, loss, scalar(signals, "loss_sym"), scalar(signals, "loss_perm"),
-                                          scalar(signals, "loss_imgnoise"))
+        gap, perturbed = perturbation_gap(fmt, loss, scalar(signals, "loss_mc"), scalar(signals, "loss_sym"),
+                                          scalar(signals, "loss_perm"), scalar(signals, "loss_imgnoise"))
         gap[~np.isfinite(loss)] = np.nan
         r = conversation_vectors(signals["last_final"], signals["attn_pool"])
         check_finite(r, "last_final/attn_pool", signals.ids)
