@@ -170,6 +170,10 @@ def select_run(
     selfcheck); its ``loss`` is added as ``loss_ref``, matched by record id.
     """
     store = SignalStore(run)
+    if len(store) == 0:
+        n_skipped = store.manifest.get("n_skipped", "?")
+        raise ValueError(f"{run} holds no probed record ({n_skipped} skipped; see its manifest.json): "
+                         "nothing to select from; fix what the probe reported and probe again")
     scorer = make_scorer(method, params, random_state=seed)
     dedup_scorer = make_scorer(dedup, None, random_state=seed) if dedup else None
     needed = set(scorer.requires) | (set(dedup_scorer.requires) if dedup_scorer else set())

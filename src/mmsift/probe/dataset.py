@@ -8,6 +8,7 @@ processes while the model runs in the main one. A record that cannot be encoded 
 from __future__ import annotations
 
 import logging
+import traceback
 from pathlib import Path
 
 from mmsift.data.records import Record, Turn
@@ -32,13 +33,20 @@ def as_list(items):
 
 
 def load_images(record: Record, images_dir) -> list:
-    """The record's images decoded to RGB PIL images (paths resolved safely inside ``images_dir``)."""
+    """The record's images decoded to RGB PIL images (paths resolved safely inside ``images_dir``, embedded
+    Parquet images read from their file)."""
     from PIL import Image
 
     from mmsift.data.paths import resolve_image
 
     out = []
-    for rel in record.images:
+    refs = record.embedded or [None] * len(record.images)
+    for rel, ref in zip(record.images, refs):
+        if ref is not None:  # bytes inside a Parquet pool, read on demand
+            from mmsift.data.parquet import open_embedded
+
+            out.append(open_embedded(ref))
+            continue
         path = resolve_image(images_dir, rel)
         with Image.open(path) as im:
             im.load()
@@ -95,7 +103,7 @@ class ProbeDataset:
         try:
             images = load_images(rec, self.images_dir) if rec.images else []
         except Exception as e:  # missing/corrupt file found only now (validation may have been skipped)
-            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}")}
+            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}"), "traceback": _trace(e)}
         try:
             enc = self.adapter.encode(rec.turns, images)
             if self.max_length and len(enc) > self.max_length:
@@ -113,9 +121,9 @@ class ProbeDataset:
                     variants[name] = v
         except EncodeError as e:
             kind = "too_long" if "longer than" in str(e) else "encode_error"
-            return {"pos": i, "error": (kind, str(e))}
+            return {"pos": i, "error": (kind, str(e)), "traceback": _trace(e)}
         except Exception as e:
-            return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}")}
+            return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}"), "traceback": _trace(e)}
         return {"pos": i, "enc": enc, "variants": variants}
 
     def _variant(self, name: str, rec: Record, images, enc):
@@ -138,3 +146,8 @@ class ProbeDataset:
             # noise on the decoded image in [0, 1], before the processor resizes it (ARDS's order)
             return self.adapter.encode(rec.turns, [noise_image(im, generator=gen) for im in images])
         raise ValueError(f"unknown variant {name!r}")
+
+
+def _trace(error: BaseException) -> str:
+    # Text, not the exception: items cross process boundaries from DataLoader workers.
+    return "".join(traceback.format_exception(error))

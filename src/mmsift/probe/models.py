@@ -459,11 +459,14 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", dtype=None,
     """Load a vision-language model and its own processor from a local directory (never from a hub)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    from mmsift.compat import warn_outside_window
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model directory (no config.json); models are loaded from local "
                                 "disk only (build one with `mmsift warmup`)")
     check_device(device)
+    warn_outside_window()
     torch_dtype = resolve_dtype(dtype, device)
     cls = family_class(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
     processor = cls.load_processor(path)

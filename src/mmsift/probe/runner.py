@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsift.data.records import Record
+from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, FailureGuard
 from mmsift.store import MANIFEST, SCALARS, SHARDS, ShardWriter, SignalStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,12 @@ class ProbeConfig:
     batch_size: int = 8
     num_workers: int | None = None  # None: 0 on CPU, up to 8 worker processes on GPU
     max_length: int | None = None
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
 
     def fingerprint(self) -> dict:
         """What decides the values in the store (batch size, workers and device only change rounding)."""
         d = asdict(self)
-        for k in ("batch_size", "num_workers", "device", "images"):
+        for k in ("batch_size", "num_workers", "device", "images", "max_failure_rate"):
             d.pop(k)
         d["model"] = str(Path(self.model).resolve())
         d["signals"] = list(self.signals)
@@ -137,12 +139,18 @@ def probe_shard(spec: ShardSpec) -> None:
                       max_length=max_length or None)
 
     failures: dict[int, tuple[str, str]] = {}
+    guard = FailureGuard("probe", log_dir=Path(spec.out), max_failure_rate=cfg.max_failure_rate)
+
+    def fail(pos: int, kind: str, message: str, error: BaseException | None = None, tb: str | None = None) -> None:
+        failures[pos] = (kind, message)
+        guard.failed(spec.records[pos].id, f"{kind}: {message}", error, tb)
+
     lengths = []
     for i, rec in enumerate(spec.records):
         try:
             lengths.append(adapter.sort_length(rec.turns, len(rec.images)))
         except Exception as e:  # reported per record below; the record is not processed
-            failures[i] = ("encode_error", f"{type(e).__name__}: {e}")
+            fail(i, "encode_error", f"{type(e).__name__}: {e}", e)
             lengths.append(0)
     order = [i for i in sorted(range(len(spec.records)), key=lambda i: -lengths[i]) if i not in failures]
     batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
@@ -158,10 +166,14 @@ def probe_shard(spec: ShardSpec) -> None:
             good = []
             for it in items:
                 if "error" in it:
-                    failures[it["pos"]] = it["error"]
+                    fail(it["pos"], *it["error"], tb=it.get("traceback"))
                 else:
                     good.append(it)
-            _run_items(adapter, model, good, cfg, opts, rows, failures, lm.device, _torch_dtype(model))
+            n_rows = len(rows)
+            _run_items(adapter, model, good, cfg, opts, rows, fail, lm.device, _torch_dtype(model))
+            guard.ok(len(rows) - n_rows)
+            guard.check()
+    guard.check(final=True)
 
     keep = [i for i in range(len(spec.records)) if i in rows]
     columns: dict[str, list] = {}
@@ -192,8 +204,9 @@ def _torch_dtype(model):
     return next(model.parameters()).dtype
 
 
-def _run_items(adapter, model, items, cfg, opts, rows, failures, device, dtype) -> None:
-    """Signals of a list of encoded items; a failing batch is retried one item at a time."""
+def _run_items(adapter, model, items, cfg, opts, rows, fail, device, dtype) -> None:
+    """Signals of a list of encoded items; a failing batch is retried one item at a time, and an item that fails
+    alone is reported with ``fail(pos, kind, message, error)``."""
     if not items:
         return
     try:
@@ -201,11 +214,11 @@ def _run_items(adapter, model, items, cfg, opts, rows, failures, device, dtype) 
             rows[pos] = values
     except Exception as e:
         if len(items) == 1:
-            failures[items[0]["pos"]] = ("probe_error", f"{type(e).__name__}: {e}")
+            fail(items[0]["pos"], "probe_error", f"{type(e).__name__}: {e}", e)
             return
         log.info("batch of %d failed (%s); retrying one by one", len(items), e)
         for it in items:
-            _run_items(adapter, model, [it], cfg, opts, rows, failures, device, dtype)
+            _run_items(adapter, model, [it], cfg, opts, rows, fail, device, dtype)
 
 
 def _batch(adapter, model, items, cfg, opts, device, dtype) -> list[dict]:
@@ -318,12 +331,14 @@ def run_probe(
     check_images: bool = True,
     ray_address: str | None = None,
     ray_workers: int | None = None,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
 ) -> ProbeResult:
     """Probe the pool ``data`` with the model at ``model`` into the run directory ``out``.
 
     Computes the signals ``methods`` need (see :func:`mmsift.probe.signals.resolve_signals`) plus ``signals``
     and the bookkeeping ones. ``images`` defaults to the pool file's folder. ``limit`` probes only the first
-    ``limit`` good records. Rerunning with the same arguments resumes from finished shards; a finished run is
+    ``limit`` good records. When more than ``max_failure_rate`` of the records tried in a shard fail, the run
+    stops with :class:`mmsift.failures.SystematicFailure` (see failures.py). Rerunning with the same arguments resumes from finished shards; a finished run is
     returned as is. ``overwrite`` discards a previous run with different settings in ``out``.
 
     The manifest records: model (path), model_type, layer, feature_layers, vector_dim, methods,
@@ -333,6 +348,7 @@ def run_probe(
     """
     from mmsift.data.validate import read_and_validate
     from mmsift.exec import get_executor
+    from mmsift.failures import check_max_failure_rate
     from mmsift.probe.signals import resolve_signals
 
     if executor != "ray" and (ray_address or ray_workers):
@@ -361,7 +377,7 @@ def run_probe(
     config = ProbeConfig(model=str(model), signals=names, images=images_dir, device=device, dtype=dtype,
                          layer=layer, feature_layers=tuple(feature_layers) if feature_layers else None,
                          vector_dim=vector_dim, seed=seed, batch_size=batch_size, num_workers=num_workers,
-                         max_length=max_length)
+                         max_length=max_length, max_failure_rate=check_max_failure_rate(max_failure_rate))
     shards = [good[k:k + shard_size] for k in range(0, len(good), shard_size)]
     fp = _fingerprint_hash(config, shards, str(pool.path))
     out = Path(out)
@@ -404,6 +420,11 @@ def run_probe(
         ff = _failure_file(str(out), k)
         if ff.is_file():
             failed.extend(json.loads(ff.read_text(encoding="utf-8")))
+    if len(failed) >= len(good):
+        from mmsift.failures import SystematicFailure, likely_cause
+
+        raise SystematicFailure(f"probe stopped: none of the {len(good)} records could be probed (first error: "
+                                f"{failed[0]['kind']}: {failed[0]['message']}). Likely cause: {likely_cause()}")
     skipped = skipped + [(f["id"], f["kind"], f["message"]) for f in failed]
     n_skipped += len(failed)
     lm_type = _model_type(model)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, FailureGuard, step_failure
+
 log = logging.getLogger(__name__)
 
 WARMUP_LOG = "warmup.json"
@@ -32,8 +34,9 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def encode_records(adapter, records, images_dir) -> tuple[list, list[tuple[str, str, str]]]:
-    """Encoded inputs of ``records``; records that cannot be encoded are returned as (id, kind, message)."""
+def encode_records(adapter, records, images_dir) -> tuple[list, list[tuple[str, str, str, str | None]]]:
+    """Encoded inputs of ``records``; records that cannot be encoded are returned as
+    (id, kind, message, traceback text)."""
     from mmsift.probe.dataset import ProbeDataset
 
     ds = ProbeDataset(list(records), adapter, images_dir)
@@ -41,7 +44,7 @@ def encode_records(adapter, records, images_dir) -> tuple[list, list[tuple[str, 
     for i in range(len(ds)):
         item = ds[i]
         if "error" in item:
-            failed.append((records[i].id, *item["error"]))
+            failed.append((records[i].id, *item["error"], item.get("traceback")))
         else:
             encs.append(item["enc"])
     return encs, failed
@@ -69,11 +72,14 @@ def train_proxy(
     device: str = "cpu",
     weight_decay: float = 0.0,
     warmup_fraction: float = 0.1,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
+    log_dir=None,
 ) -> TrainResult:
     """Train a model (a directory or a :class:`~mmsift.probe.models.LoadedModel`) on ``records``.
 
     Runs ``epochs`` passes, or exactly ``steps`` optimisation steps when given (cycling through reshuffled
-    epochs). Batches are drawn with a generator seeded by ``seed``. Returns the trained model and the loss curve.
+    epochs). Batches are drawn with a generator seeded by ``seed``. When more than ``max_failure_rate`` of the
+    records cannot be encoded, raises :class:`mmsift.failures.SystematicFailure` (traceback log in ``log_dir``). Returns the trained model and the loss curve.
     """
     import torch
 
@@ -84,10 +90,13 @@ def train_proxy(
         model_dir_or_model, device=device, dtype="float32")
     adapter, model = lm.adapter, lm.model
     encs, failed = encode_records(adapter, records, images_dir)
-    for rid, kind, msg in failed:
+    guard = FailureGuard("warmup", log_dir=log_dir, max_failure_rate=max_failure_rate)
+    guard.ok(len(encs))
+    for rid, kind, msg, tb in failed:
+        guard.failed(rid, f"{kind}: {msg}", tb=tb)
+    guard.check(final=True)
+    for rid, kind, msg, _ in failed:
         log.warning("record %s not used for training: %s: %s", rid, kind, msg)
-    if not encs:
-        raise ValueError("no record could be encoded for training")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     per_epoch = math.ceil(len(encs) / batch_size)
@@ -105,7 +114,10 @@ def train_proxy(
     losses: list[float] = []
     epoch_losses: list[float] = []
     with cpu_threads_for(model, lm.device):
-        _train_loop(adapter, model, encs, lm.device, opt, sched, gen, batch_size, total, losses, epoch_losses)
+        try:
+            _train_loop(adapter, model, encs, lm.device, opt, sched, gen, batch_size, total, losses, epoch_losses)
+        except Exception as e:  # every batch holds many records: a failing step is not one bad record
+            raise step_failure("warmup", f"training step {len(losses) + 1}", e, log_dir) from e
     model.eval()
     return TrainResult(lm, losses, epoch_losses, len(encs), len(failed), time.perf_counter() - t0)
 
@@ -147,6 +159,7 @@ def warmup(
     batch_size: int = 16,
     task_field: str | None = None,
     max_tokenizer_texts: int = 50_000,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
 ) -> Path:
     """Build the bundled proxy for the pool ``data`` and train it on ``n_samples`` random good records.
 
@@ -172,7 +185,7 @@ def warmup(
     chosen = np.sort(rng.choice(len(good), size=min(n_samples, len(good)), replace=False))
     subset = [good[i] for i in chosen]
     result = train_proxy(out, subset, images_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                         device=device)
+                         device=device, max_failure_rate=max_failure_rate, log_dir=out)
     result.model.model.save_pretrained(out)
     info = {
         "pool": str(Path(pool.path).resolve()),
