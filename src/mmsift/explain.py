@@ -20,7 +20,8 @@ COMPONENTS = {
     "R": "representativeness: how strongly its domain cluster relates to the task's other clusters, x I",
     "domain": "domain cluster id inside the task (Ward clustering of the last hidden state)",
     "subgroup": "ARDS subgroup id (k-means of the conversation vectors per instruction format; -1: text only)",
-    "gap": "ARDS perturbation gap: loss under symbol/permutation/image-noise attacks minus the clean loss",
+    "gap": "ARDS perturbation gap: |loss under the symbol/permutation attack - clean loss| on the multiple-choice "
+           "rounds, or |loss with the image noised - clean loss|",
     "cluster": "COINCIDE cluster id (spherical k-means of image+text features)",
     "T": "COINCIDE transferability of the sample's cluster (mean cosine to the other clusters)",
     "D": "COINCIDE density of the sample's cluster (mean kernel similarity of its members)",
@@ -73,8 +74,9 @@ def score_meaning(method: str, params: dict | None = None) -> ScoreMeaning:
         if mode == "high":
             return ScoreMeaning(quantity, 1.0, f"higher {quantity} kept")
         if mode == "mid":
-            return ScoreMeaning(f"distance of the {quantity} from its median", -1.0,
-                                f"{quantity} closest to the median kept")
+            # perplexity's mid mode measures the distance in loss space (log perplexity), as loss's does
+            return ScoreMeaning("distance of the answer loss from its median", -1.0,
+                                f"{quantity} closest to the median kept (distance measured on the answer loss)")
     return ScoreMeaning(f"{method} score", 1.0, f"higher {method} score kept")
 
 

@@ -260,12 +260,15 @@ def _to_arrays(columns: dict[str, list], cfg: ProbeConfig, adapter, model) -> di
 
 
 def _vector_dim(name, cfg, adapter, model) -> int:
-    from mmsift.probe.signals import default_feature_layers
+    from mmsift.probe.signals import COINCIDE_VECTORS, SignalOptions, coincide_layers, default_feature_layers
 
     hidden = int(model.config.get_text_config().hidden_size)
     d = hidden
     if name in ("img_mean", "txt_mean"):
         d = hidden * len(cfg.feature_layers or default_feature_layers(adapter.num_layers(model)))
+    if name in COINCIDE_VECTORS:
+        layers = coincide_layers(adapter.num_layers(model), SignalOptions(feature_layers=cfg.feature_layers))
+        d = int(adapter.decoder_layers(model)[1][layers[0]].self_attn.o_proj.in_features) * len(layers)
     return d if cfg.vector_dim is None else min(d, cfg.vector_dim)
 
 
