@@ -165,20 +165,6 @@ class Qwen2VLAdapter(FamilyAdapter):
         scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
         return torch.softmax(scores, dim=-1)
 
-    def noise_images(self, extra: dict, noise_fn) -> dict:
-        """Patches are flattened channel-major: ``(n_patches, C * t * p * p)``; noise them per channel."""
-        if "pixel_values" not in extra:
-            return extra
-        mean, std = self.pixel_mean_std()
-        pv = extra["pixel_values"]
-        c = mean.numel()
-        x = pv.float().reshape(pv.shape[0], c, -1)
-        x = (x * std.view(1, c, 1) + mean.view(1, c, 1)) * 2.0 - 1.0
-        x = noise_fn(x).clamp(-1.0, 1.0)
-        x = ((x + 1.0) / 2.0 - mean.view(1, c, 1)) / std.view(1, c, 1)
-        return {**extra, "pixel_values": x.reshape(pv.shape).to(pv.dtype)}
-
-
 def _rotate(x, cos, sin):
     half = x.shape[-1] // 2
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin

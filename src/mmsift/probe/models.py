@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,23 +347,6 @@ class FamilyAdapter:
         allowed = attention_mask.bool() & (torch.arange(t, device=x.device)[None, :] <= last_pos[:, None])
         scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
         return torch.softmax(scores, dim=-1)
-
-    def pixel_mean_std(self):
-        ip = self.processor.image_processor
-        return torch.tensor(ip.image_mean, dtype=torch.float32), torch.tensor(ip.image_std, dtype=torch.float32)
-
-    def noise_images(self, extra: dict, noise_fn) -> dict:
-        """``extra`` with its pixel tensor noised by ``noise_fn(x)`` on pixels in [-1, 1] (see perturb.py)."""
-        if "pixel_values" not in extra:
-            return extra
-        mean, std = self.pixel_mean_std()
-        pv = extra["pixel_values"].float()
-        shape = [1, -1] + [1] * (pv.dim() - 2)
-        x = (pv * std.view(shape) + mean.view(shape)) * 2.0 - 1.0  # [0,1] -> [-1,1]
-        x = noise_fn(x).clamp(-1.0, 1.0)
-        pv = ((x + 1.0) / 2.0 - mean.view(shape)) / std.view(shape)
-        return {**extra, "pixel_values": pv.to(extra["pixel_values"].dtype)}
-
 
 def _rotate(x, cos, sin):
     half = x.shape[-1] // 2
