@@ -35,7 +35,7 @@ def test_select_full_budget_gives_back_identical_records(tmp_path):
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text(encoding="utf-8"))
     assert got == records and [list(r) for r in got] == [list(r) for r in records]
-    assert (tmp_path / "sub" / "ids.txt").read_text(encoding="utf-8").split() == ["é1", "t"]
+    assert (tmp_path / "sub" / "subset.ids.txt").read_text(encoding="utf-8").split() == ["é1", "t"]
     report = json.loads((tmp_path / "sub" / "subset.report.json").read_text(encoding="utf-8"))
     assert report["n_kept"] == 2 and report["method"] == "length"
 
@@ -77,3 +77,86 @@ def test_methods_lists_every_registered_method():
     res = runner.invoke(app, ["methods", "--json"])
     assert res.exit_code == 0
     assert [m["name"] for m in json.loads(res.output)] == list(SCORERS)
+
+
+def _check_in_browser(page):
+    """When a Chromium is installed: the page loads, and no script from the pool ran (the title is unchanged)."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "<title>mmsift selection</title>" in dom and 'id="bottom"' in dom
+
+
+def test_select_scores_file_html_and_settings(tmp_path):
+    """--scores lists every record with score, components and kept; the report holds the full settings; two
+    subsets in one folder get their own ids files; a .csv subset is refused; the HTML escapes record text."""
+    import pyarrow.csv as pcsv
+
+    records = [{"id": f"r{i}", "image": f"t{i % 2}/x.png",
+                "conversations": [{"from": "human", "value": "<image>\nq" * (i + 1)},
+                                  {"from": "gpt", "value": "<script>alert(1)</script>" if i == 9 else
+                                  "<script>document.title='pwned'</script>" if i == 0 else "a"}]}
+               for i in range(10)]
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps(records))
+    rng = np.random.default_rng(0)
+    from_arrays(tmp_path / "run", ids=[r["id"] for r in records], index=list(range(10)),
+                tasks=[f"t{i % 2}" for i in range(10)],
+                columns={"loss": np.linspace(0.5, 3.0, 10), "last": rng.normal(size=(10, 4)).astype(np.float32)},
+                meta={"pool": str(pool), "images": str(tmp_path)})
+    out = tmp_path / "sel" / "ppl.json"
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "perplexity", "-b", "4", "-o", str(out),
+                              "--seed", "3", "--balance-tasks", "--scores", str(tmp_path / "scores.csv"),
+                              "--html", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    assert "lower perplexity kept" in res.output and "score range" not in res.output
+    table = pcsv.read_csv(tmp_path / "scores.csv").to_pylist()
+    assert [r["id"] for r in table] == [f"r{i}" for i in range(10)]
+    assert sum(r["kept"] for r in table) == 4
+    assert all(abs(r["perplexity"] - np.exp(l)) < 1e-6 * np.exp(l) for r, l in zip(table, np.linspace(0.5, 3.0, 10)))
+    # balance-tasks: 2 per task, lowest perplexity first -> r0, r2 (t0) and r1, r3 (t1).
+    assert [r["id"] for r in table if r["kept"]] == ["r0", "r1", "r2", "r3"]
+    settings = json.loads((tmp_path / "sel" / "ppl.report.json").read_text())["settings"]
+    assert settings["seed"] == 3 and settings["balance_tasks"] is True and settings["dedup"] is None
+    assert settings["budget"] == "4" and settings["method"] == "perplexity" and "mmsift" in settings["versions"]
+    assert "--balance-tasks" in settings["command"]
+    page = (tmp_path / "r.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    for section in ('id="tasks"', 'id="scores"', 'id="map"', 'id="top"', 'id="bottom"'):
+        assert section in page
+    assert page.count("data:image/png;base64,") == 3  # task chart, score histogram, vector map
+    _check_in_browser(tmp_path / "r.html")
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "loss", "-b", "4", "-o",
+                              str(tmp_path / "sel" / "loss.json")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sel" / "ppl.ids.txt").read_text().split() == ["r0", "r1", "r2", "r3"]
+    assert (tmp_path / "sel" / "loss.ids.txt").read_text().split() == ["r6", "r7", "r8", "r9"]
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "loss", "-b", "4", "-o", str(tmp_path / "s.csv")])
+    assert res.exit_code == 2 and ".json, .jsonl or .parquet" in res.output and not (tmp_path / "s.csv").exists()
+
+
+def test_version_and_flags_without_values():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.startswith("mmsift ")
+    res = runner.invoke(app, ["select", "--help"], env={"COLUMNS": "200"})
+    assert "--balance-tasks" in res.output and "<bool>" not in res.output
+
+
+def test_score_meaning_and_task_notes():
+    from mmsift.explain import score_meaning, task_notes
+
+    low = score_meaning("perplexity")
+    assert low.sentence == "lower perplexity kept" and list(low.shown(np.array([-3.0]))) == [3.0]
+    assert score_meaning("perplexity", {"mode": "high"}).sign == 1.0
+    assert score_meaning("loss").sentence == "higher answer loss kept"  # loss defaults to mode=high
+    assert score_meaning("datatailor").sign == 1.0
+    # 100 kept of 400: color (100 in pool) expects 25 and gets 0; shape (100) expects 25, gets 5 (0.2x);
+    # yesno (200) expects 50 and gets 95 (1.9x: within 4x, no note).
+    notes = task_notes({"shape": 5, "yesno": 95}, {"color": 100, "shape": 100, "yesno": 200})
+    assert len(notes) == 2 and notes[0].startswith("task 'color': 0 of 100 kept")
+    assert "task 'shape': kept 5 of 100 (5%), 0.2x its pool share" in notes[1]

@@ -108,7 +108,8 @@ def test_judge_unreachable_server_fails(tmp_path):
     res = runner.invoke(app, ["judge", str(pool), "--backend", "openai", "--base-url", "http://127.0.0.1:9",
                               "--model", "m", "--out", str(tmp_path / "j"), "--retries", "0", "--timeout", "2",
                               "--capabilities", "humanities"])
-    _assert_clean_error(res, "got an answer from the server at http://127.0.0.1:9")
+    _assert_clean_error(res, "judge stopped", "no answer (backend error or time-out)",
+                        "the server at http://127.0.0.1:9/chat/completions")
 
 
 def test_probe_with_no_valid_record_fails(tmp_path):

@@ -119,9 +119,11 @@ def test_cross_format_subsets(tmp_path):
     assert len(as_json.read_text("utf-8").splitlines()) == 3 + 2  # one record per line between [ and ]
     as_pq = write_subset(read_pool(as_json), [0, 1], tmp_path / "out.parquet")
     assert pq.read_table(as_pq).column("id").to_pylist() == ["a", "b"]
-    # Unknown suffix: the pool's own format.
-    other = write_subset(pool, [2], tmp_path / "subset.txt")
-    assert json.loads(other.read_text("utf-8")) == RECORDS[2]
+    # Any other suffix (.csv, .txt) is refused with the formats it could be, and nothing is written.
+    for name in ("subset.csv", "subset.txt", "subset"):
+        with pytest.raises(ValueError, match=r"use \.json, \.jsonl or \.parquet"):
+            write_subset(pool, [2], tmp_path / name)
+        assert not (tmp_path / name).exists()
 
 
 def test_jsonl_parse_problems_and_defaults(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmsift.failures import SystematicFailure
 from mmsift.judge.backends import JudgeRequest
 from mmsift.judge.runner import run_judge
 from mmsift.probe.proxy import build_proxy
@@ -56,15 +57,28 @@ def test_run_judge_counts_gibberish(tiny_vlm, pool, tmp_path):
 
     data, img = pool
     backend = HFBackend(model_dir=tiny_vlm, batch_size=4, max_new_tokens=6)
-    res = run_judge(data, images=img, backend=backend, out=tmp_path / "run", methods="mmssr", capabilities=CAPS)
+    # A random-weight judge answers gibberish: by default that is a systematic failure, not bad data.
+    with pytest.raises(SystematicFailure, match="judge stopped.*does not answer in the format"):
+        run_judge(data, images=img, backend=backend, out=tmp_path / "strict", methods="mmssr", capabilities=CAPS)
+
+    class HalfParseable(HFBackend):
+        """Every other answer replaced by a well-formed rating, so the run has usable answers to keep."""
+
+        def generate(self, requests):
+            return ["Rating: 4" if i % 2 else a for i, a in enumerate(super().generate(requests))]
+    half = HalfParseable(model_dir=tiny_vlm, batch_size=4, max_new_tokens=6)
+    res = run_judge(data, images=img, backend=half, out=tmp_path / "run", methods="mmssr", capabilities=CAPS,
+                    max_failure_rate=1.0)
     sig = SignalStore(tmp_path / "run").load()
     assert len(sig) == 5 and res.n_questions == 5 * 3
     # A random-weight model does not answer "Rating: <n>": each unparseable answer is NaN and counted.
     n_nan = sum(int(np.isnan(sig[f"cap_{c}"]).sum()) for c in CAPS) + int(np.isnan(sig["style_yes_no"]).sum())
     assert n_nan == res.n_unparseable == int(sig["judge_unparseable"].sum())
-    assert n_nan >= 10  # the tiny model's ratings are gibberish; the parser guesses none of them
+    assert n_nan >= 5  # the tiny model's own ratings are gibberish; the parser guesses none of them
     # Rerun: all from the cache.
-    res2 = run_judge(data, images=img, backend=backend, out=tmp_path / "run", methods="mmssr", capabilities=CAPS)
+    half = HalfParseable(model_dir=tiny_vlm, batch_size=4, max_new_tokens=6)
+    res2 = run_judge(data, images=img, backend=half, out=tmp_path / "run", methods="mmssr", capabilities=CAPS,
+                     max_failure_rate=1.0)
     assert res2.n_asked == 0 and res2.n_cached == 15
 
 
@@ -73,7 +87,9 @@ def test_two_image_and_text_only_records(tiny_vlm, tiny_llava_pool, tmp_path):
 
     data, img = tiny_llava_pool
     backend = HFBackend(model_dir=tiny_vlm, batch_size=4, max_new_tokens=3)
-    res = run_judge(data, images=img, backend=backend, out=tmp_path / "run", methods="mmssr",
-                    capabilities=["humanities"])
-    # every record got an answer (1, 2 and 0 images are batched separately), parseable or not
-    assert res.n_records == 6 and res.n_no_answer == 0 and res.n_asked == 12
+    # Every question got an answer (1, 2 and 0 images are batched separately), and with random weights none of
+    # them parses: a run with no usable answer stops even when every failure is accepted.
+    with pytest.raises(SystematicFailure, match="12 of the 12 questions") as info:
+        run_judge(data, images=img, backend=backend, out=tmp_path / "run", methods="mmssr",
+                  capabilities=["humanities"], max_failure_rate=1.0)
+    assert "answer did not parse" in str(info.value) and "no answer" not in str(info.value)

@@ -1,4 +1,4 @@
-"""mmSSR sampler: hand-worked tables, a loop-by-loop transcription of the paper's sampler, and the selector."""
+"""mmSSR sampler: hand-worked tables, a loop-by-loop transcription of the authors' sampler, and the selector."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmsift.scorers import SCORERS, make_scorer
-from mmsift.scorers.mmssr import CAP_COLUMNS, STYLE_COLUMNS, STYLES, MmSSR, style_bins, water_fill
+from mmsift.scorers.mmssr import CAP_COLUMNS, STYLE_COLUMNS, STYLES, MmSSR, style_matrix
 from mmsift.select import select_rows, select_run
 from mmsift.store import Signals, from_arrays
 
@@ -34,28 +34,43 @@ TABLE = dict(
 )
 
 
-def test_water_fill_smallest_bin_first_carries_shortfall():
-    # bins sorted by size: 1 (size 1) takes ceil(6/3)=2 -> 1, bin 2 takes ceil(5/2)=3, bin 0 takes the last 2.
-    assert water_fill(np.array([5, 1, 3]), 6).tolist() == [2, 1, 3]
-    # quota 2 over sizes [3, 0, 1, 2]: empty bin gets 0, bin 2 gets 1, bin 3 gets 1, the largest nothing.
-    assert water_fill(np.array([3, 0, 1, 2]), 2).tolist() == [0, 0, 1, 1]
-    assert water_fill(np.array([2, 2]), 10).tolist() == [2, 2]
-
-
-def test_style_bins_are_style_combination_times_source():
+def test_style_matrix_is_one_column_per_style():
     sig = make_signals(**TABLE)
-    # (yes_no, s1)=0, (yes_no, s2)=1, (detailed, s1)=2, (detailed, s2)=3
-    assert style_bins(sig).tolist() == [0, 0, 2, 3, 1, 0, 3, 0]
+    m = style_matrix(sig)
+    assert m.shape == (8, 9)
+    assert m[:, STYLES.index("yes_no")].tolist() == [True, True, False, False, True, True, False, True]
 
 
 def test_choose_hand_worked_example():
     sig = make_signals(**TABLE)
     m = MmSSR(capabilities=[A, B])
-    # A (quota 2): candidates 0,7,1 in bin 0, 2 in bin 2, 3,6 in bin 3; smallest non-empty bins first -> 2, 3.
-    # B (quota 2): candidates 7,5,0 in bin 0, 4 in bin 1 -> 4 from bin 1, then the best of bin 0: 7.
+    # Round 1, every capability gets max(4 // 2, 1) = 2.
+    # A: candidates 0,7 (5), 1 (4), 2 (3), 3 (2), 6 (1); bins (detailed, s1)={2}, (detailed, s2)={3, 6},
+    #    (yes_no, s1)={0, 7, 1}; 3 bins -> max(2 // 3, 1) = 1 each, smallest first: 2, then 3 -> quota reached.
+    # B: candidates 7 (5), 4 (3), 5 (2), 0 (1); bins (yes_no, s2)={4}, (yes_no, s1)={7, 5, 0}: 4, then 7.
     got = m.choose(sig, m.score(sig), 4)
     assert sorted(got.tolist()) == [2, 3, 4, 7]
     assert "mmssr: optical_character_recognition: 2 samples" in m.notes_
+
+
+MULTI = dict(caps={A: [5, 4, 3, 2, 1, 5]},
+             styles=[("yes_no", "detailed_description"), ("yes_no",), ("detailed_description",),
+                     ("yes_no", "detailed_description"), (), ()],
+             tasks=["s"] * 6)
+
+
+def test_bins_are_single_style_with_multi_bin_membership_and_unlabelled_left_out():
+    sig = make_signals(**MULTI)
+    m = MmSSR(capabilities=[A])
+    # bins yes_no={0, 1, 3}, detailed={0, 2, 3} (r4, r5 have no style: in no bin, r5 despite its rating 5).
+    # Budget 2: one per bin; yes_no takes r0, detailed skips r0 (taken) and takes r2. The old (style set x source)
+    # bins {yes_no}={1} and {detailed}={2} were the smallest and gave r1, r2 instead.
+    assert sorted(m.choose(sig, m.score(sig), 2).tolist()) == [0, 2]
+    assert any("2 samples have no style label" in n for n in m.notes_)
+    # Budget 5: 2 per bin gives r0, r1 and r2, r3; nothing labelled is left, so four, not five.
+    m = MmSSR(capabilities=[A])
+    assert sorted(m.choose(sig, m.score(sig), 5).tolist()) == [0, 1, 2, 3]
+    assert any("only 4 style-labelled samples" in n for n in m.notes_)
 
 
 def test_threshold_and_short_budget_are_reported():
@@ -64,7 +79,7 @@ def test_threshold_and_short_budget_are_reported():
     got = m.choose(sig, m.score(sig), 7)
     # Ratings > 3: A {0, 7, 1}, B {2, 7, 3}: five distinct samples, so five, not seven.
     assert sorted(got.tolist()) == [0, 1, 2, 3, 7]
-    assert any("only 5 samples" in n for n in m.notes_)
+    assert any("only 5 style-labelled samples" in n for n in m.notes_)
 
 
 def test_score_reduce_and_unrated():
@@ -74,42 +89,48 @@ def test_score_reduce_and_unrated():
 
 
 def reference_choose(caps, styles, tasks, capabilities, thr, n_keep):
-    """The sampler transcribed loop by loop from its description, independent of the vectorised code."""
+    """The authors' select() and capability loop (llava/select/mmssr.py) transcribed with plain lists: bins are
+    "style+source" strings, a row in one bin per style; mmsift's documented tie rules (capability order kept,
+    equal-size bins in style then source order, rating order inside a bin) replace the code's unstable orders."""
     n = len(tasks)
-    keys = sorted({(sum(1 << k for k, s in enumerate(STYLES) if s in styles[i]), tasks[i]) for i in range(n)})
-    bin_of = [keys.index((sum(1 << k for k, s in enumerate(STYLES) if s in styles[i]), tasks[i])) for i in range(n)]
+    sources = sorted(set(tasks))
 
-    def above(c, i):
-        v = caps[c][i]
-        return not math.isnan(v) and v > thr
+    def select(sorted_rows, num_select):
+        bins = {}
+        for k, st in enumerate(STYLES):
+            for t in sources:
+                members = [i for i in sorted_rows if st in styles[i] and tasks[i] == t]
+                if members:
+                    bins[(k, sources.index(t))] = members
+        if not bins:
+            return []
+        order = sorted(bins, key=lambda key: (len(bins[key]), key))
+        per = max(num_select // len(bins), 1)
+        selected, debt = [], 0
+        for key in order:
+            if len(selected) >= num_select:
+                break
+            filtered = [i for i in bins[key] if i not in selected]
+            cur = min(per + debt, len(filtered))
+            debt = max(per + debt - len(filtered), 0)
+            selected.extend(filtered[:cur])
+        return selected
 
     chosen: list[int] = []
-    active = [c for c in capabilities if any(above(c, i) for i in range(n))]
-    left = n_keep
-    while left > 0 and active:
-        nxt = []
-        for pos, c in enumerate(active):
-            if left <= 0:
-                nxt.append(c)
-                continue
-            quota = -(-left // (len(active) - pos))
-            cand = [i for i in range(n) if i not in chosen and above(c, i)]
-            cand.sort(key=lambda i: (-caps[c][i], i))
-            if not cand:
-                continue
-            groups = {b: [i for i in cand if bin_of[i] == b] for b in range(len(keys))}
-            order = sorted(range(len(keys)), key=lambda b: (len(groups[b]), b))
-            q = min(quota, len(cand))
-            took = 0
-            for p, b in enumerate(order):
-                t = min(-(-q // (len(order) - p)), len(groups[b])) if q > 0 else 0
-                chosen.extend(groups[b][:t])
-                q -= t
-                took += t
-            left -= took
-            if took < len(cand):
-                nxt.append(c)
-        active = nxt
+    active = list(capabilities)
+    while len(chosen) < n_keep and active:
+        every = max((n_keep - len(chosen)) // len(active), 1)
+        drop = []
+        for c in active:
+            rows = [i for i in range(n) if i not in chosen and not math.isnan(caps[c][i]) and caps[c][i] > thr]
+            rows.sort(key=lambda i: (-caps[c][i], i))
+            new = select(rows, min(every, n_keep - len(chosen)))
+            if not new:
+                drop.append(c)
+            chosen.extend(new)
+            if len(chosen) >= n_keep:
+                break
+        active = [c for c in active if c not in drop]
     return chosen
 
 

@@ -22,7 +22,8 @@ def test_cuda_bf16_probe_matches_cpu_fp32(tmp_path):
     records = pool_records(18)
     pool = write_pool(tmp_path / "pool.json", records)
     model = build_proxy(tmp_path / "model", texts=pool_texts(records), seed=0)
-    names = ["loss", "el2n", "sv_entropy", "sv_tau", "last", "attn_pool", "img_mean"]
+    names = ["loss", "el2n", "sv_entropy", "sv_tau", "last", "last_final", "attn_pool", "img_mean", "attn_img",
+             "attn_txt"]
     cpu = run_probe(pool, images=tmp_path / "images", model=model, out=tmp_path / "cpu", signals=names,
                     dtype="float32", batch_size=1)
     gpu = run_probe(pool, images=tmp_path / "images", model=model, out=tmp_path / "gpu", signals=names,
@@ -32,7 +33,7 @@ def test_cuda_bf16_probe_matches_cpu_fp32(tmp_path):
     assert list(a.ids) == list(b.ids)
     for k in ("loss", "el2n", "sv_entropy", "sv_tau"):
         np.testing.assert_allclose(b[k], a[k], rtol=0.05, atol=0.02, err_msg=k)
-    for k in ("last", "attn_pool", "img_mean"):
+    for k in ("last", "last_final", "attn_pool", "img_mean", "attn_img", "attn_txt"):
         x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
         nx, ny = np.linalg.norm(x, axis=1), np.linalg.norm(y, axis=1)
         ok = (nx > 0) & (ny > 0)

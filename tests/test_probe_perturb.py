@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmsift.data.records import Turn
+from test_probe_helpers import loaded, probe_setup  # noqa: F401  (fixtures)
 from mmsift.probe.perturb import (
     alpha_bar, find_mc_rounds, instruction_format, is_multiple_choice, permutation_attack, sigmoid_betas,
     symbol_attack,
@@ -113,3 +114,65 @@ def test_diffusion_noise_statistics():
     eps = torch.randn(10, generator=torch.Generator().manual_seed(1))
     np.testing.assert_allclose(y1.numpy(), (math.sqrt(alpha_bar(300)) + math.sqrt(1 - alpha_bar(300)) * eps).numpy(),
                                rtol=1e-6)
+
+
+def test_noise_image_by_hand():
+    torch = pytest.importorskip("torch")
+    from PIL import Image
+
+    from mmsift.probe.perturb import noise_image
+
+    px = np.array([[[0, 128, 255], [10, 20, 30]]], dtype=np.uint8)  # 1 x 2 RGB
+    out = np.asarray(noise_image(Image.fromarray(px, "RGB"), generator=torch.Generator().manual_seed(3)))
+    eps = torch.randn((1, 2, 3), generator=torch.Generator().manual_seed(3)).numpy()
+    ab = alpha_bar(300)
+    # in [0, 1] (not [-1, 1]), clipped to [0, 1], truncated to 8 bits
+    want = np.clip(math.sqrt(ab) * px.astype(np.float32) / 255 + math.sqrt(1 - ab) * eps, 0, 1)
+    np.testing.assert_array_equal(out, (want * 255).astype(np.uint8))
+
+
+def test_imgnoise_variant_noises_the_image_before_the_processor(probe_setup, loaded):  # noqa: F811
+    """ARDS's order: noise on the decoded image in [0, 1], then resize; the old variant noised the processed
+    pixels in [-1, 1] after resizing, which this equality fails."""
+    torch = pytest.importorskip("torch")
+    from mmsift.data.io import read_pool
+    from mmsift.probe.dataset import ProbeDataset, load_images
+    from mmsift.probe.perturb import noise_image, stable_seed
+
+    pool_path, images, _ = probe_setup
+    rec = next(r for r in read_pool(pool_path).records if r.images)
+    item = ProbeDataset([rec], loaded.adapter, images, variants=("loss_imgnoise",), seed=5)[0]
+    gen = torch.Generator().manual_seed(stable_seed(5, rec.id, "imgnoise") % (2**63))
+    noisy = [noise_image(im, generator=gen) for im in load_images(rec, images)]
+    want = loaded.adapter.encode(rec.turns, noisy)
+    got = item["variants"]["loss_imgnoise"]
+    torch.testing.assert_close(got.extra["pixel_values"], want.extra["pixel_values"])
+    assert not torch.equal(got.extra["pixel_values"], item["enc"].extra["pixel_values"])
+
+
+def test_mc_variants_score_only_the_multiple_choice_round(probe_setup, loaded):  # noqa: F811
+    """A record with one multiple-choice round between two plain rounds: loss_mc, loss_sym and loss_perm are
+    averaged over that round's answer tokens only (the whole-conversation loss diluted the attack's effect)."""
+    from mmsift.data.io import read_pool
+    from mmsift.data.records import Record
+    from mmsift.probe.dataset import ProbeDataset, answer_runs, load_images
+
+    torch = pytest.importorskip("torch")
+    pool_path, images, _ = probe_setup
+    base = next(r for r in read_pool(pool_path).records if r.images and len(r.images) == 1)
+    turns = [Turn("user", "<image>\nIs there a circle?"), Turn("assistant", "Yes, a big one in the middle."),
+             Turn("user", "What colour is it?\nA. red\nB. green\nC. blue"), Turn("assistant", "B"),
+             Turn("user", "Describe the picture."), Turn("assistant", "A plain background with one shape.")]
+    rec = Record(id="m0", index=0, images=base.images, turns=turns, raw={})
+    item = ProbeDataset([rec], loaded.adapter, images, variants=("loss_mc", "loss_sym", "loss_perm"))[0]
+    runs = answer_runs(item["enc"].answer_mask)
+    assert int(runs.max()) == 2  # three assistant turns, three runs
+    full = {"loss_mc": item["enc"],
+            "loss_sym": loaded.adapter.encode(symbol_attack(turns), load_images(rec, images)),
+            "loss_perm": loaded.adapter.encode(permutation_attack(turns, seed=0, key="m0"), load_images(rec, images))}
+    for name, enc in full.items():
+        second = enc.answer_mask & (answer_runs(enc.answer_mask) == 1)  # the second assistant turn's tokens
+        got = item["variants"][name].answer_mask
+        assert bool(second.any()) and torch.equal(got, second), name
+    plain = Record(id="p0", index=1, images=base.images, turns=turns[:2], raw={})
+    assert ProbeDataset([plain], loaded.adapter, images, variants=("loss_mc", "loss_sym"))[0]["variants"] == {}

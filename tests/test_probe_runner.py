@@ -91,7 +91,10 @@ def test_end_to_end_store(setup, full_run):
     assert np.isnan(c["loss_imgnoise"][~has_image]).all() and np.isfinite(c["loss_imgnoise"][has_image]).all()
     assert np.isfinite(c["loss_noq"]).all() and np.isfinite(c["loss"]).all()
     # The attacks change the input, so they change the loss.
-    assert (np.abs(c["loss_sym"][is_mc] - c["loss"][is_mc]) > 1e-4).all()
+    assert (np.abs(c["loss_sym"][is_mc] - c["loss_mc"][is_mc]) > 1e-4).all()
+    # single-round multiple-choice records: the multiple-choice round is the whole conversation
+    np.testing.assert_allclose(c["loss_mc"][is_mc], c["loss"][is_mc], rtol=1e-5)
+    assert np.isnan(c["loss_mc"][~is_mc]).all()
     assert (np.abs(c["loss_imgnoise"][has_image] - c["loss"][has_image]) > 1e-6).all()
     assert list(c["fmt"]) == [{0: "short", 1: "mc", 2: "caption", 3: "text_only", 4: "short", 5: "region"}[k]
                               for k in kinds]
@@ -99,7 +102,9 @@ def test_end_to_end_store(setup, full_run):
     np.testing.assert_array_equal(c["n_rounds"], [3 if k == 2 else 1 for k in kinds])
     assert list(s.tasks) == ["all" if k == 3 else ("shapes" if (int(i[1:]) % 6) % 2 == 0 else "colors")
                              for i, k in zip(s.ids, kinds)]
-    assert c["last"].dtype == np.float16 and c["img_mean"].shape == (18, 64 * 2)
+    # the 4-layer proxy: hidden states 1, 2, 3 (COINCIDE's relative depths of 24 layers), 64 wide each
+    assert c["last"].dtype == np.float16 and c["img_mean"].shape == (18, 64 * 3)
+    assert c["attn_img"].shape == (18, 64 * 4) and c["last_final"].shape == (18, 64)  # decoder layers 0..3
     assert (c["img_mean"][~has_image] == 0).all()
 
 

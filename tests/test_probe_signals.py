@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_probe_helpers import loaded, probe_setup  # noqa: F401  (fixtures)
 
-from mmsift.probe.signals import SignalOptions, batch_signals, default_feature_layers, project
+from mmsift.probe.signals import SignalOptions, batch_signals, coincide_layers, default_feature_layers, project
 
 ALL = ("loss", "el2n", "tok_loss_max", "tok_loss_std", "n_tokens", "n_answer_tokens", "sv_entropy", "sv_tau",
-       "last", "mean", "attn_pool", "img_mean", "txt_mean")
+       "last", "last_final", "mean", "attn_pool", "img_mean", "txt_mean", "attn_img", "attn_txt")
 TOL = dict(rtol=2e-5, atol=2e-5)  # fp32: batched vs one-by-one differ only in reduction order
 
 
@@ -29,9 +29,16 @@ def encoded(probe_setup, loaded):  # noqa: F811
 
 def reference(model, enc, *, layer=-2, feature_layers=None):
     """Signals of one sample from model(...).logits, output_hidden_states=True and eager output_attentions."""
+    n_layers = model.config.text_config.num_hidden_layers
+    decoder = model.model.language_model.layers
+    o_in = {}
+    handles = [decoder[i].self_attn.o_proj.register_forward_pre_hook(
+        lambda mod, args, i=i: o_in.__setitem__(i, args[0][0].double())) for i in coincide_layers(n_layers)]
     with torch.no_grad():
         out = model(input_ids=enc.input_ids[None], attention_mask=torch.ones_like(enc.input_ids)[None],
                     output_hidden_states=True, output_attentions=True, **enc.extra)
+    for h in handles:
+        h.remove()
     logits = out.logits[0].double()
     ids = enc.input_ids
     target = enc.answer_mask.clone()
@@ -49,7 +56,6 @@ def reference(model, enc, *, layer=-2, feature_layers=None):
     q = q[q > 0]
     a = out.attentions[-1][0, :, -1, :].double().mean(0)  # final token's row, mean over heads
     pooled = (a[:-1, None] * hs[-1][:-1]).sum(0)  # ARDS: t = 1 .. L-1
-    n_layers = model.config.text_config.num_hidden_layers
     img = enc.image_mask
     feat = feature_layers or default_feature_layers(n_layers)
 
@@ -59,6 +65,15 @@ def reference(model, enc, *, layer=-2, feature_layers=None):
         v = x[m].mean(0)
         return v / v.norm()
 
+    def tnmean(x, m):
+        if not m.any():
+            return torch.zeros(x.shape[1], dtype=x.dtype)
+        v = torch.tanh(x[m].mean(0))
+        return v / v.norm()
+
+    tpos = torch.arange(len(img))
+    after = (~img & (tpos > int(torch.nonzero(img)[0]))) if img.any() else torch.ones_like(img)
+
     return {
         "loss": ce.mean().item(), "el2n": el2n.mean().item(), "tok_loss_max": ce.max().item(),
         "tok_loss_std": ce.std(unbiased=False).item(), "n_answer_tokens": len(pos),
@@ -67,7 +82,10 @@ def reference(model, enc, *, layer=-2, feature_layers=None):
         "last": hs[layer][-1].numpy(), "mean": hs[layer].mean(0).numpy(), "attn_pool": pooled.numpy(),
         "img_mean": torch.cat([nmean(hs[i], img) for i in feat]).numpy(),
         "txt_mean": torch.cat([nmean(hs[i], ~img) for i in feat]).numpy(),
-        "attn_row": a.numpy(),
+        "attn_row": a.numpy(), "last_final": hs[-1][-1].numpy(),
+        # COINCIDE: tanh of the mean o_proj input over image tokens / text after the first image token
+        "attn_img": torch.cat([tnmean(o_in[i], img) for i in sorted(o_in)]).numpy(),
+        "attn_txt": torch.cat([tnmean(o_in[i], after) for i in sorted(o_in)]).numpy(),
     }
 
 
@@ -174,7 +192,7 @@ def test_resolve_signals():
 
     assert resolve_signals() == ("loss", "n_answer_tokens", "n_images", "n_rounds", "n_tokens")
     ards = resolve_signals(["ards"])
-    assert set(ards) >= {"last", "attn_pool", "fmt", "loss_sym", "loss_perm", "loss_imgnoise"}
+    assert set(ards) >= {"last_final", "attn_pool", "fmt", "loss_sym", "loss_perm", "loss_imgnoise"}
     assert "is_mc" not in ards and "el2n" not in ards  # only what is asked for
     # Every registered method can be probed; judge columns are left to the judge.
     everything = resolve_signals(sorted(SCORERS))

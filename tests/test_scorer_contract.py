@@ -50,6 +50,7 @@ def _half(rng, n, extra_names):
         "tok_loss_std": loss / 2,
         "sv_entropy": rng.uniform(0.5, 4.0, n),
         "sv_tau": rng.uniform(0.05, 0.9, n),
+        "loss_mc": np.where(mc, loss, np.nan),
         "loss_sym": np.where(mc, loss + rng.normal(0.5, 0.5, n), np.nan),
         "loss_perm": np.where(mc, loss + rng.normal(0.5, 0.5, n), np.nan),
         "loss_imgnoise": np.where(~mc & (fmt != "text_only"), loss + rng.normal(0.3, 0.3, n), np.nan),

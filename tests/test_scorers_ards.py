@@ -19,16 +19,18 @@ LOSS = [1.0, 2.0, 0.5, 1.5, 0.8, 1.2, 0.3, 2.5, 1.0, 0.7, 0.9, 1.1]
 SYM = [1.5, 2.1, 2.5, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, 1.0]
 PERM = [0.2, 3.0, 0.4, 2.5, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN]
 NOISE = [NAN, NAN, NAN, NAN, 1.6, 1.1, 0.4, 2.6, NAN, NAN, NAN, NAN]
+# loss over the multiple-choice rounds only: the same as LOSS for these single-round mc items
+MC = [v if f == "mc" else NAN for v, f in zip(LOSS, FMT)]
 
 
 def _signals():
     n = len(FMT)
     return Signals(ids=np.array([f"a{i}" for i in range(n)], dtype=object), index=np.arange(n),
                    tasks=np.array(["all"] * n, dtype=object),
-                   columns={"fmt": np.array(FMT, dtype=object), "loss": np.array(LOSS), "loss_sym": np.array(SYM),
+                   columns={"fmt": np.array(FMT, dtype=object), "loss": np.array(LOSS), "loss_mc": np.array(MC), "loss_sym": np.array(SYM),
                             "loss_perm": np.array(PERM), "loss_imgnoise": np.array(NOISE),
                             "is_mc": np.array([f == "mc" for f in FMT], float),
-                            "last": np.array(LAST, np.float16), "attn_pool": np.array(ATTN, np.float16)})
+                            "last_final": np.array(LAST, np.float16), "attn_pool": np.array(ATTN, np.float16)})
 
 
 def _unit(v):
@@ -48,9 +50,16 @@ def _gap(i):
     if FMT[i] == "text_only":
         return NAN
     if FMT[i] == "mc":
-        gaps = [abs(v - LOSS[i]) for v in (SYM[i], PERM[i]) if not math.isnan(v)]
+        gaps = [abs(v - MC[i]) for v in (SYM[i], PERM[i]) if not math.isnan(v)]
         return max(gaps) if gaps else NAN
     return abs(NOISE[i] - LOSS[i]) if not math.isnan(NOISE[i]) else NAN
+
+
+def _perturbed(i):
+    """Loss of the attack that gave the mc gap (symbol wins a tie)."""
+    sym = abs(SYM[i] - MC[i]) if not math.isnan(SYM[i]) else -1
+    perm = abs(PERM[i] - MC[i]) if not math.isnan(PERM[i]) else -1
+    return SYM[i] if sym >= perm else PERM[i]
 
 
 def _expected(agg, n_worst):
@@ -60,7 +69,11 @@ def _expected(agg, n_worst):
         members = [i for i in range(len(FMT)) if FMT[i] == f and not math.isnan(_gap(i))]
         members.sort(key=lambda i: (-_gap(i), i))
         groups.append(members[:n_worst])
-    means = [sum(LOSS[j] for j in s) / len(s) for s in groups]
+    # the authors' code adds each mc evaluation item's attacked copy to the evaluation set: its loss joins the mean
+    means = []
+    for s in groups:
+        losses = [LOSS[j] for j in s] + [_perturbed(j) for j in s if FMT[j] == "mc"]
+        means.append(sum(losses) / len(losses))
     z = sum(math.exp(m) for m in means)
     w = [math.exp(m) / z for m in means]
     worst = {j for s in groups for j in s}
@@ -118,3 +131,34 @@ def test_missing_perturbations_is_a_clear_error():
         sig.columns[k] = np.full(len(FMT), np.nan)
     with pytest.raises(ValueError, match="worst-case"):
         make_scorer("ards").score(sig)
+
+
+def test_subgroup_weights_include_the_perturbed_copies():
+    # evaluation items: mc a2 (loss 0.5; its symbol attack, loss 2.5, gave the gap 2.0) and caption a4 (loss 0.8).
+    # With the attacked copy the mc subgroup's mean loss is (0.5 + 2.5) / 2 = 1.5, so w = softmax(1.5, 0.8);
+    # clean losses only (the old rule) gave softmax(0.5, 0.8), which puts more weight on the caption subgroup.
+    scorer = make_scorer("ards", {"n_worst": 1, "n_subgroups": 1})
+    s = scorer.score(_signals())
+    assert set(np.flatnonzero(s == -np.inf).tolist()) == {2, 4}
+    w_mc = math.exp(1.5) / (math.exp(1.5) + math.exp(0.8))
+    assert s[0] == pytest.approx(w_mc * _cos_r(0, 2) + (1 - w_mc) * _cos_r(0, 4), rel=1e-5)
+    w_old = math.exp(0.5) / (math.exp(0.5) + math.exp(0.8))
+    assert s[0] != pytest.approx(w_old * _cos_r(0, 2) + (1 - w_old) * _cos_r(0, 4), rel=1e-3)
+
+
+def test_both_vector_halves_come_from_the_final_layer():
+    assert "last_final" in make_scorer("ards").requires and "last" not in make_scorer("ards").requires
+
+
+def test_mc_gap_is_measured_on_the_multiple_choice_rounds():
+    # a11 is a merged record: whole-conversation loss 1.1, but its multiple-choice round has loss 0.0 and 1.0
+    # under the symbol attack. Against loss_mc its gap is 1.0 and it joins the four worst (a2 2.0; a1, a3, a11
+    # 1.0); against the whole-conversation loss (the old, diluted rule) it was 0.1 and a0 (0.8) took its place.
+    sig = _signals()
+    sig.columns["loss_mc"] = sig.columns["loss_mc"].copy()
+    sig.columns["loss_mc"][11] = 0.0
+    scorer = make_scorer("ards", {"n_worst": 4, "n_subgroups": 1})
+    s = scorer.score(sig)
+    assert scorer.details_["gap"][11] == pytest.approx(1.0)
+    mc_worst = {i for i in np.flatnonzero(s == -np.inf).tolist() if FMT[i] == "mc"}
+    assert mc_worst == {1, 2, 3, 11}

@@ -59,9 +59,10 @@ def test_el2n_both_directions():
 
 @pytest.mark.parametrize("mode", ["low", "high", "mid"])
 def test_perplexity_modes(mode):
+    # low/high rank exp(loss); mid ranks the distance to the median in loss space
     ppl = [math.exp(v) if math.isfinite(v) else math.nan for v in LOSS]
     got = make_scorer("perplexity", {"mode": mode}).score(_signals(loss=LOSS))
-    np.testing.assert_allclose(got, _expected_mode(ppl, mode))
+    np.testing.assert_allclose(got, _expected_mode(LOSS if mode == "mid" else ppl, mode))
 
 
 @pytest.mark.parametrize("mode", ["low", "high", "mid"])
@@ -70,12 +71,12 @@ def test_loss_modes(mode):
     np.testing.assert_allclose(got, _expected_mode(LOSS, mode))
 
 
-def test_perplexity_mid_differs_from_loss_mid():
-    # the median of exp(loss) is exp(median loss) but distances are not monotone in each other
-    loss = [0.0, 1.0, 1.8]  # loss space: 1.8 is nearer the median 1.0; ppl space: 0.0 is
-    a = np.argsort(-make_scorer("perplexity", {"mode": "mid"}).score(_signals(loss=loss)), kind="stable")
-    b = np.argsort(-make_scorer("loss", {"mode": "mid"}).score(_signals(loss=loss)), kind="stable")
-    assert a.tolist() != b.tolist()
+def test_perplexity_mid_keeps_the_middle_in_loss_space():
+    # median loss 1.0; loss-space distances 1.0, 0.0, 0.8 keep r1 and r2. In perplexity space (the old rule) the
+    # distances are |1 - e| = 1.72, 0 and |e^1.8 - e| = 3.33, which kept r1 and r0 instead.
+    sig = _signals(loss=[0.0, 1.0, 1.8])
+    assert select_rows(sig, make_scorer("perplexity", {"mode": "mid"}), 2).ids == ["r1", "r2"]
+    assert select_rows(sig, make_scorer("loss", {"mode": "mid"}), 2).ids == ["r1", "r2"]
 
 
 def test_bad_mode_is_an_error():
@@ -93,11 +94,40 @@ def test_ifd(drop):
         if not (math.isfinite(loss) and math.isfinite(noq)):
             expected.append(-math.inf)
             continue
-        ifd = math.exp(loss) / math.exp(noq)
+        ifd = loss / noq  # ratio of mean cross-entropies, as Cherry LLM's code divides mean losses
         expected.append(-math.inf if drop and ifd > 1 else ifd)
     np.testing.assert_allclose(got, expected)
     if drop:
         assert any("IFD > 1" in n for n in scorer.notes_)
+
+
+def _cherry_reference(loss, noq, rate):
+    """Cherry LLM's data_by_IFD.py rule, written out: ratio mean_loss(A|Q) / mean_loss(A), ratios above 1 skipped,
+    the list sorted ascending and the last ``int(len * rate)`` kept."""
+    rates = sorted((a / b, i) for i, (a, b) in enumerate(zip(loss, noq)) if a / b <= 1)
+    k = int(len(rates) * rate)
+    return sorted(i for _, i in rates[len(rates) - k:])
+
+
+def test_ifd_default_follows_cherry_llm():
+    # r0-r2 have IFD > 1 (the largest exp(loss - loss_noq) too); the old default (exp of the difference, nothing
+    # dropped) kept r0, r1 and r2, all of which Cherry discards.
+    loss = [3.0, 2.5, 2.2, 0.9, 0.8, 0.32, 0.62, 0.44, 0.2, 0.1]
+    noq = [1.0, 1.0, 1.5, 1.0, 2.0, 0.35, 0.7, 0.5, 1.0, 0.9]
+    sig = _signals(loss=loss, loss_noq=noq)
+    want = _cherry_reference(loss, noq, 3 / 7)  # 7 ratios <= 1, keep 3
+    assert want == [3, 5, 6]
+    got = select_rows(sig, make_scorer("ifd"), 3)
+    assert [int(i[1:]) for i in got.ids] == want
+    old = np.exp(np.array(loss) - np.array(noq))
+    assert set(np.argsort(-old, kind="stable")[:3].tolist()) == {0, 1, 2}
+
+
+def test_ifd_nonpositive_noq_is_excluded():
+    scorer = make_scorer("ifd")
+    got = scorer.score(_signals(loss=[0.5, 0.5], loss_noq=[0.0, 1.0]))
+    np.testing.assert_allclose(got, [-math.inf, 0.5])
+    assert "r0" in scorer.notes_[0]
 
 
 @pytest.mark.parametrize("use_ref", [False, True])
@@ -152,3 +182,15 @@ def test_auroc_errors():
         auroc([1.0, 2.0], [1, 1])
     with pytest.raises(ValueError, match="NaN"):
         auroc([np.nan, 2.0], [0, 1])
+
+
+def test_selfcheck_budget_is_the_cleanest_share_of_every_task():
+    # task a: losses 0.1 .. 1.0; task b (harder in itself): 2.0 .. 2.9. A 20% budget is the cleanest 2 of each
+    # task (r0, r1 and r10, r11); one global ranking (the old behaviour, per_task=False) took r0-r3, all from a.
+    loss = [0.1 * (i + 1) for i in range(10)] + [2.0 + 0.1 * i for i in range(10)]
+    sig = _signals(loss=loss)
+    sig.tasks = np.array(["a"] * 10 + ["b"] * 10, dtype=object)
+    sel = select_rows(sig, make_scorer("selfcheck"), 0.2)
+    assert sel.ids == ["r0", "r1", "r10", "r11"] and sel.kept_per_task == {"a": 2, "b": 2}
+    assert select_rows(sig, make_scorer("selfcheck", {"per_task": False}), 0.2).ids == ["r0", "r1", "r2", "r3"]
+    assert select_rows(sig, make_scorer("selfcheck"), 0.1).ids == ["r0", "r10"]  # 10% of each task

@@ -106,6 +106,48 @@ def test_method_quotas_and_dedup_step():
     assert sel.ids == ["r4", "r6", "r8"] and sel.dropped_by_dedup == 5
 
 
+def test_dedup_keeps_the_methods_quotas():
+    # quotas {"a": 2, "b": 1} are applied to the rows dedup kept (even n_tokens): a -> r2, r4; b -> r8. The old
+    # selector skipped quotas() under --dedup and took the global top 3 (r4, r6, r8: task a got 1, not 2).
+    s = _signals(list(range(10)), tasks=["a"] * 5 + ["b"] * 5)
+    sel = select_rows(s, _Quota(), 3, dedup=_Dedup())
+    assert sel.ids == ["r2", "r4", "r8"]
+    assert sel.kept_per_task == {"a": 2, "b": 1}
+
+
+class _Choose(Scorer):
+    """Chooses the last ``n_keep`` rows of the table it is given and records what it saw."""
+
+    name = "choose_test"
+    requires = ("n_tokens",)
+
+    def score(self, signals):
+        return np.zeros(len(signals))
+
+    def choose(self, signals, scores, n_keep):
+        self.seen = list(signals.ids)
+        return np.arange(len(signals) - n_keep, len(signals))
+
+
+def test_dedup_keeps_the_methods_choose():
+    s = _signals(list(range(10)))
+    scorer = _Choose()
+    sel = select_rows(s, scorer, 2, dedup=_Dedup())
+    assert scorer.seen == ["r0", "r2", "r4", "r6", "r8"]  # choose() ran on the deduplicated rows
+    assert sel.ids == ["r6", "r8"]  # its positions were mapped back to the full table
+
+
+def test_datatailor_task_budgets_survive_a_dedup_that_removes_nothing():
+    from tests.test_scorers_datatailor import _signals as dt_signals
+
+    sig = dt_signals()
+    plain = select_rows(sig, make_scorer("datatailor"), 5)
+    deduped = select_rows(sig, make_scorer("datatailor"), 5,
+                          dedup=make_scorer("semdedup", {"eps": 0.0, "n_clusters": 2}))
+    assert deduped.dropped_by_dedup == 0
+    assert deduped.kept_per_task == plain.kept_per_task and deduped.ids == plain.ids
+
+
 class _Nan(Scorer):
     name = "nan_test"
 

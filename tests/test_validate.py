@@ -108,7 +108,7 @@ def test_each_defect_reported_once(tmp_path, monkeypatch):
         ("missing_id", "warning", "1", 4),
         ("bad_id", "error", "2", 5),
         ("duplicate_id", "error", "ok1", 6),
-        ("missing_conversations", "error", "noconv", 7),
+        ("unknown_format", "error", "noconv", 7),
         ("malformed_turn", "error", "malformed", 8),
         ("empty_turn", "error", "empty", 9),
         ("bad_role", "error", "role", 10),

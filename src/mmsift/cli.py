@@ -8,25 +8,51 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from mmsift import __version__
+
+
+def _no_flag_values(command, ctx):
+    # On/off flags take no value, so --help must not show one (typer prints "<bool>" by default).
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class _Command(TyperCommand):
+    def format_help(self, ctx, formatter):
+        _no_flag_values(self, ctx)
+        return super().format_help(ctx, formatter)
+
+
+class _Group(TyperGroup):
+    def format_help(self, ctx, formatter):
+        _no_flag_values(self, ctx)
+        return super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
     help="Select the training samples worth keeping from visual-instruction-tuning pools.",
     no_args_is_help=True,
     add_completion=False,
+    cls=_Group,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mmsift {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_print_version,
+                                 is_eager=True),
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit(0)
 
 
 def _parse_params(params: list[str]) -> dict:
@@ -43,7 +69,7 @@ def _parse_params(params: list[str]) -> dict:
     return out
 
 
-@app.command("select")
+@app.command("select", cls=_Command)
 def select_command(
     run: Path = typer.Argument(..., help="Run directory written by `mmsift probe` (or built from your own arrays)."),
     method: str = typer.Option(..., "--method", "-m", help="Selection method (see `mmsift methods`)."),
@@ -56,29 +82,41 @@ def select_command(
     data: Path = typer.Option(None, "--data", help="The pool file, when it moved since the probe ran."),
     reference_run: Path = typer.Option(None, "--reference-run", help="Run of the same pool whose loss is read as loss_ref (selfcheck: the proxy before fine-tuning)."),
     truth_field: str = typer.Option(None, "--truth-field", help="Record field marking known-bad samples (a.b for nested): report AUROC."),
+    scores: Path = typer.Option(None, "--scores", help="Write every record's score, components and kept/dropped (.csv, .parquet or .jsonl)."),
+    html: Path = typer.Option(None, "--html", help="Write a self-contained HTML report of the selection (opens offline)."),
 ) -> None:
     """Score every sample of RUN with a method and write the kept records, exactly as read, to OUT."""
     from mmsift.budget import parse_budget
-    from mmsift.data.io import read_pool
-    from mmsift.report import truth_labels, truth_summary, write_selection
+    from mmsift.data.io import FORMATS, pool_exists, read_pool
+    from mmsift.explain import describe_components, score_meaning
+    from mmsift.report import selection_settings, truth_labels, truth_summary, write_scores, write_selection
     from mmsift.select import select_run
     from mmsift.store import SignalStore, StoreError
 
     try:
         if out.is_dir():
             raise ValueError(f"--out {out} is a folder; give the subset's file name (.json, .jsonl or .parquet)")
+        if out.suffix.lower() not in FORMATS:
+            raise ValueError(f"--out {out}: a subset is written as .json, .jsonl or .parquet (got "
+                             f"{out.suffix or 'no suffix'!r}); the records' nested conversations do not fit CSV")
+        if scores is not None and scores.suffix.lower() not in (".csv", ".parquet", ".pq", ".jsonl", ".ndjson"):
+            raise ValueError(f"--scores {scores}: use .csv, .parquet or .jsonl")
         store = SignalStore(run)
         pool_path = data or store.manifest.get("pool")
         if not pool_path:
             raise typer.BadParameter("the run does not say which pool it came from: pass --data POOL")
         pool_path = Path(pool_path)
-        if not pool_path.is_file():
-            raise typer.BadParameter(f"pool file {pool_path} not found: pass --data POOL")
-        selection = select_run(str(run), method, parse_budget(budget), seed=seed, params=_parse_params(param),
+        if not pool_exists(pool_path):
+            raise typer.BadParameter(f"pool {pool_path} not found: pass --data POOL")
+        params = _parse_params(param)
+        selection = select_run(str(run), method, parse_budget(budget), seed=seed, params=params,
                                dedup=dedup, balance_tasks=balance_tasks,
                                reference_run=str(reference_run) if reference_run else None)
-        pool = read_pool(pool_path)
-        extra = {"seed": seed, "params": _parse_params(param), "budget": budget, "run": str(run)}
+        pool = read_pool(pool_path, task_field=store.manifest.get("task_field"))
+        extra = {"seed": seed, "params": params, "budget": budget, "run": str(run)}
+        settings = selection_settings(run=run, method=method, budget=budget, seed=seed, params=params, dedup=dedup,
+                                      balance_tasks=balance_tasks, reference_run=reference_run, pool=pool_path,
+                                      out=out)
         if truth_field:
             by_index = {r.index: r for r in pool.records}
             signals_index = store.load([]).index
@@ -91,7 +129,18 @@ def select_command(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     try:
-        report = write_selection(selection, pool, out, skipped=store.manifest.get("skipped", []), extra=extra)
+        report = write_selection(selection, pool, out, skipped=store.manifest.get("skipped", []), extra=extra,
+                                 settings=settings)
+        meaning = score_meaning(method, params)
+        if scores is not None or html is not None:
+            keys = store.load([])
+        if scores is not None:
+            write_scores(selection, keys.ids, keys.index, keys.tasks, scores, meaning=meaning)
+        if html is not None:
+            from mmsift.html_report import write_html_report
+
+            write_html_report(html, selection=selection, store=store, pool=pool, report=report, meaning=meaning,
+                              images=store.manifest.get("images"))
     except OSError as e:
         typer.echo(f"error: cannot write the subset to {out}: {e}", err=True)
         raise typer.Exit(1) from None
@@ -99,7 +148,16 @@ def select_command(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     for line in selection.summary_lines():
+        if line.startswith("score range") and meaning.sign != 1.0:
+            continue  # the ranked score is minus the quantity here; it is printed with its meaning below
         typer.echo(line)
+    if len(selection.rows):
+        shown = meaning.shown(selection.scores[selection.rows])
+        typer.echo(f"scores: {meaning.sentence}; {meaning.label} of the kept records {shown.min():.4g}..{shown.max():.4g}")
+    for line in describe_components(selection.details):
+        typer.echo(f"  component {line}")
+    for note in report["task_notes"]:
+        typer.echo(f"note: {note}")
     if report["skipped_records"]:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report["skipped_by_kind"].items()))
         typer.echo(f"skipped records (not scored, not in the subset): {report['skipped_records']} ({kinds})")
@@ -109,9 +167,40 @@ def select_command(
                    f"({t['flagged_share_kept']:.1%} of subset vs {t['flagged_share_pool']:.1%} of pool)"
                    + (f", AUROC {t['auroc_flagged_low_score']:.3f}" if "auroc_flagged_low_score" in t else ""))
     typer.echo(f"wrote {report['n_kept']} records to {out}, ids to {report['ids']}, report to {report['report']}")
+    if scores is not None:
+        typer.echo(f"scores of all {len(selection.scores)} records -> {scores}")
+    if html is not None:
+        typer.echo(f"HTML report -> {html}")
 
 
-@app.command("methods")
+@app.command("run", cls=_Command)
+def run_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML: pool, images, proxy, probe settings and stages."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: the recipe's 'out', else mmsift-run)."),
+    check: bool = typer.Option(False, "--check", help="Only check the recipe (keys, methods, budgets, paths)."),
+) -> None:
+    """Run a whole recipe: warm-up or model -> probe -> clean/dedup/select stages -> subset, scores, report."""
+    from mmsift.recipe import RecipeError, load_recipe, run_recipe
+    from mmsift.store import StoreError
+
+    try:
+        loaded = load_recipe(recipe)
+    except RecipeError as e:
+        typer.echo(f"error: {recipe}: {e}", err=True)
+        raise typer.Exit(2) from None
+    if check:
+        typer.echo(f"{recipe}: OK ({len(loaded.data['stages'])} stages, methods {', '.join(loaded.methods)})")
+        return
+    try:
+        result = run_recipe(loaded, out=out)
+    except (RecipeError, StoreError, ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    for line in result.lines:
+        typer.echo(line)
+
+
+@app.command("methods", cls=_Command)
 def methods_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -154,17 +243,17 @@ def _wire_commands() -> None:
     from mmsift.judge.command import judge_command
     from mmsift.probe.command import probe_command, warmup_command
 
-    app.command("validate")(validate_command)
-    app.command("warmup")(warmup_command)
-    app.command("probe")(probe_command)
-    app.command("judge")(judge_command)
-    app.command("bench")(bench_command)
+    app.command("validate", cls=_Command)(validate_command)
+    app.command("warmup", cls=_Command)(warmup_command)
+    app.command("probe", cls=_Command)(probe_command)
+    app.command("judge", cls=_Command)(judge_command)
+    app.command("bench", cls=_Command)(bench_command)
 
 
 _wire_commands()
 
 
-@app.command("demo")
+@app.command("demo", cls=_Command)
 def demo_command(
     out: Path = typer.Option(Path("mmsift-demo"), "--out", "-o", help="Folder for the pool, model, run and subsets."),
     n_images: int = typer.Option(300, "--n-images", help="easy-vqa images to build the pool from."),
@@ -176,11 +265,15 @@ def demo_command(
     warmup_epochs: int = typer.Option(2, "--warmup-epochs"),
 ) -> None:
     """End to end on the bundled easy-vqa pool: build, validate, warm up a proxy, probe, select, explain."""
+    from mmsift.cli_common import fail_systematic
     from mmsift.demo import run_demo
+    from mmsift.failures import SystematicFailure
 
     try:
         result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device,
                           warmup_samples=warmup_samples, warmup_epochs=warmup_epochs)
+    except SystematicFailure as e:
+        fail_systematic(e)
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -48,8 +48,9 @@ def run_demo(
     from mmsift.data.io import read_pool
     from mmsift.data.validate import validate_pool
     from mmsift.probe.runner import run_probe
+    from mmsift.explain import describe_components, rerun_commands, score_meaning, task_notes
     from mmsift.probe.warmup import read_warmup_log, shuffle_line, warmup
-    from mmsift.report import write_selection
+    from mmsift.report import selection_settings, write_selection
     from mmsift.scorers import get_scorer_class
     from mmsift.select import select_run
 
@@ -90,14 +91,17 @@ def run_demo(
     for method in methods:
         sel = selections[method] = select_run(str(out / "run"), method, budget, seed=seed)
         subset = out / "subsets" / method / "subset.json"
-        write_selection(sel, pool, subset, skipped=store.manifest.get("skipped", []))
+        settings = selection_settings(run=out / "run", method=method, budget=budget, seed=seed, params={},
+                                      dedup=None, balance_tasks=False, pool=pool_path, out=subset)
+        write_selection(sel, pool, subset, skipped=store.manifest.get("skipped", []), settings=settings)
         result.subsets[method] = subset
-        kept = sel.scores[sel.rows]
+        meaning = score_meaning(method)
+        kept = meaning.shown(sel.scores[sel.rows])
         say(f"   {method} ({get_scorer_class(method).summary}): kept {len(sel.rows)} of {sel.n_total}, "
-            f"scores kept {kept.min():.3g}..{kept.max():.3g} -> {subset}")
+            f"{meaning.sentence} ({meaning.label} {kept.min():.3g}..{kept.max():.3g}) -> {subset}")
         say("      per task: " + ", ".join(f"{t} {sel.kept_per_task.get(t, 0)}/{n}"
                                           for t, n in sorted(sel.total_per_task.items())))
-        for note in sel.notes:
+        for note in task_notes(sel.kept_per_task, sel.total_per_task) + sel.notes:
             say(f"      note: {note}")
     head = methods[0]
     sel = selections[head]
@@ -105,12 +109,18 @@ def run_demo(
     best, worst = order[::-1][:2], order[:2]
     pool_index = store.load([]).index  # store row -> pool position
     say(f"5. why ({head}): highest and lowest scored samples")
+    for line in describe_components(sel.details):
+        say(f"   {line}")
     for label, rows in (("kept", best), ("dropped", worst)):
         for row in rows:
             q, a = _question_answer(by_index[int(pool_index[row])])
             parts = "".join(f", {name} {values[row]:.3g}" for name, values in sel.details.items()
                             if getattr(values, "ndim", 0) == 1 and values.dtype.kind == "f")
             say(f"   {label} score {sel.scores[row]:.3f}{parts}: {q!r} -> {a!r}")
+    say("6. rerun any step on these outputs:")
+    for line in rerun_commands(pool=pool_path, images=images, model=model, run=out / "run", methods=methods,
+                               budget=budget, subsets=result.subsets, seed=seed):
+        say(f"   {line}")
     say(f"done in {time.perf_counter() - t0:.0f} s; outputs under {out}")
     result.lines = lines
     return result

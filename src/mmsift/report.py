@@ -62,6 +62,51 @@ def truth_summary(selection: Selection, signal_index: np.ndarray, labels: np.nda
     return out
 
 
+def write_scores(selection: Selection, ids, index, tasks, path: Path, *, meaning=None) -> Path:
+    """Every scored record: id, pool index, task, score (and its shown value), kept, and the score components.
+
+    Written by suffix: ``.csv``, ``.parquet`` or ``.jsonl`` (one object per line).
+    """
+    import pyarrow as pa
+
+    path = Path(path)
+    n = len(selection.scores)
+    kept = np.zeros(n, dtype=bool)
+    kept[selection.rows] = True
+    columns = {"id": [str(i) for i in ids], "index": np.asarray(index, dtype=np.int64),
+               "task": [str(t) for t in tasks], "score": selection.scores, "kept": kept}
+    if meaning is not None and meaning.sign != 1.0:
+        columns[meaning.label.replace(" ", "_")] = meaning.shown(selection.scores)
+    for name, values in selection.details.items():
+        values = np.asarray(values)
+        if values.ndim == 1 and len(values) == n and name not in columns:
+            columns[name] = values
+    table = pa.table(columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(table, path)
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+    elif suffix in (".jsonl", ".ndjson"):
+        with open(path, "w", encoding="utf-8") as f:
+            for row in table.to_pylist():
+                f.write(json.dumps(row, ensure_ascii=False, default=float) + "\n")
+    else:
+        raise ValueError(f"--scores {path}: use .csv, .parquet or .jsonl")
+    return path
+
+
+def ids_path_for(out: Path) -> Path:
+    """``subset.json`` -> ``subset.ids.txt``: named after the subset, so two selections in one folder never clash."""
+    out = Path(out)
+    return out.with_name(out.stem + ".ids.txt")
+
+
 def write_selection(
     selection: Selection,
     pool,
@@ -70,9 +115,15 @@ def write_selection(
     ids_path: Path | None = None,
     skipped: list | None = None,
     extra: dict | None = None,
+    settings: dict | None = None,
 ) -> dict:
-    """Write the subset (same format as ``out``'s suffix), ``ids.txt`` and ``<out>.report.json``; return the report."""
+    """Write the subset (format from ``out``'s suffix), ``<stem>.ids.txt`` and ``<stem>.report.json``.
+
+    ``settings``: what reproduces the selection (method, params, budget, seed, dedup, balance_tasks, run, pool,
+    versions, command); stored under ``"settings"`` in the report. Returns the report.
+    """
     from mmsift.data.io import write_subset
+    from mmsift.explain import task_notes
 
     by_index = {r.index: r.id for r in pool.records}
     for i, rid in zip(selection.index, selection.ids):
@@ -83,7 +134,7 @@ def write_selection(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_subset(pool, [int(i) for i in selection.index], out)
-    ids_path = ids_path or out.parent / "ids.txt"
+    ids_path = ids_path or ids_path_for(out)
     ids_path.write_text("".join(f"{i}\n" for i in selection.ids), encoding="utf-8")
     skipped = skipped or []
     report = {
@@ -93,6 +144,7 @@ def write_selection(
         "n_kept": len(selection.rows),
         "kept_per_task": selection.kept_per_task,
         "total_per_task": selection.total_per_task,
+        "task_notes": task_notes(selection.kept_per_task, selection.total_per_task),
         "dropped_by_dedup": selection.dropped_by_dedup,
         "skipped_records": len(skipped),
         "skipped_by_kind": dict(Counter(s.get("kind", "unknown") for s in skipped)),
@@ -101,11 +153,47 @@ def write_selection(
         "ids": str(ids_path),
         **(extra or {}),
     }
+    if settings is not None:
+        report["settings"] = settings
     if len(selection.rows):
         kept = selection.scores[selection.rows]
         report["score_kept_min"], report["score_kept_max"] = float(kept.min()), float(kept.max())
-    report_path = out.with_suffix(".report.json")
-    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    report_path = out.with_name(out.stem + ".report.json")
+    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     report["report"] = str(report_path)
     log.info("wrote %d records to %s", len(selection.rows), out)
     return report
+
+
+def selection_settings(*, run, method: str, budget, seed: int, params: dict | None, dedup: str | None,
+                       balance_tasks: bool, reference_run=None, pool=None, out=None) -> dict:
+    """Everything that decides a selection, for its report: rerunning with these gives the same ids.
+
+    ``command`` is the ``mmsift select`` command line that redoes it (into ``out``).
+    """
+    import shlex
+
+    from mmsift.explain import versions
+
+    argv = ["mmsift", "select", str(run), "--method", method, "--budget", str(budget), "--seed", str(seed)]
+    for key, value in (params or {}).items():
+        argv += ["--param", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    argv += ["--dedup", dedup] if dedup else []
+    argv += ["--balance-tasks"] if balance_tasks else []
+    argv += ["--reference-run", str(reference_run)] if reference_run is not None else []
+    argv += ["--data", str(pool)] if pool is not None else []
+    argv += ["--out", str(out)] if out is not None else []
+
+    return {
+        "run": str(Path(run).resolve()),
+        "pool": None if pool is None else str(pool),
+        "method": method,
+        "params": dict(params or {}),
+        "budget": budget,
+        "seed": seed,
+        "dedup": dedup,
+        "balance_tasks": balance_tasks,
+        "reference_run": None if reference_run is None else str(reference_run),
+        "versions": versions(),
+        "command": " ".join(shlex.quote(a) for a in argv),
+    }

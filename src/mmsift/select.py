@@ -70,8 +70,9 @@ def select_rows(
 ) -> Selection:
     """Score every row with ``scorer`` and keep ``budget`` of them.
 
-    ``dedup`` (a scorer with ``keep_mask``, e.g. SemDeDup) removes near-duplicates first. ``balance_tasks`` keeps
-    each task's share of the pool when the method defines no quotas of its own.
+    ``dedup`` (a scorer with ``keep_mask``, e.g. SemDeDup) removes near-duplicates first; the method's own
+    allocation (:meth:`Scorer.quotas` / :meth:`Scorer.choose`) then runs on the rows dedup kept. ``balance_tasks``
+    keeps each task's share of the pool when the method defines no quotas of its own.
     """
     n = len(signals)
     n_keep = resolve_budget(budget, n)
@@ -103,11 +104,20 @@ def select_rows(
         dedup_notes.append(f"budget {n_keep} is more than the {len(candidates)} selectable samples: kept them all")
         n_keep = len(candidates)
 
-    chosen = None
+    details = dict(scorer.details_)  # per-sample arrays of the full table (choose() may rescore a subset)
+    # The method's own allocation (quotas, choose) runs on what is left after dedup: with --dedup the method sees
+    # the deduplicated table, so DataTailor keeps its task budgets, COINCIDE its cluster shares, mmSSR its
+    # round-robin and SCALE its reserve.
     if dedup is None:
-        chosen = scorer.choose(signals, scores, n_keep)
+        view, view_scores, back = signals, scores, None
+    else:
+        back = np.flatnonzero(mask)
+        view, view_scores = signals.take(back), scores[back]
+    chosen = scorer.choose(view, view_scores, n_keep)
+    if chosen is not None and back is not None:
+        chosen = back[np.asarray(chosen, dtype=np.int64)]
     if chosen is None:
-        quotas = scorer.quotas(signals, scores, n_keep) if dedup is None else None
+        quotas = scorer.quotas(view, view_scores, n_keep)
         if quotas is None and balance_tasks:
             tasks, counts = np.unique(signals.tasks[candidates], return_counts=True)
             quotas = dict(zip(tasks.tolist(), apportion(counts, n_keep, caps=counts).tolist()))
@@ -139,7 +149,7 @@ def select_rows(
         total_per_task=dict(Counter(str(t) for t in signals.tasks)),
         dropped_by_dedup=dropped,
         notes=notes,
-        details=dict(scorer.details_),
+        details=details,
     )
 
 
@@ -160,6 +170,10 @@ def select_run(
     selfcheck); its ``loss`` is added as ``loss_ref``, matched by record id.
     """
     store = SignalStore(run)
+    if len(store) == 0:
+        n_skipped = store.manifest.get("n_skipped", "?")
+        raise ValueError(f"{run} holds no probed record ({n_skipped} skipped; see its manifest.json): "
+                         "nothing to select from; fix what the probe reported and probe again")
     scorer = make_scorer(method, params, random_state=seed)
     dedup_scorer = make_scorer(dedup, None, random_state=seed) if dedup else None
     needed = set(scorer.requires) | (set(dedup_scorer.requires) if dedup_scorer else set())

@@ -17,8 +17,9 @@ SCALARS = {
     "tok_loss_std": "standard deviation of per-token answer losses",
     "sv_entropy": "entropy of the normalised singular values of the sample's hidden states",
     "sv_tau": "largest normalised singular value sigma_1 / sum(sigma)",
-    "loss_sym": "answer loss after the symbol attack (multiple-choice only; NaN otherwise)",
-    "loss_perm": "answer loss after the permutation attack (multiple-choice only; NaN otherwise)",
+    "loss_mc": "answer loss over the multiple-choice rounds' answer tokens only (multiple-choice only; NaN otherwise)",
+    "loss_sym": "loss_mc after the symbol attack (multiple-choice rounds only; NaN for other records)",
+    "loss_perm": "loss_mc after the permutation attack (multiple-choice rounds only; NaN for other records)",
     "loss_imgnoise": "answer loss with the image noised (image records only; NaN otherwise)",
     "loss_ref": "answer loss under a reference model (selfcheck: the proxy before fine-tuning); from select --reference-run",
     "is_mc": "1 when a turn is multiple-choice with lettered options",
@@ -27,10 +28,14 @@ SCALARS = {
 
 VECTORS = {
     "last": "hidden state of the final token at the probe layer",
+    "last_final": "hidden state of the final token at the final layer (after the final norm)",
     "mean": "mean of the hidden states over all tokens at the probe layer",
     "attn_pool": "final token's attention-weighted sum of last-layer hidden states (mean over heads)",
     "img_mean": "L2-normalised mean over image tokens, concatenated over the chosen layers",
     "txt_mean": "L2-normalised mean over text tokens, concatenated over the chosen layers",
+    "attn_img": "COINCIDE: tanh of the mean attention output (o_proj input) over image tokens, L2-normalised, "
+                "concatenated over the feature layers",
+    "attn_txt": "COINCIDE: the same over the text tokens after the first image",
 }
 
 

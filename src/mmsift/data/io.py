@@ -1,4 +1,9 @@
-"""Reading pools (LLaVA JSON, JSONL, Parquet) and writing subsets of them exactly as they were read.
+"""Reading pools (JSON, JSONL, Parquet) and writing subsets of them exactly as they were read.
+
+The container (``Pool.format``: a JSON list, JSONL, or Parquet: one file, a folder of shards or a glob) is told
+by the path; the record layout (LLaVA ``conversations`` or ShareGPT/LLaMA-Factory ``messages``, see
+``formats.py``) is detected per record, or given (``layout=``), or taken from a ``dataset_info.json`` beside the
+pool that names the file.
 
 A pool's records keep their raw form (``Record.raw``: every field, in key order). ``Record.index`` is the
 record's position in ``Pool.records`` (``pool.records[i].index == i``); entries that could not be read (a broken
@@ -8,7 +13,8 @@ an index. ``Pool.problems`` holds the parse-level problems (see ``validate.py`` 
 record, so records + these errors = entries in the file) and ``missing_id`` warnings (records).
 
 Writing keeps the container format: a JSONL subset of a JSONL pool copies the selected lines byte for byte, a
-Parquet subset of a Parquet pool takes rows of the original Arrow table (schema and metadata kept), and JSON is
+Parquet subset of a Parquet pool streams the chosen rows of the source files (schema, metadata and image bytes
+kept, see ``parquet.py``), and JSON is
 re-serialised from the raw records with ``ensure_ascii=False`` (same keys, order and values; the indentation of
 the source is imitated, other whitespace is not kept).
 """
@@ -23,6 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmsift.data.formats import Layout, layout_for_pool
 from mmsift.data.records import ERROR, WARNING, Problem, Record, parse_record
 from mmsift.data.tasks import task_of
 
@@ -41,11 +48,21 @@ class Pool:
     problems: list[Problem] = field(default_factory=list)
     # Source state at read time, so that a JSONL subset is never copied from a file that changed since.
     _stat: tuple[int, int] | None = field(default=None, repr=False)
-    _table: object = field(default=None, repr=False)  # the pyarrow Table of a Parquet pool
+    _sources: list[str] = field(default_factory=list, repr=False)  # the files of a Parquet pool
+    _source_stats: list = field(default_factory=list, repr=False)
     _indent: int | None = field(default=None, repr=False)  # indentation of a JSON source
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def layouts(self) -> dict[str, int]:
+        """Records per detected layout (``Layout.describe()``), most common first."""
+        counts: dict[str, int] = {}
+        for rec in self.records:
+            if rec.layout is not None:
+                counts[rec.layout.describe()] = counts.get(rec.layout.describe(), 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def format_of(path: str | os.PathLike, default: str | None = None) -> str:
@@ -58,30 +75,52 @@ def format_of(path: str | os.PathLike, default: str | None = None) -> str:
     return fmt
 
 
+def pool_exists(path: str | os.PathLike) -> bool:
+    """True for a pool file, a folder holding Parquet shards, or a glob that matches files."""
+    from mmsift.data.parquet import parquet_sources
+
+    try:
+        return Path(path).is_file() or bool(parquet_sources(path))
+    except FileNotFoundError:
+        return False
+
+
 def _stat(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
 
 
-def read_pool(path: str | os.PathLike, *, task_field: str | None = None) -> Pool:
-    """Read a pool. Content problems go to ``Pool.problems``; a missing file or unknown suffix raises."""
+def read_pool(path: str | os.PathLike, *, task_field: str | None = None, layout: Layout | None = None) -> Pool:
+    """Read a pool. Content problems go to ``Pool.problems``; a missing file or unknown suffix raises.
+
+    ``path``: a .json/.jsonl/.parquet file, a folder of Parquet shards, or a glob of them. ``layout``: the record
+    layout every record must follow; by default a ``dataset_info.json`` beside the pool naming this file gives
+    it, else it is detected per record.
+    """
+    from mmsift.data.parquet import parquet_sources
+
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a pool file (.json, .jsonl or .parquet)")
-    fmt = format_of(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pool file not found: {path}")
-    if fmt == "jsonl":
-        pool = _read_jsonl(path)
-    elif fmt == "parquet":
-        pool = _read_parquet(path)
+    sources = parquet_sources(path)
+    if sources is None and path.is_dir():
+        raise ValueError(f"{path} is a folder, not a pool file (.json, .jsonl or .parquet), and holds no .parquet "
+                         "shards")
+    if sources is None:
+        format_of(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"pool file not found: {path}")
+    if layout is None and sources is None:
+        layout = layout_for_pool(path)
+    if sources is not None:
+        pool = _read_parquet(path, sources, layout)
+    elif format_of(path) == "jsonl":
+        pool = _read_jsonl(path, layout)
     else:
-        pool = _read_json(path)
+        pool = _read_json(path, layout)
     for rec in pool.records:
         rec.task = task_of(rec, task_field)
         pool.problems.extend(_id_problems(rec))
-    log.info("read %d records from %s (%s), %d parse problems", len(pool.records), path, pool.format,
-             len(pool.problems))
+    log.info("read %d records from %s (%s; %s), %d parse problems", len(pool.records), path, pool.format,
+             ", ".join(pool.layouts) or "no known layout", len(pool.problems))
     return pool
 
 
@@ -92,7 +131,7 @@ def _id_problems(rec: Record) -> list[Problem]:
     return []
 
 
-def _read_jsonl(path: Path) -> Pool:
+def _read_jsonl(path: Path, layout: Layout | None) -> Pool:
     records: list[Record] = []
     problems: list[Problem] = []
     stat = _stat(path)
@@ -114,14 +153,14 @@ def _read_jsonl(path: Path) -> Pool:
                 problems.append(Problem("not_an_object", ERROR, None, None, lineno,
                                         f"line holds a JSON {type(obj).__name__}, not an object"))
                 continue
-            records.append(parse_record(obj, len(records), line=lineno))
+            records.append(parse_record(obj, len(records), line=lineno, layout=layout))
     return Pool(path=path, format="jsonl", records=records, problems=problems, _stat=stat)
 
 
 _INDENT = re.compile(r"^\s*\[\s*?\n([ \t]+)[{\[]")
 
 
-def _read_json(path: Path) -> Pool:
+def _read_json(path: Path, layout: Layout | None) -> Pool:
     stat = _stat(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -134,7 +173,7 @@ def _read_json(path: Path) -> Pool:
         # Many "pool.json" files are really JSONL: several objects, one per line.
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
             log.info("%s holds one JSON object per line; reading it as JSONL", path)
-            return _read_jsonl(path)
+            return _read_jsonl(path, layout)
         return Pool(path, "json", [], [Problem("unparseable_file", ERROR, None, None, e.lineno,
                                                f"invalid JSON: {e}")], _stat=stat)
     if not isinstance(data, list):
@@ -145,7 +184,7 @@ def _read_json(path: Path) -> Pool:
     problems: list[Problem] = []
     for pos, obj in enumerate(data):
         if isinstance(obj, dict):
-            records.append(parse_record(obj, len(records)))
+            records.append(parse_record(obj, len(records), layout=layout))
         else:
             problems.append(Problem("not_an_object", ERROR, None, None, None,
                                     f"entry {pos} of the list is a JSON {type(obj).__name__}, not an object"))
@@ -154,13 +193,16 @@ def _read_json(path: Path) -> Pool:
     return Pool(path, "json", records, problems, _stat=stat, _indent=indent)
 
 
-def _read_parquet(path: Path) -> Pool:
-    import pyarrow.parquet as pq
+def _read_parquet(path: Path, sources: list[str], layout: Layout | None) -> Pool:
+    from tqdm.auto import tqdm
 
-    table = pq.read_table(path)
-    rows = table.to_pylist()
-    records = [parse_record(row, i) for i, row in enumerate(rows)]
-    return Pool(path, "parquet", records, [], _stat=_stat(path), _table=table)
+    from mmsift.data.parquet import iter_rows
+
+    stats = [_stat(Path(f)) for f in sources]
+    records = [parse_record(row, i, layout=layout)
+               for i, (row, _) in enumerate(tqdm(iter_rows(sources), desc="reading parquet", unit="rec",
+                                                 disable=None, leave=False))]
+    return Pool(path, "parquet", records, [], _sources=sources, _source_stats=stats)
 
 
 def write_subset(pool: Pool, indices, out_path: str | os.PathLike) -> Path:
@@ -175,7 +217,10 @@ def write_subset(pool: Pool, indices, out_path: str | os.PathLike) -> Path:
     if chosen and (chosen[0] < 0 or chosen[-1] >= n):
         bad = [i for i in chosen if i < 0 or i >= n][:5]
         raise IndexError(f"indices {bad} are outside the pool ({n} records)")
-    fmt = format_of(out_path, default=pool.format)
+    if out_path.suffix.lower() not in FORMATS:
+        raise ValueError(f"cannot write a subset as {out_path.suffix or 'a file without suffix'!r}: use .json, "
+                         ".jsonl or .parquet (records keep their nested conversations, which CSV cannot hold)")
+    fmt = format_of(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
     os.close(fd)
@@ -209,7 +254,10 @@ def _copy_jsonl_lines(pool: Pool, chosen: list[int], tmp: Path) -> None:
 
 def _json_default(obj):
     # Parquet rows can hold values JSON has no form for (bytes, timestamps): say which, instead of guessing.
-    raise TypeError(f"a {type(obj).__name__} value cannot be written as JSON; write this subset as .parquet")
+    from mmsift.data.records import EmbeddedImage
+
+    what = "embedded image bytes" if isinstance(obj, EmbeddedImage) else f"a {type(obj).__name__} value"
+    raise TypeError(f"{what} cannot be written as JSON; write this subset as .parquet")
 
 
 def _write_json_like(pool: Pool, chosen: list[int], tmp: Path, fmt: str) -> None:
@@ -248,8 +296,13 @@ def _write_parquet(pool: Pool, chosen: list[int], tmp: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if pool.format == "parquet" and pool._table is not None:
-        table = pool._table.take(pa.array(chosen, type=pa.int64()))
+    if pool.format == "parquet" and pool._sources:
+        from mmsift.data.parquet import write_rows
+
+        if [_stat(Path(f)) for f in pool._sources] != pool._source_stats:
+            raise RuntimeError(f"{pool.path} changed since it was read; read the pool again before writing a subset")
+        write_rows(pool._sources, chosen, tmp)
+        return
     else:
         try:
             table = pa.Table.from_pylist([pool.records[i].raw for i in chosen])

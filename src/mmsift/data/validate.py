@@ -10,11 +10,14 @@ Parse level (from ``io.read_pool``)
   not_an_object      E  a JSONL line / JSON list entry that is not an object; not a record
   missing_id         W  no ``id`` (or null): the record gets its pool index as id
 Records
+  unknown_format     E  the record has neither a ``conversations`` nor a ``messages`` list (nor the conversation
+                        column of the layout given); the message names the fields it has and the known layouts
   bad_id             E  ``id`` is neither a non-empty string nor an integer
   duplicate_id       E  an id seen before; the first record with it is kept, every later one is an error
-  missing_conversations E  no ``conversations``, or not a list, or an empty list
-  malformed_turn     E  a turn that is not an object with a string ``from`` and a string ``value``
-                        (``role``/``content`` are accepted too); role and placeholder checks are then skipped
+  missing_conversations E  the conversation (``conversations``/``messages``) is not a list, or an empty list
+  malformed_turn     E  a turn that is not an object with a string speaker (``from``/``role``) and a text
+                        (``value``/``content``: a string or a list of typed text/image parts); role and
+                        placeholder checks are then skipped
   empty_turn         E  a turn whose text is empty or only whitespace (a user turn holding only ``<image>`` is fine)
   bad_role           E  a speaker other than human/user, gpt/assistant, system (case-insensitive)
   roles_out_of_order E  the rule: an optional single leading ``system`` turn, then user and assistant turns
@@ -23,7 +26,8 @@ Records
                      E  the number of ``<image>`` placeholders in user turns differs from the number of images,
                         or a placeholder appears in a system/assistant turn, or a text-only record has one.
                      W  one image and no placeholder: LLaVA's own loader accepts this and puts the image first
-  bad_image_field    E  ``image``/``images`` is not a path or a list of paths (or both keys are set)
+  bad_image_field    E  ``image``/``images`` is not a path, an ``{"bytes", "path"}`` struct or a list of these
+                        (or both keys are set)
   unsafe_image_path  E  an absolute image path or one that leaves the images folder (``..``, symlinks); such a
                         file is never opened
   missing_image      E  the image file does not exist
@@ -34,7 +38,8 @@ Pool
 
 Image checks open each distinct path once (cached), in a small thread pool: PNG files are verified chunk by chunk
 (CRCs), JPEG files must end with an end-of-image marker (when it is missing, a reduced-size decode decides), other
-formats are decoded. ``decode_images=True`` fully decodes every image instead (slower, stricter).
+formats are decoded. ``decode_images=True`` fully decodes every image instead (slower, stricter). Images embedded
+in a Parquet pool are read row group by row group and decoded in memory, one row group at a time.
 """
 
 from __future__ import annotations
@@ -48,9 +53,8 @@ from pathlib import Path
 
 from mmsift.data.io import Pool, read_pool
 from mmsift.data.paths import ImageResolver, UnsafePathError, check_images_dir, check_relative
-from mmsift.data.records import (
-    ERROR, IMAGE_PLACEHOLDER, ROLE_ALIASES, WARNING, Problem, Record, image_field,
-)
+from mmsift.data.formats import BUILTIN, CANDIDATES, TurnError, read_turn
+from mmsift.data.records import ERROR, IMAGE_PLACEHOLDER, WARNING, EmbeddedImage, Problem, Record, image_field
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +62,13 @@ __all__ = ["KINDS", "Problem", "ValidationReport", "validate_pool", "check_image
 
 # Display order of the kinds in reports.
 KINDS = (
-    "unparseable_file", "not_a_list", "unparseable_line", "not_an_object", "missing_id", "bad_id", "duplicate_id",
+    "unparseable_file", "not_a_list", "unparseable_line", "not_an_object", "missing_id", "unknown_format", "bad_id", "duplicate_id",
     "missing_conversations", "malformed_turn", "empty_turn", "bad_role", "roles_out_of_order",
     "image_placeholder_mismatch", "bad_image_field", "unsafe_image_path", "missing_image", "unreadable_image",
     "corrupt_image", "empty_pool",
 )
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
-_UNREADABLE_TURNS = {"missing_conversations", "malformed_turn", "bad_role"}
+_UNREADABLE_TURNS = {"unknown_format", "missing_conversations", "malformed_turn", "bad_role"}
 
 
 @dataclass
@@ -80,6 +84,7 @@ class ValidationReport:
     checked_images: bool = False
     notes: list[str] = field(default_factory=list)
     tasks: dict[str, int] = field(default_factory=dict)  # good records per task (``Record.task``), largest first
+    layouts: dict[str, int] = field(default_factory=dict)  # records per detected layout (Layout.describe())
 
     @property
     def n_errors(self) -> int:
@@ -113,6 +118,7 @@ class ValidationReport:
             "bad_indices": sorted(self.bad_indices),
             "notes": list(self.notes),
             "tasks": dict(self.tasks),
+            "layouts": dict(self.layouts),
             "problems": [asdict(p) for p in self.problems],
         }
 
@@ -120,6 +126,8 @@ class ValidationReport:
         lines = []
         if self.path is not None:
             lines.append(f"pool: {self.path} ({self.format}, {self.n_records} records)")
+        for desc, n in self.layouts.items():
+            lines.append(f"detected format: {desc}" + (f" ({n} records)" if len(self.layouts) > 1 else ""))
         if self.images_dir is not None:
             lines.append(f"images: {self.images_dir}" + ("" if self.checked_images else " (files not checked)"))
         lines.extend(f"note: {n}" for n in self.notes)
@@ -146,13 +154,14 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def read_and_validate(data, images=None, *, task_field: str | None = None, check_images: bool = True):
+def read_and_validate(data, images=None, *, task_field: str | None = None, check_images: bool = True,
+                      layout=None):
     """Read the pool ``data`` and validate it as every command does; ``images`` defaults to the pool file's folder.
 
-    Returns ``(pool, images_dir, report)``.
+    ``layout``: see :func:`mmsift.data.io.read_pool`. Returns ``(pool, images_dir, report)``.
     """
     check_images_dir(images)
-    pool = read_pool(data, task_field=task_field)
+    pool = read_pool(data, task_field=task_field, layout=layout)
     images_dir = str(images) if images is not None else str(Path(pool.path).parent)
     return pool, images_dir, validate_pool(pool, images_dir, check_images=check_images)
 
@@ -172,6 +181,7 @@ def validate_pool(
     problems: list[Problem] = list(pool.problems)
     first_index_of: dict[str, int] = {}
     uses: dict[str, list[Record]] = {}  # image path -> records that use it, for one check per path
+    embedded: list[tuple[EmbeddedImage, Record]] = []
 
     for rec in pool.records:
         if rec.id in first_index_of:
@@ -182,6 +192,9 @@ def validate_pool(
         id_problem = _check_id(rec)
         if id_problem is not None:
             problems.append(id_problem)
+        if rec.layout is None:
+            problems.append(_problem("unknown_format", ERROR, rec, _unknown_format_message(rec.raw)))
+            continue
         conv_problems = _check_conversation(rec)
         problems.extend(conv_problems)
         image_problem = _check_image_field(rec)
@@ -191,8 +204,12 @@ def validate_pool(
         # Placeholders are only counted in a conversation whose turns could all be read.
         if not any(p.kind in _UNREADABLE_TURNS for p in conv_problems):
             problems.extend(_check_placeholders(rec))
-        for relpath in dict.fromkeys(rec.images):
+        refs = rec.embedded or [None] * len(rec.images)
+        for relpath in dict.fromkeys(p for p, ref in zip(rec.images, refs) if ref is None):
             uses.setdefault(relpath, []).append(rec)
+        for ref in refs:
+            if ref is not None and check_images:
+                embedded.append((ref, rec))
 
     do_files = check_images and images_dir is not None
     notes = []
@@ -208,6 +225,12 @@ def validate_pool(
         kind, message = found
         for rec in recs:
             problems.append(_problem(kind, ERROR, rec, message))
+    if embedded:
+        from mmsift.data.parquet import check_embedded
+
+        for (ref, rec), found in zip(embedded, check_embedded([ref for ref, _ in embedded], decode=decode_images)):
+            if found is not None:
+                problems.append(_problem(found[0], ERROR, rec, f"embedded image ({ref.column}): {found[1]}"))
 
     if not pool.records and not pool.problems:
         problems.append(Problem("empty_pool", WARNING, None, None, None, "the pool has no records"))
@@ -220,7 +243,13 @@ def validate_pool(
     for rec in pool.records:
         if rec.task is not None and rec.index not in bad:
             tasks[rec.task] = tasks.get(rec.task, 0) + 1
+    layouts: dict[str, int] = {}
+    for rec in pool.records:
+        if rec.layout is not None:
+            desc = rec.layout.describe()
+            layouts[desc] = layouts.get(desc, 0) + 1
     return ValidationReport(
+        layouts=dict(sorted(layouts.items(), key=lambda kv: (-kv[1], kv[0]))),
         problems=problems, bad_indices=bad, n_records=len(pool.records), path=str(pool.path), format=pool.format,
         images_dir=None if images_dir is None else str(images_dir), checked_images=do_files, notes=notes,
         tasks=dict(sorted(tasks.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -238,23 +267,29 @@ def _check_id(rec: Record) -> Problem | None:
     return _problem("bad_id", ERROR, rec, f"'id' must be a non-empty string or an integer, got {_short(value)}")
 
 
+def _unknown_format_message(raw: dict) -> str:
+    fields = ", ".join(repr(k) for k in list(raw)[:12]) + (", ..." if len(raw) > 12 else "")
+    return (f"the record fits no known layout; its fields are {fields or '(none)'}. Known layouts: {CANDIDATES}. "
+            "For renamed columns or tags, put a LLaMA-Factory dataset_info.json beside the pool with an entry whose "
+            "file_name is the pool file (columns: messages, images; tags: role_tag, content_tag, user_tag, "
+            "assistant_tag)")
+
+
 def _check_conversation(rec: Record) -> list[Problem]:
-    conv = rec.raw.get("conversations")
+    layout = rec.layout
+    conv = rec.raw.get(layout.messages)
     if not isinstance(conv, (list, tuple)) or not conv:
         what = "missing" if conv is None else ("empty" if isinstance(conv, (list, tuple)) else
                                                f"a {type(conv).__name__}, not a list")
-        return [_problem("missing_conversations", ERROR, rec, f"'conversations' is {what}")]
+        return [_problem("missing_conversations", ERROR, rec, f"{layout.messages!r} is {what}")]
     malformed, empty, unknown = [], [], []
     for pos, turn in enumerate(conv):
-        if not isinstance(turn, dict):
-            malformed.append(f"turn {pos} is a {type(turn).__name__}")
+        try:
+            speaker, text, _ = read_turn(turn, layout)
+        except TurnError as e:
+            malformed.append(f"turn {pos} {e}")
             continue
-        speaker = turn.get("from", turn.get("role"))
-        text = turn.get("value", turn.get("content"))
-        if not isinstance(speaker, str) or not isinstance(text, str):
-            malformed.append(f"turn {pos} needs string 'from' and 'value' (got {speaker!r}, {_short(text)})")
-            continue
-        if speaker.strip().lower() not in ROLE_ALIASES:
+        if layout.role_of(speaker) is None:
             unknown.append(f"turn {pos} is from {speaker!r}")
         if not text.strip():
             empty.append(pos)
@@ -264,8 +299,9 @@ def _check_conversation(rec: Record) -> list[Problem]:
     if empty:
         out.append(_problem("empty_turn", ERROR, rec, f"turn(s) {', '.join(map(str, empty))} have no text"))
     if unknown:
-        out.append(_problem("bad_role", ERROR, rec, "; ".join(unknown) +
-                            " (expected human/user, gpt/assistant or system)"))
+        tags = (f"{layout.user_tag}, {layout.assistant_tag} or {layout.system_tag}" if layout not in BUILTIN
+                else "human/user, gpt/assistant or system")
+        out.append(_problem("bad_role", ERROR, rec, "; ".join(unknown) + f" (expected {tags})"))
         return out
     order = _order_error([t.role for t in rec.turns])
     if order:
@@ -294,17 +330,25 @@ def _short(value) -> str:
 
 def _check_image_field(rec: Record) -> Problem | None:
     raw = rec.raw
-    both = [k for k in ("image", "images") if raw.get(k) not in (None, "", [])]
-    if len(both) == 2 and raw["image"] != raw["images"]:
-        return _problem("bad_image_field", ERROR, rec, "both 'image' and 'images' are set; keep one")
-    value = image_field(raw)
-    if value is None or value == [] or isinstance(value, str) and value:
-        return None
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
-        return None
-    hint = " (embedded image bytes are not supported; give file paths)" if isinstance(value, dict) else ""
-    return _problem("bad_image_field", ERROR, rec,
-                    f"the image field must be a path or a list of paths, got {_short(value)}{hint}")
+    if rec.layout in BUILTIN:
+        both = [k for k in ("image", "images") if raw.get(k) not in (None, "", [])]
+        if len(both) == 2 and raw["image"] != raw["images"]:
+            return _problem("bad_image_field", ERROR, rec, "both 'image' and 'images' are set; keep one")
+    value = image_field(raw, rec.layout)
+    items = value if isinstance(value, (list, tuple)) else [] if value in (None, "") else [value]
+    for item in items:
+        if isinstance(item, str) and item:
+            continue
+        if isinstance(item, dict) and (isinstance(item.get("bytes"), EmbeddedImage)
+                                       or item.get("bytes") is None and isinstance(item.get("path"), str)
+                                       and item["path"]):
+            continue
+        hint = ""
+        if isinstance(item, dict) and isinstance(item.get("bytes"), (bytes, bytearray)):
+            hint = " (image bytes are read from Parquet pools only)"
+        return _problem("bad_image_field", ERROR, rec, "the image field must be a path, an {'bytes', 'path'} "
+                        f"struct or a list of these, got {_short(value)}{hint}")
+    return None
 
 
 def _check_placeholders(rec: Record) -> list[Problem]:
@@ -362,8 +406,6 @@ def _check_paths(relpaths: list[str], images_dir, do_files: bool, decode: bool,
 
 def check_image_file(path: str | os.PathLike, *, decode: bool = False) -> tuple[str, str] | None:
     """``None`` for a good image file, else ``(kind, message)``. See the module docstring for what is checked."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -377,32 +419,40 @@ def check_image_file(path: str | os.PathLike, *, decode: bool = False) -> tuple[
     except OSError as e:
         return "unreadable_image", f"cannot open {path}: {e.strerror or e}"
     with f:  # one open per file: PIL reads from it, and so does the JPEG end-marker check
-        try:
-            im = Image.open(f)
-        except UnidentifiedImageError:
-            return "unreadable_image", f"{path} is not an image format PIL can read"
-        except Image.DecompressionBombError as e:
-            return "unreadable_image", f"{path}: {e}"
-        except OSError as e:
-            if e.errno is not None:  # the OS refused (I/O error)
-                return "unreadable_image", f"cannot read {path}: {e.strerror or e}"
-            return "corrupt_image", f"{path} has a broken header: {e}"
-        fmt = im.format
-        try:
-            if decode:
+        return check_image_data(f, st.st_size, str(path), decode=decode)
+
+
+def check_image_data(f, size: int, path: str, *, decode: bool = False) -> tuple[str, str] | None:
+    """The image checks of :func:`check_image_file` on an open binary file object of ``size`` bytes; ``path``
+    names it in messages."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(f)
+    except UnidentifiedImageError:
+        return "unreadable_image", f"{path} is not an image format PIL can read"
+    except Image.DecompressionBombError as e:
+        return "unreadable_image", f"{path}: {e}"
+    except OSError as e:
+        if e.errno is not None:  # the OS refused (I/O error)
+            return "unreadable_image", f"cannot read {path}: {e.strerror or e}"
+        return "corrupt_image", f"{path} has a broken header: {e}"
+    fmt = im.format
+    try:
+        if decode:
+            im.load()
+        elif fmt == "PNG":
+            im.verify()
+        elif fmt == "JPEG":
+            f.seek(max(0, size - 64))
+            if b"\xff\xd9" not in f.read():
+                # No end marker: often truncated, sometimes only trailing padding; decoding decides.
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                 im.load()
-            elif fmt == "PNG":
-                im.verify()
-            elif fmt == "JPEG":
-                f.seek(max(0, st.st_size - 64))
-                if b"\xff\xd9" not in f.read():
-                    # No end marker: often truncated, sometimes only trailing padding; decoding decides.
-                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-                    im.load()
-            else:
-                im.load()
-        except Exception as e:  # PIL raises many types here (OSError, SyntaxError, ValueError, struct.error...)
-            return "corrupt_image", f"{path} ({fmt}) is broken: {e}"
-        finally:
-            im.close()
+        else:
+            im.load()
+    except Exception as e:  # PIL raises many types here (OSError, SyntaxError, ValueError, struct.error...)
+        return "corrupt_image", f"{path} ({fmt}) is broken: {e}"
+    finally:
+        im.close()
     return None

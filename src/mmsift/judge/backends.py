@@ -33,6 +33,10 @@ class JudgeBackend:
     def close(self) -> None:
         """Release what the backend holds (threads, model memory)."""
 
+    def describe(self) -> str:
+        """Where answers come from, for error messages."""
+        return f"the judge model {self.model_id!r}"
+
 
 def file_digest(path: str | Path, *, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()

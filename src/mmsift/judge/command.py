@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from mmsift.cli_common import fail_systematic
+from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, SystematicFailure
 from mmsift.judge.runner import run_judge
 
 
@@ -47,6 +49,9 @@ def judge_command(
         "--task-field", help="Record field naming its task/source (default: the image path's top folder).",
     )] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Judge only the first N good records.")] = None,
+    max_failures: Annotated[float, typer.Option(
+        "--max-failures", help="Share of questions that may get no usable answer before the run is stopped as a "
+                               "systematic error.")] = DEFAULT_MAX_FAILURE_RATE,
 ) -> None:
     """Rate pool samples with a judge VLM (cached: a rerun asks only what is not answered yet)."""
     if out is None and into is None:
@@ -72,7 +77,9 @@ def judge_command(
             raise typer.Exit(2)
         result = run_judge(data, images=images, backend=judge, out=out, into=into, methods=methods,
                            capabilities=capabilities, task_field=task_field, limit=limit,
-                           chunk_size=max(64, batch_size))
+                           chunk_size=max(64, batch_size), max_failure_rate=max_failures)
+    except SystematicFailure as e:
+        fail_systematic(e)
     except (OSError, ValueError, KeyError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)

@@ -77,6 +77,9 @@ class OpenAIBackend(JudgeBackend):
         if not os.environ.get(api_key_env):
             log.info("environment variable %s is not set: sending requests without an API key", api_key_env)
 
+    def describe(self) -> str:
+        return f"the server at {self.url} (model {self.model_id!r})"
+
     def _body(self, request: JudgeRequest) -> bytes:
         content: list[dict] = [{"type": "text", "text": request.prompt}]
         content += [{"type": "image_url", "image_url": {"url": image_data_url(p)}} for p in request.images]

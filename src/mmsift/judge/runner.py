@@ -28,6 +28,7 @@ from mmsift.data.io import read_pool
 from mmsift.data.paths import resolve_image
 from mmsift.data.records import ERROR, Record
 from mmsift.data.validate import validate_pool
+from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, FailureGuard, check_max_failure_rate
 from mmsift.judge import parse, prompts
 from mmsift.judge.backends import JudgeBackend, JudgeRequest, file_digest
 from mmsift.judge.cache import CACHE_FILE, CachedBackend, JudgeCache
@@ -87,12 +88,16 @@ def _methods(methods) -> list[str]:
 class _Asker:
     """Streams questions through the cached backend in chunks and hands each parsed answer to ``fill``;
     answers that do not parse go to ``bad`` (column -> [(row, raw answer)]). Jobs are generated lazily, so a
-    million-record pool never holds all its prompts in memory."""
+    million-record pool never holds all its prompts in memory. ``guard`` stops the run when most questions get no
+    usable answer (an unreachable server, a model that cannot follow the prompt): that is not bad data."""
 
-    def __init__(self, backend: CachedBackend, chunk_size: int, bad: dict[str, list[tuple[int, str | None]]]):
+    def __init__(self, backend: CachedBackend, chunk_size: int, bad: dict[str, list[tuple[int, str | None]]],
+                 guard: FailureGuard, ids: list[str]):
         self.backend = backend
         self.chunk_size = chunk_size
         self.bad = bad
+        self.guard = guard
+        self.ids = ids
         self.n_questions = 0
 
     def ask(self, jobs: Iterable[tuple[int, str, JudgeRequest]], total: int, desc: str,
@@ -105,10 +110,14 @@ class _Asker:
                     value = parsers[col](raw)
                     if value is None:
                         self.bad.setdefault(col, []).append((row, raw))
+                        why = "no answer (backend error or time-out)" if raw is None else "answer did not parse"
+                        self.guard.failed(self.ids[row], f"{col}: {why}")
                     else:
                         fill(row, col, value)
+                        self.guard.ok()
                 self.n_questions += len(part)
                 bar.update(len(part))
+                self.guard.check()
 
 
 def run_judge(
@@ -123,6 +132,7 @@ def run_judge(
     into: str | os.PathLike | None = None,
     limit: int | None = None,
     chunk_size: int = 64,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
 ) -> JudgeResult:
     """Judge the pool ``data`` and write the judge columns to the run directory ``out``, or, with ``into``, add
     them to that existing run (aligned by record id; rows the judge did not see get NaN). The answer cache lives
@@ -169,7 +179,10 @@ def run_judge(
     n = len(records)
     columns: dict[str, np.ndarray] = {}
     bad: dict[str, list[tuple[int, str | None]]] = {}  # column -> (row, raw answer) that did not parse
-    asker = _Asker(cached, chunk_size, bad)
+    guard = FailureGuard("judge", log_dir=root, max_failure_rate=check_max_failure_rate(max_failure_rate),
+                         unit="questions", cause=f"{backend.describe()} is unreachable, keeps failing, or does not "
+                                                 "answer in the format the prompts ask for")
+    asker = _Asker(cached, chunk_size, bad, guard, [r.id for r in records])
 
     def fill(row: int, col: str, value) -> None:
         if col == "styles":
@@ -191,6 +204,7 @@ def run_judge(
             asker.ask(jobs, n * (len(caps) + 1), "judge mmssr", parsers, fill)
         if "scale" in ms:
             _scale(records, asker, request, columns, fill, bad)
+        guard.check(final=True)
     finally:
         cached.close()
 

@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from mmsift.cli_common import fail_systematic
+from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, SystematicFailure
+
 
 def _csv(value: Optional[str]) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
@@ -30,13 +33,19 @@ def warmup_command(
     base: Annotated[str, typer.Option(
         "--base", help="bundled: start from the pretrained base (built once, cached); none: random weights.")
     ] = "bundled",
+    max_failures: Annotated[float, typer.Option(
+        "--max-failures", help="Share of records that may fail before the run is stopped as a systematic error "
+                               "(broken install or model).")] = DEFAULT_MAX_FAILURE_RATE,
 ) -> None:
     """Make the bundled small proxy for a pool: the pretrained base, instruction-tuned on the pool (vision frozen)."""
     from mmsift.probe.warmup import read_warmup_log, shuffle_line, warmup
 
     try:
         path = warmup(data, images=images, out=out, n_samples=n_samples, epochs=epochs, seed=seed, device=device,
-                      lr=lr, batch_size=batch_size, task_field=task_field, base=base)
+                      lr=lr, batch_size=batch_size, task_field=task_field, base=base,
+                      max_failure_rate=max_failures)
+    except SystematicFailure as e:
+        fail_systematic(e)
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -80,6 +89,9 @@ def probe_command(
                               "up to 8 on GPU).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Probe only the first N valid records.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
+    max_failures: Annotated[float, typer.Option(
+        "--max-failures", help="Share of records that may fail before the run is stopped as a systematic error "
+                               "(broken install or model).")] = DEFAULT_MAX_FAILURE_RATE,
 ) -> None:
     """Run the proxy model once over the pool and write every signal the chosen methods need."""
     from mmsift.probe.runner import run_probe
@@ -90,7 +102,9 @@ def probe_command(
                            signals=_csv(signals) or None, device=device, batch_size=batch_size, layer=layer,
                            task_field=task_field, shard_size=shard_size, executor=executor, dtype=dtype,
                            limit=limit, vector_dim=vector_dim, num_workers=num_workers, overwrite=overwrite,
-                           ray_address=ray_address, ray_workers=ray_workers)
+                           ray_address=ray_address, ray_workers=ray_workers, max_failure_rate=max_failures)
+    except SystematicFailure as e:
+        fail_systematic(e)
     except (OSError, ValueError, KeyError, StoreError) as e:
         # An OSError's args[0] is its errno: print the whole message, which names the file.
         typer.echo(f"error: {e if isinstance(e, OSError) or not e.args else e.args[0]}", err=True)

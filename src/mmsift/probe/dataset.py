@@ -7,13 +7,20 @@ processes while the model runs in the main one. A record that cannot be encoded 
 
 from __future__ import annotations
 
+import logging
+import traceback
 from pathlib import Path
 
 from mmsift.data.records import Record, Turn
 from mmsift.probe.models import EncodeError, FamilyAdapter
-from mmsift.probe.perturb import diffusion_noise, permutation_attack, stable_seed, symbol_attack
+from mmsift.probe.perturb import find_mc_rounds, noise_image, permutation_attack, stable_seed, symbol_attack
 
-VARIANTS = ("loss_noq", "loss_sym", "loss_perm", "loss_imgnoise")
+VARIANTS = ("loss_noq", "loss_mc", "loss_sym", "loss_perm", "loss_imgnoise")
+# Variants scored on the multiple-choice rounds' answer tokens only, so that plain rounds of the same record do
+# not dilute the attack's effect (ARDS queries each multiple-choice round on its own).
+MC_VARIANTS = ("loss_mc", "loss_sym", "loss_perm")
+
+log = logging.getLogger(__name__)
 
 
 def variants_for(signals) -> tuple[str, ...]:
@@ -26,13 +33,20 @@ def as_list(items):
 
 
 def load_images(record: Record, images_dir) -> list:
-    """The record's images decoded to RGB PIL images (paths resolved safely inside ``images_dir``)."""
+    """The record's images decoded to RGB PIL images (paths resolved safely inside ``images_dir``, embedded
+    Parquet images read from their file)."""
     from PIL import Image
 
     from mmsift.data.paths import resolve_image
 
     out = []
-    for rel in record.images:
+    refs = record.embedded or [None] * len(record.images)
+    for rel, ref in zip(record.images, refs):
+        if ref is not None:  # bytes inside a Parquet pool, read on demand
+            from mmsift.data.parquet import open_embedded
+
+            out.append(open_embedded(ref))
+            continue
         path = resolve_image(images_dir, rel)
         with Image.open(path) as im:
             im.load()
@@ -43,6 +57,30 @@ def load_images(record: Record, images_dir) -> list:
 def without_question(turns: list[Turn]) -> list[Turn]:
     """The IFD "answer alone" conversation: user turns emptied (question and image placeholders removed)."""
     return [Turn(t.role, "") if t.role == "user" else t for t in turns]
+
+
+def answer_runs(answer_mask):
+    """Run number (0, 1, ...) of each answer position, -1 elsewhere: each contiguous run of answer tokens is one
+    assistant turn, in order."""
+    import torch
+
+    m = answer_mask.long()
+    starts = torch.cat([m[:1], (m[1:] - m[:-1]).clamp(min=0)])
+    return torch.where(answer_mask, starts.cumsum(0) - 1, torch.full_like(m, -1))
+
+
+def keep_rounds(enc, turns: list[Turn], assistant_turns):
+    """``enc`` with its answer mask kept only on the given assistant turns (indices into ``turns``); None (with a
+    warning) when the answer mask's runs do not line up with the assistant turns."""
+    runs = answer_runs(enc.answer_mask)
+    n_assistant = sum(t.role == "assistant" for t in turns)
+    if int(runs.max()) + 1 != n_assistant:
+        log.warning("answer mask has %d runs for %d assistant turns: multiple-choice rounds cannot be isolated",
+                    int(runs.max()) + 1, n_assistant)
+        return None
+    wanted = [sum(t.role == "assistant" for t in turns[:i]) for i in assistant_turns]
+    mask = enc.answer_mask & (runs[..., None] == runs.new_tensor(wanted)).any(-1)
+    return type(enc)(enc.input_ids, mask, enc.image_mask, enc.extra, enc.n_images)
 
 
 class ProbeDataset:
@@ -65,21 +103,27 @@ class ProbeDataset:
         try:
             images = load_images(rec, self.images_dir) if rec.images else []
         except Exception as e:  # missing/corrupt file found only now (validation may have been skipped)
-            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}")}
+            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}"), "traceback": _trace(e)}
         try:
             enc = self.adapter.encode(rec.turns, images)
             if self.max_length and len(enc) > self.max_length:
                 raise EncodeError(f"{len(enc)} tokens, longer than the model's context of {self.max_length}")
             variants = {}
+            wants_mc = set(MC_VARIANTS) & set(self.variants)
+            mc_turns = [r.assistant for r in find_mc_rounds(rec.turns)] if wants_mc else []
             for name in self.variants:
+                if name in MC_VARIANTS and not mc_turns:
+                    continue  # not a multiple-choice record: NaN
                 v = self._variant(name, rec, images, enc)
+                if v is not None and name in MC_VARIANTS:
+                    v = keep_rounds(v, rec.turns, mc_turns)
                 if v is not None:
                     variants[name] = v
         except EncodeError as e:
             kind = "too_long" if "longer than" in str(e) else "encode_error"
-            return {"pos": i, "error": (kind, str(e))}
+            return {"pos": i, "error": (kind, str(e)), "traceback": _trace(e)}
         except Exception as e:
-            return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}")}
+            return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}"), "traceback": _trace(e)}
         return {"pos": i, "enc": enc, "variants": variants}
 
     def _variant(self, name: str, rec: Record, images, enc):
@@ -87,6 +131,8 @@ class ProbeDataset:
 
         if name == "loss_noq":
             return self.adapter.encode(without_question(rec.turns), [])
+        if name == "loss_mc":
+            return enc  # the clean record; its mask is cut to the multiple-choice rounds by the caller
         if name == "loss_sym":
             turns = symbol_attack(rec.turns)
             return None if turns is None else self.adapter.encode(turns, images)
@@ -97,6 +143,11 @@ class ProbeDataset:
             if not images:
                 return None
             gen = torch.Generator().manual_seed(stable_seed(self.seed, rec.id, "imgnoise") % (2**63))
-            extra = self.adapter.noise_images(enc.extra, lambda x: diffusion_noise(x, generator=gen))
-            return type(enc)(enc.input_ids, enc.answer_mask, enc.image_mask, extra, enc.n_images)
+            # noise on the decoded image in [0, 1], before the processor resizes it (ARDS's order)
+            return self.adapter.encode(rec.turns, [noise_image(im, generator=gen) for im in images])
         raise ValueError(f"unknown variant {name!r}")
+
+
+def _trace(error: BaseException) -> str:
+    # Text, not the exception: items cross process boundaries from DataLoader workers.
+    return "".join(traceback.format_exception(error))

@@ -17,7 +17,7 @@ The chat template writes ``<|im_start|>`` (the BOS) itself and then ``User:`` / 
 
 from __future__ import annotations
 
-from mmsift.probe.family_llava_next import noise_crops, pad_cat
+from mmsift.probe.family_llava_next import pad_cat
 from mmsift.probe.models import FAMILIES, Batch, Encoded, EncodeError, FamilyAdapter
 
 
@@ -79,13 +79,5 @@ class Idefics3Adapter(FamilyAdapter):
     def decoder_layers(model):
         lm = model.model.text_model
         return lm, lm.layers
-
-    def noise_images(self, extra: dict, noise_fn) -> dict:
-        if "pixel_values" not in extra:
-            return extra
-        mean, std = self.pixel_mean_std()
-        pv = noise_crops(extra["pixel_values"], mean, std, noise_fn, valid=extra.get("pixel_attention_mask"))
-        return {**extra, "pixel_values": pv}
-
 
 FAMILIES.update(idefics3=Idefics3Adapter)

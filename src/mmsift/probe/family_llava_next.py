@@ -29,22 +29,6 @@ def pad_cat(tensors: list[torch.Tensor], *, pad_dims: tuple[int, ...]) -> torch.
     return torch.cat(out, dim=0)
 
 
-def noise_crops(pixel_values: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, noise_fn,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Noise ``(n, crops, C, H, W)`` pixels in [-1, 1]. All-zero crops are batch padding and stay zero (models
-    detect padding that way); where ``valid`` (n, crops, H, W) is given, padded pixels are left as they were."""
-    c = mean.numel()
-    shape = (1, 1, c, 1, 1)
-    pv = pixel_values.float()
-    x = (pv * std.view(shape) + mean.view(shape)) * 2.0 - 1.0
-    x = noise_fn(x).clamp(-1.0, 1.0)
-    x = ((x + 1.0) / 2.0 - mean.view(shape)) / std.view(shape)
-    keep = (pv != 0).flatten(2).any(-1)[..., None, None, None]  # (n, crops, 1, 1, 1): a real crop
-    if valid is not None:
-        keep = keep & valid.bool()[:, :, None]
-    return torch.where(keep, x, pv).to(pixel_values.dtype)
-
-
 class LlavaNextAdapter(FamilyAdapter):
     """LLaVA-NeXT (``llava_next``, ``LlavaNextForConditionalGeneration``)."""
 
@@ -60,12 +44,5 @@ class LlavaNextAdapter(FamilyAdapter):
         if pixels:
             batch.extra["pixel_values"] = pad_cat(pixels, pad_dims=(1,))
         return batch
-
-    def noise_images(self, extra: dict, noise_fn) -> dict:
-        if "pixel_values" not in extra:
-            return extra
-        mean, std = self.pixel_mean_std()
-        return {**extra, "pixel_values": noise_crops(extra["pixel_values"], mean, std, noise_fn)}
-
 
 FAMILIES.update(llava_next=LlavaNextAdapter)

@@ -135,15 +135,11 @@ class Qwen2VLAdapter(FamilyAdapter):
         pos = (batch.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return pos.unsqueeze(0).expand(3, -1, -1)
 
-    def forward(self, model, batch: Batch, *, hidden_layers=None):
+    def body_inputs(self, model, batch: Batch) -> dict:
         positions = self.rope_positions(model, batch)
         # Kept for final_token_attention, whose signature carries no batch; it checks the shape before use.
         self._positions = positions
-        out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
-                          use_cache=False,
-                          output_hidden_states=sorted(set(hidden_layers)) if hidden_layers else False,
-                          **batch.extra)
-        return out.last_hidden_state, out.hidden_states
+        return {**super().body_inputs(model, batch), "position_ids": positions}
 
     def final_token_attention(self, model, h_in: torch.Tensor, attention_mask: torch.Tensor,
                               last_pos: torch.Tensor) -> torch.Tensor:
@@ -168,20 +164,6 @@ class Qwen2VLAdapter(FamilyAdapter):
         allowed = attention_mask.bool() & (torch.arange(t, device=x.device)[None, :] <= last_pos[:, None])
         scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
         return torch.softmax(scores, dim=-1)
-
-    def noise_images(self, extra: dict, noise_fn) -> dict:
-        """Patches are flattened channel-major: ``(n_patches, C * t * p * p)``; noise them per channel."""
-        if "pixel_values" not in extra:
-            return extra
-        mean, std = self.pixel_mean_std()
-        pv = extra["pixel_values"]
-        c = mean.numel()
-        x = pv.float().reshape(pv.shape[0], c, -1)
-        x = (x * std.view(1, c, 1) + mean.view(1, c, 1)) * 2.0 - 1.0
-        x = noise_fn(x).clamp(-1.0, 1.0)
-        x = ((x + 1.0) / 2.0 - mean.view(1, c, 1)) / std.view(1, c, 1)
-        return {**extra, "pixel_values": x.reshape(pv.shape).to(pv.dtype)}
-
 
 def _rotate(x, cos, sin):
     half = x.shape[-1] // 2

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from mmsift.data.records import IMAGE_PLACEHOLDER, Turn
+from mmsift.probe.capture import hidden_state_taps, record_inputs
 
 log = logging.getLogger(__name__)
 
@@ -286,16 +286,29 @@ class FamilyAdapter:
     def num_layers(model) -> int:
         return int(model.config.get_text_config().num_hidden_layers)
 
-    def forward(self, model, batch: Batch, *, hidden_layers=None):
-        """Run the model body (no LM head). Returns (last_hidden_state, hidden_states tuple or None).
+    def body_inputs(self, model, batch: Batch) -> dict:
+        """Keyword arguments of the model body (``model.model``) for ``batch``."""
+        return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False,
+                **batch.extra}
 
-        ``hidden_layers`` are indices into the L+1 hidden states (0 = embeddings, -1 = final, after the final
-        norm); only those are kept, so memory does not grow with the model depth.
+    def forward(self, model, batch: Batch, *, hidden_layers=None):
+        """Run the model body (no LM head). Returns (last_hidden_state, {index: hidden state} or None).
+
+        ``hidden_layers`` are indices into the L+1 hidden states (0 = embeddings, L or -1 = final, after the final
+        norm); only those are kept, so memory does not grow with the model depth. They are read with forward
+        pre-hooks on the decoder layers (see capture.py), which behave the same on every transformers release.
         """
-        out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
-                          output_hidden_states=sorted(set(hidden_layers)) if hidden_layers else False,
-                          **batch.extra)
-        return out.last_hidden_state, out.hidden_states
+        n_layers = self.num_layers(model)
+        wanted = sorted({i % (n_layers + 1) for i in hidden_layers or ()})
+        _, layers = self.decoder_layers(model)
+        with record_inputs(hidden_state_taps(layers, wanted, n_layers)) as states:
+            out = model.model(**self.body_inputs(model, batch))
+        if not hidden_layers:
+            return out.last_hidden_state, None
+        hidden = dict(states)
+        if n_layers in wanted:
+            hidden[n_layers] = out.last_hidden_state
+        return out.last_hidden_state, hidden
 
     @staticmethod
     def lm_head(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -334,23 +347,6 @@ class FamilyAdapter:
         allowed = attention_mask.bool() & (torch.arange(t, device=x.device)[None, :] <= last_pos[:, None])
         scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
         return torch.softmax(scores, dim=-1)
-
-    def pixel_mean_std(self):
-        ip = self.processor.image_processor
-        return torch.tensor(ip.image_mean, dtype=torch.float32), torch.tensor(ip.image_std, dtype=torch.float32)
-
-    def noise_images(self, extra: dict, noise_fn) -> dict:
-        """``extra`` with its pixel tensor noised by ``noise_fn(x)`` on pixels in [-1, 1] (see perturb.py)."""
-        if "pixel_values" not in extra:
-            return extra
-        mean, std = self.pixel_mean_std()
-        pv = extra["pixel_values"].float()
-        shape = [1, -1] + [1] * (pv.dim() - 2)
-        x = (pv * std.view(shape) + mean.view(shape)) * 2.0 - 1.0  # [0,1] -> [-1,1]
-        x = noise_fn(x).clamp(-1.0, 1.0)
-        pv = ((x + 1.0) / 2.0 - mean.view(shape)) / std.view(shape)
-        return {**extra, "pixel_values": pv.to(extra["pixel_values"].dtype)}
-
 
 def _rotate(x, cos, sin):
     half = x.shape[-1] // 2
@@ -445,11 +441,14 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", dtype=None,
     """Load a vision-language model and its own processor from a local directory (never from a hub)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    from mmsift.compat import warn_outside_window
+
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model directory (no config.json); models are loaded from local "
                                 "disk only (build one with `mmsift warmup`)")
     check_device(device)
+    warn_outside_window()
     torch_dtype = resolve_dtype(dtype, device)
     cls = family_class(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
     processor = cls.load_processor(path)

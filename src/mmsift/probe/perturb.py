@@ -9,9 +9,11 @@ is one of those letters (``B``, ``(B)``, ``B.``, ``B. the option text``, ``The a
 - Permutation attack: option texts are reordered with a permutation seeded by (seed, record key, round); labels
   stay A, B, C, ... and the answer letter follows its option. An identity draw is rotated by one so that every
   MC item is actually perturbed.
-- Image noise: the forward diffusion process at step 300 of 1000 with a sigmoid beta schedule from 1e-5 to 5e-3
-  (ARDS's code), x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, applied to the pixels the model sees (after the
-  processor's resize/crop), mapped to [-1, 1], then clipped to [-1, 1] and mapped back.
+- Image noise: the forward diffusion process at step 300 of 1000 with a sigmoid beta schedule from 1e-5 to 5e-3,
+  x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, as ARDS's code does it: on the decoded image's pixels in [0, 1],
+  *before* the processor resizes and normalises it (:func:`noise_image`). The result is clipped to [0, 1] and
+  stored as 8-bit pixels; the code's float-to-byte conversion wraps values outside [0, 1] around (1.1 becomes
+  ~0.1), an artefact mmsift does not copy.
 """
 
 from __future__ import annotations
@@ -215,9 +217,20 @@ def alpha_bar(step: int = 300, n_steps: int = 1000, beta_start: float = 1e-5, be
 
 
 def diffusion_noise(x, *, generator, step: int = 300, n_steps: int = 1000):
-    """x_t = sqrt(abar) x + sqrt(1 - abar) eps for a torch tensor ``x`` in [-1, 1]; eps from ``generator`` (CPU)."""
+    """x_t = sqrt(abar) x + sqrt(1 - abar) eps for a torch tensor ``x``; eps from ``generator`` (CPU)."""
     import torch
 
     ab = alpha_bar(step, n_steps)
     eps = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
     return math.sqrt(ab) * x + math.sqrt(1.0 - ab) * eps
+
+
+def noise_image(image, *, generator, step: int = 300, n_steps: int = 1000):
+    """A PIL RGB image with :func:`diffusion_noise` added to its pixels in [0, 1], clipped to [0, 1] and
+    truncated back to 8 bits (as a byte conversion does), for the processor to resize afterwards."""
+    import torch
+    from PIL import Image
+
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+    y = diffusion_noise(x, generator=generator, step=step, n_steps=n_steps).clamp(0.0, 1.0)
+    return Image.fromarray((y * 255.0).to(torch.uint8).numpy(), mode="RGB")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsift.data.records import Record
+from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, FailureGuard
 from mmsift.store import MANIFEST, SCALARS, SHARDS, ShardWriter, SignalStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,12 @@ class ProbeConfig:
     batch_size: int = 8
     num_workers: int | None = None  # None: 0 on CPU, up to 8 worker processes on GPU
     max_length: int | None = None
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
 
     def fingerprint(self) -> dict:
         """What decides the values in the store (batch size, workers and device only change rounding)."""
         d = asdict(self)
-        for k in ("batch_size", "num_workers", "device", "images"):
+        for k in ("batch_size", "num_workers", "device", "images", "max_failure_rate"):
             d.pop(k)
         d["model"] = str(Path(self.model).resolve())
         d["signals"] = list(self.signals)
@@ -82,6 +84,10 @@ class ProbeResult:
         lines = [f"probed {self.n_probed} of {self.n_records} records into {self.store.root} "
                  f"({self.seconds:.1f}s{f', {self.resumed_shards} shards reused' if self.resumed_shards else ''})",
                  f"signals: {', '.join(self.store.signal_names)}"]
+        man = self.store.manifest
+        if man.get("pool_format"):
+            layouts = "; ".join(f"{k} ({v})" for k, v in (man.get("pool_layouts") or {}).items())
+            lines.append(f"pool: {man['pool_format']}" + (f", detected format: {layouts}" if layouts else ""))
         if self.n_skipped:
             kinds: dict[str, int] = {}
             for _, kind, _ in self.skipped:
@@ -137,12 +143,18 @@ def probe_shard(spec: ShardSpec) -> None:
                       max_length=max_length or None)
 
     failures: dict[int, tuple[str, str]] = {}
+    guard = FailureGuard("probe", log_dir=Path(spec.out), max_failure_rate=cfg.max_failure_rate)
+
+    def fail(pos: int, kind: str, message: str, error: BaseException | None = None, tb: str | None = None) -> None:
+        failures[pos] = (kind, message)
+        guard.failed(spec.records[pos].id, f"{kind}: {message}", error, tb)
+
     lengths = []
     for i, rec in enumerate(spec.records):
         try:
             lengths.append(adapter.sort_length(rec.turns, len(rec.images)))
         except Exception as e:  # reported per record below; the record is not processed
-            failures[i] = ("encode_error", f"{type(e).__name__}: {e}")
+            fail(i, "encode_error", f"{type(e).__name__}: {e}", e)
             lengths.append(0)
     order = [i for i in sorted(range(len(spec.records)), key=lambda i: -lengths[i]) if i not in failures]
     batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
@@ -158,10 +170,14 @@ def probe_shard(spec: ShardSpec) -> None:
             good = []
             for it in items:
                 if "error" in it:
-                    failures[it["pos"]] = it["error"]
+                    fail(it["pos"], *it["error"], tb=it.get("traceback"))
                 else:
                     good.append(it)
-            _run_items(adapter, model, good, cfg, opts, rows, failures, lm.device, _torch_dtype(model))
+            n_rows = len(rows)
+            _run_items(adapter, model, good, cfg, opts, rows, fail, lm.device, _torch_dtype(model))
+            guard.ok(len(rows) - n_rows)
+            guard.check()
+    guard.check(final=True)
 
     keep = [i for i in range(len(spec.records)) if i in rows]
     columns: dict[str, list] = {}
@@ -192,8 +208,9 @@ def _torch_dtype(model):
     return next(model.parameters()).dtype
 
 
-def _run_items(adapter, model, items, cfg, opts, rows, failures, device, dtype) -> None:
-    """Signals of a list of encoded items; a failing batch is retried one item at a time."""
+def _run_items(adapter, model, items, cfg, opts, rows, fail, device, dtype) -> None:
+    """Signals of a list of encoded items; a failing batch is retried one item at a time, and an item that fails
+    alone is reported with ``fail(pos, kind, message, error)``."""
     if not items:
         return
     try:
@@ -201,11 +218,11 @@ def _run_items(adapter, model, items, cfg, opts, rows, failures, device, dtype) 
             rows[pos] = values
     except Exception as e:
         if len(items) == 1:
-            failures[items[0]["pos"]] = ("probe_error", f"{type(e).__name__}: {e}")
+            fail(items[0]["pos"], "probe_error", f"{type(e).__name__}: {e}", e)
             return
         log.info("batch of %d failed (%s); retrying one by one", len(items), e)
         for it in items:
-            _run_items(adapter, model, [it], cfg, opts, rows, failures, device, dtype)
+            _run_items(adapter, model, [it], cfg, opts, rows, fail, device, dtype)
 
 
 def _batch(adapter, model, items, cfg, opts, device, dtype) -> list[dict]:
@@ -243,12 +260,15 @@ def _to_arrays(columns: dict[str, list], cfg: ProbeConfig, adapter, model) -> di
 
 
 def _vector_dim(name, cfg, adapter, model) -> int:
-    from mmsift.probe.signals import default_feature_layers
+    from mmsift.probe.signals import COINCIDE_VECTORS, SignalOptions, coincide_layers, default_feature_layers
 
     hidden = int(model.config.get_text_config().hidden_size)
     d = hidden
     if name in ("img_mean", "txt_mean"):
         d = hidden * len(cfg.feature_layers or default_feature_layers(adapter.num_layers(model)))
+    if name in COINCIDE_VECTORS:
+        layers = coincide_layers(adapter.num_layers(model), SignalOptions(feature_layers=cfg.feature_layers))
+        d = int(adapter.decoder_layers(model)[1][layers[0]].self_attn.o_proj.in_features) * len(layers)
     return d if cfg.vector_dim is None else min(d, cfg.vector_dim)
 
 
@@ -315,12 +335,14 @@ def run_probe(
     check_images: bool = True,
     ray_address: str | None = None,
     ray_workers: int | None = None,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
 ) -> ProbeResult:
     """Probe the pool ``data`` with the model at ``model`` into the run directory ``out``.
 
     Computes the signals ``methods`` need (see :func:`mmsift.probe.signals.resolve_signals`) plus ``signals``
     and the bookkeeping ones. ``images`` defaults to the pool file's folder. ``limit`` probes only the first
-    ``limit`` good records. Rerunning with the same arguments resumes from finished shards; a finished run is
+    ``limit`` good records. When more than ``max_failure_rate`` of the records tried in a shard fail, the run
+    stops with :class:`mmsift.failures.SystematicFailure` (see failures.py). Rerunning with the same arguments resumes from finished shards; a finished run is
     returned as is. ``overwrite`` discards a previous run with different settings in ``out``.
 
     The manifest records: model (path), model_type, layer, feature_layers, vector_dim, methods,
@@ -330,6 +352,7 @@ def run_probe(
     """
     from mmsift.data.validate import read_and_validate
     from mmsift.exec import get_executor
+    from mmsift.failures import check_max_failure_rate
     from mmsift.probe.signals import resolve_signals
 
     if executor != "ray" and (ray_address or ray_workers):
@@ -358,7 +381,7 @@ def run_probe(
     config = ProbeConfig(model=str(model), signals=names, images=images_dir, device=device, dtype=dtype,
                          layer=layer, feature_layers=tuple(feature_layers) if feature_layers else None,
                          vector_dim=vector_dim, seed=seed, batch_size=batch_size, num_workers=num_workers,
-                         max_length=max_length)
+                         max_length=max_length, max_failure_rate=check_max_failure_rate(max_failure_rate))
     shards = [good[k:k + shard_size] for k in range(0, len(good), shard_size)]
     fp = _fingerprint_hash(config, shards, str(pool.path))
     out = Path(out)
@@ -401,6 +424,11 @@ def run_probe(
         ff = _failure_file(str(out), k)
         if ff.is_file():
             failed.extend(json.loads(ff.read_text(encoding="utf-8")))
+    if len(failed) >= len(good):
+        from mmsift.failures import SystematicFailure, likely_cause
+
+        raise SystematicFailure(f"probe stopped: none of the {len(good)} records could be probed (first error: "
+                                f"{failed[0]['kind']}: {failed[0]['message']}). Likely cause: {likely_cause()}")
     skipped = skipped + [(f["id"], f["kind"], f["message"]) for f in failed]
     n_skipped += len(failed)
     lm_type = _model_type(model)
@@ -418,6 +446,7 @@ def run_probe(
         "seed": seed,
         "pool": str(Path(pool.path).resolve()),
         "pool_format": pool.format,
+        "pool_layouts": pool.layouts,
         "images": str(Path(images_dir).resolve()),
         "task_field": task_field,
         "n_records": n_entries,

@@ -1,4 +1,4 @@
-"""What the probe computes from one forward pass of a batch (the "Signals" table of METHODS.md).
+"""What the probe computes from one forward pass of a batch (the signals of docs/methods.md).
 
 Conventions (all per sample, padding never counts: every reduction is masked by ``attention_mask``):
 - Answer tokens: positions t whose answer mask is set (see models.py); token t is scored from the logits at t-1.
@@ -8,12 +8,21 @@ Conventions (all per sample, padding never counts: every reduction is masked by 
 - Layers index the L+1 hidden states as transformers returns them (0 = embeddings, -1 = output of the last
   decoder layer after the final norm); ``layer=-2`` is the output of the second-to-last decoder layer.
 - ``last``: hidden state of the final (non-pad) token at ``layer``; ``mean``: mean over all non-pad tokens there.
-- ``attn_pool`` = sum_{t < final} a_t H_t (METHODS.md / ARDS: t = 1..L-1), a = the final token's attention row at
+- ``last_final``: hidden state of the final token at the final layer (hidden state -1, after the final norm):
+  ARDS's conversation vector takes both halves, this and ``attn_pool``, from that same layer.
+- ``attn_pool`` = sum_{t < final} a_t H_t (ARDS: t = 1..L-1), a = the final token's attention row at
   the last decoder layer, mean over heads, recomputed from that layer's q/k projections with RoPE
   (``FamilyAdapter.final_token_attention``); H = hidden states -1.
-- ``img_mean`` / ``txt_mean``: per feature layer, the mean over image-token / text-token positions, L2-normalised,
-  concatenated over the feature layers (COINCIDE). A sample with no image tokens gets zeros for ``img_mean``.
-  Default feature layers: COINCIDE's 3, 7, 11, 15, 19 of 32 decoder layers, scaled to the model's depth.
+- ``img_mean`` / ``txt_mean``: per feature layer, the mean of the hidden state over image-token / text-token
+  positions, L2-normalised, concatenated over the feature layers. A sample with no image tokens gets zeros for
+  ``img_mean``. Default feature layers (hidden-state indices): the outputs of COINCIDE's decoder layers 3, 7, 11,
+  15, 19 of its 24-layer model, scaled to the model's depth.
+- ``attn_img`` / ``attn_txt``: COINCIDE's own features. Per feature layer, the input of that decoder layer's
+  ``self_attn.o_proj`` (the attention output before the output projection, read with a pre-hook, capture.py),
+  averaged over the image tokens / over the text tokens after the first image token (every token for a
+  text-only sample), then tanh, then L2-normalised; concatenated over the layers. Default layers (decoder-layer
+  indices): 3, 7, 11, 15, 19 of 24, scaled to the model's depth; ``feature_layers`` overrides them (read as
+  decoder-layer indices for these two signals).
 - ``sv_entropy`` / ``sv_tau``: singular values of H (n_tokens x D, non-pad tokens, at ``layer``) from the
   eigenvalues of the smaller Gram matrix (H H^T or H^T H) in float64 with ``torch.linalg.eigvalsh``, batched on
   the model's device. Eigenvalues below max(eig) * size * eps(float64) are set to zero: padding rows add exact
@@ -31,16 +40,20 @@ import numpy as np
 import torch
 
 from mmsift import signals as names_
+from mmsift.probe.capture import record_inputs
 from mmsift.probe.models import Batch, FamilyAdapter
 from mmsift.probe.perturb import stable_seed
 
 FORWARD_SCALARS = ("loss", "el2n", "tok_loss_max", "tok_loss_std", "sv_entropy", "sv_tau")
 BOOK_SCALARS = ("n_tokens", "n_answer_tokens", "n_rounds", "n_images")
-VARIANT_LOSSES = ("loss_noq", "loss_sym", "loss_perm", "loss_imgnoise")
+VARIANT_LOSSES = ("loss_noq", "loss_mc", "loss_sym", "loss_perm", "loss_imgnoise")
 TEXT_SIGNALS = ("is_mc", "fmt")
-VECTOR_SIGNALS = ("last", "mean", "attn_pool", "img_mean", "txt_mean")
+VECTOR_SIGNALS = ("last", "last_final", "mean", "attn_pool", "img_mean", "txt_mean", "attn_img", "attn_txt")
+COINCIDE_VECTORS = ("attn_img", "attn_txt")
 KNOWN = frozenset(FORWARD_SCALARS + BOOK_SCALARS + VARIANT_LOSSES + TEXT_SIGNALS + VECTOR_SIGNALS)
-COINCIDE_LAYERS_OF_32 = (3, 7, 11, 15, 19)
+# COINCIDE's feature layers in its reference model (TinyLLaVA-2.0B, whose language model has 24 decoder layers).
+COINCIDE_LAYERS = (3, 7, 11, 15, 19)
+COINCIDE_DEPTH = 24
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +87,22 @@ class SignalOptions:
 
 
 def default_feature_layers(n_layers: int) -> tuple[int, ...]:
-    """COINCIDE's decoder layers 3, 7, 11, 15, 19 (of 32, 0-based) as hidden-state indices, scaled to depth."""
-    idx = [min(n_layers, max(1, round((k + 1) * n_layers / 32))) for k in COINCIDE_LAYERS_OF_32]
+    """Hidden-state indices for img_mean/txt_mean: the outputs of COINCIDE's decoder layers (3, 7, 11, 15, 19 of
+    24, 0-based), i.e. hidden states 4, 8, 12, 16, 20 of 24 layers, scaled to ``n_layers`` (same relative depth)."""
+    idx = [min(n_layers, max(1, round((k + 1) * n_layers / COINCIDE_DEPTH))) for k in COINCIDE_LAYERS]
     return tuple(sorted(set(idx)))
+
+
+def coincide_layers(n_layers: int, opts: "SignalOptions | None" = None) -> tuple[int, ...]:
+    """Decoder-layer indices whose ``o_proj`` input makes attn_img/attn_txt: ``opts.feature_layers`` when given,
+    else COINCIDE's 3, 7, 11, 15, 19 of 24 scaled to ``n_layers`` (same relative depth, at most 19/24)."""
+    if opts is not None and opts.feature_layers:
+        bad = [i for i in opts.feature_layers if not -n_layers <= i < n_layers]
+        if bad:
+            raise ValueError(f"feature layers {bad} are out of range for attn_img/attn_txt: the model has "
+                             f"{n_layers} decoder layers (-{n_layers}..{n_layers - 1})")
+        return tuple(sorted({i % n_layers for i in opts.feature_layers}))
+    return tuple(sorted({min(n_layers - 1, round(k * n_layers / COINCIDE_DEPTH)) for k in COINCIDE_LAYERS}))
 
 
 def hidden_layers_needed(names, n_layers: int, opts: SignalOptions) -> list[int]:
@@ -91,8 +117,12 @@ def hidden_layers_needed(names, n_layers: int, opts: SignalOptions) -> list[int]
         need.add(opts.layer % total)
     if "attn_pool" in names:
         need.update({total - 2, total - 1})
+    if "last_final" in names:
+        need.add(total - 1)
     if {"img_mean", "txt_mean"} & set(names):
         need.update(i % total for i in (opts.feature_layers or default_feature_layers(n_layers)))
+    if set(COINCIDE_VECTORS) & set(names):
+        coincide_layers(n_layers, opts)  # range check up front (these are read from o_proj, not hidden states)
     return sorted(need)
 
 
@@ -175,7 +205,12 @@ def batch_signals(adapter: FamilyAdapter, model, batch: Batch, names, opts: Sign
     n_layers = adapter.num_layers(model)
     total = n_layers + 1
     layers = hidden_layers_needed(names, n_layers, opts)
-    last_hidden, hs = adapter.forward(model, batch, hidden_layers=layers)
+    taps = {}
+    if set(COINCIDE_VECTORS) & names:
+        _, decoder = adapter.decoder_layers(model)
+        taps = {i: decoder[i].self_attn.o_proj for i in coincide_layers(n_layers, opts)}
+    with record_inputs(taps) as attn_out:
+        last_hidden, hs = adapter.forward(model, batch, hidden_layers=layers)
     b = len(batch)
     valid = batch.attention_mask.bool()
     last_pos = valid.long().sum(1) - 1
@@ -205,6 +240,9 @@ def batch_signals(adapter: FamilyAdapter, model, batch: Batch, names, opts: Sign
     if "sv_entropy" in names or "sv_tau" in names:
         ent, tau = spectrum_stats(h, valid)
         out["sv_entropy"], out["sv_tau"] = ent, tau
+    if "last_final" in names:
+        out["last_final"] = project("last_final", hs[total - 1][rows_b, last_pos].float(), opts.vector_dim,
+                                    opts.seed).cpu().numpy()
     if "attn_pool" in names:
         a = adapter.final_token_attention(model, hs[total - 2], batch.attention_mask, last_pos).mean(1)  # (B, T)
         before = torch.arange(a.shape[1], device=a.device)[None, :] < last_pos[:, None]
@@ -219,4 +257,23 @@ def batch_signals(adapter: FamilyAdapter, model, batch: Batch, names, opts: Sign
             if name in names:
                 parts = [_normalise(_masked_mean(hs[i].float(), mask)) * mask.any(1, keepdim=True) for i in feat]
                 out[name] = project(name, torch.cat(parts, dim=1), opts.vector_dim, opts.seed).cpu().numpy()
+    if taps:
+        img = valid & batch.image_mask
+        out.update(coincide_features(attn_out, sorted(taps), img, valid, names, opts))
+    return out
+
+
+def coincide_features(attn_out: dict, layer_ids, img: torch.Tensor, valid: torch.Tensor, names,
+                      opts: SignalOptions) -> dict[str, np.ndarray]:
+    """attn_img / attn_txt from the recorded ``o_proj`` inputs (B, T, D) of ``layer_ids`` (see the module doc)."""
+    pos = torch.arange(img.shape[1], device=img.device)[None, :]
+    has_img = img.any(1, keepdim=True)
+    first_img = torch.where(img, pos, torch.full_like(pos, img.shape[1])).min(1, keepdim=True).values
+    # text after the first image token (COINCIDE's "language" part); every text token when there is no image
+    txt = valid & ~img & ((pos > first_img) | ~has_img)
+    out = {}
+    for name, mask, keep in (("attn_img", img, has_img), ("attn_txt", txt, txt.any(1, keepdim=True))):
+        if name in names:
+            parts = [_normalise(torch.tanh(_masked_mean(attn_out[i].float(), mask))) * keep for i in layer_ids]
+            out[name] = project(name, torch.cat(parts, dim=1), opts.vector_dim, opts.seed).cpu().numpy()
     return out

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, FailureGuard, step_failure
+
 log = logging.getLogger(__name__)
 
 WARMUP_LOG = "warmup.json"
@@ -34,8 +36,9 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def encode_records(adapter, records, images_dir) -> tuple[list, list[tuple[str, str, str]]]:
-    """Encoded inputs of ``records``; records that cannot be encoded are returned as (id, kind, message)."""
+def encode_records(adapter, records, images_dir) -> tuple[list, list[tuple[str, str, str, str | None]]]:
+    """Encoded inputs of ``records``; records that cannot be encoded are returned as
+    (id, kind, message, traceback text)."""
     from mmsift.probe.dataset import ProbeDataset
 
     ds = ProbeDataset(list(records), adapter, images_dir)
@@ -43,7 +46,7 @@ def encode_records(adapter, records, images_dir) -> tuple[list, list[tuple[str, 
     for i in range(len(ds)):
         item = ds[i]
         if "error" in item:
-            failed.append((records[i].id, *item["error"]))
+            failed.append((records[i].id, *item["error"], item.get("traceback")))
         else:
             encs.append(item["enc"])
     return encs, failed
@@ -74,11 +77,15 @@ def train_proxy(
     freeze_vision: bool = False,
     progress: str | None = None,
     encoded: list | None = None,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
+    log_dir=None,
 ) -> TrainResult:
     """Train a model (a directory or a :class:`~mmsift.probe.models.LoadedModel`) on ``records``.
 
     Runs ``epochs`` passes, or exactly ``steps`` optimisation steps when given (cycling through reshuffled
-    epochs). Batches are drawn with a generator seeded by ``seed``. Returns the trained model and the loss curve.
+    epochs). Batches are drawn with a generator seeded by ``seed``. When more than ``max_failure_rate`` of the
+    records cannot be encoded, raises :class:`mmsift.failures.SystematicFailure` (traceback log in ``log_dir``).
+    Returns the trained model and the loss curve.
     ``freeze_vision`` keeps the vision tower's weights fixed (LLaVA's stages 1 and 2: the pretrained tower is not
     trained on instruction data). ``progress``: a tqdm bar with that label over the steps (None: no bar).
     ``encoded``: the records' inputs already encoded by this model's adapter (``encode_records``), so a caller
@@ -93,10 +100,13 @@ def train_proxy(
         model_dir_or_model, device=device, dtype="float32")
     adapter, model = lm.adapter, lm.model
     encs, failed = (list(encoded), []) if encoded is not None else encode_records(adapter, records, images_dir)
-    for rid, kind, msg in failed:
+    guard = FailureGuard("warmup", log_dir=log_dir, max_failure_rate=max_failure_rate)
+    guard.ok(len(encs))
+    for rid, kind, msg, tb in failed:
+        guard.failed(rid, f"{kind}: {msg}", tb=tb)
+    guard.check(final=True)
+    for rid, kind, msg, _ in failed:
         log.warning("record %s not used for training: %s: %s", rid, kind, msg)
-    if not encs:
-        raise ValueError("no record could be encoded for training")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     per_epoch = math.ceil(len(encs) / batch_size)
@@ -119,9 +129,12 @@ def train_proxy(
     epoch_losses: list[float] = []
     with cpu_threads_for(model, lm.device):
         bar = tqdm(total=total, desc=progress, unit="step", disable=progress is None, leave=False)
-        with bar:
-            _train_loop(adapter, model, params, encs, lm.device, opt, sched, gen, batch_size, total, losses,
-                        epoch_losses, bar)
+        try:
+            with bar:
+                _train_loop(adapter, model, params, encs, lm.device, opt, sched, gen, batch_size, total, losses,
+                            epoch_losses, bar)
+        except Exception as e:  # every batch holds many records: a failing step is not one bad record
+            raise step_failure("warmup", f"training step {len(losses) + 1}", e, log_dir) from e
     model.eval()
     return TrainResult(lm, losses, epoch_losses, len(encs), len(failed), time.perf_counter() - t0)
 
@@ -228,6 +241,7 @@ def warmup(
     base_recipe=None,
     max_tokenizer_texts: int = 50_000,
     progress: bool = True,
+    max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE,
 ) -> Path:
     """Make a proxy for the pool ``data`` that reads its images, trained on the whole pool (or ``n_samples``
     random good records).
@@ -278,7 +292,8 @@ def warmup(
         rng = np.random.default_rng(seed)
         subset = [good[i] for i in np.sort(rng.choice(len(good), size=n_samples, replace=False))]
     result = train_proxy(out, subset, images_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                         device=device, freeze_vision=base == "bundled", progress="warm-up" if progress else None)
+                         device=device, freeze_vision=base == "bundled", progress="warm-up" if progress else None,
+                         max_failure_rate=max_failure_rate, log_dir=out)
     result.model.model.save_pretrained(out)
     shuffle = image_shuffle_test(result.model, subset, images_dir, seed=seed, batch_size=batch_size)
     info = {

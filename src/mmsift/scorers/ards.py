@@ -1,4 +1,4 @@
-"""ARDS (papers/001): robustness-aware selection against worst-case evaluation subgroups."""
+"""ARDS (Yang, Liu & Wei, NeurIPS 2025): robustness-aware selection against worst-case evaluation subgroups."""
 
 from __future__ import annotations
 
@@ -21,45 +21,61 @@ def conversation_vectors(last: np.ndarray, attn_pool: np.ndarray) -> np.ndarray:
     return r
 
 
-def perturbation_gap(fmt: np.ndarray, loss, loss_sym, loss_perm, loss_imgnoise) -> np.ndarray:
-    """|loss(perturbed) - loss(clean)|: for multiple-choice items the larger of the symbol- and permutation-attack
-    gaps (either alone when the other is missing), for other image items the image-noise gap; NaN when missing."""
+def perturbation_gap(fmt: np.ndarray, loss, loss_mc, loss_sym, loss_perm,
+                     loss_imgnoise) -> tuple[np.ndarray, np.ndarray]:
+    """(gap, perturbed loss) per row. gap = |loss(perturbed) - loss(clean)|: for multiple-choice items the larger
+    of the symbol- and permutation-attack gaps (either alone when the other is missing), measured on the
+    multiple-choice rounds' answer tokens (``loss_mc``, so plain rounds of the same record do not dilute it); for
+    other image items the image-noise gap on the whole conversation; NaN when missing. The perturbed loss is the
+    multiple-choice attack that gave the gap (NaN for other items): the loss of ARDS's perturbed copy."""
     mc = fmt == "mc"
     with np.errstate(invalid="ignore"):
-        sym, perm = np.abs(loss_sym - loss), np.abs(loss_perm - loss)
-        mc_gap = np.where(np.isnan(sym), perm, np.where(np.isnan(perm), sym, np.maximum(sym, perm)))
+        sym, perm = np.abs(loss_sym - loss_mc), np.abs(loss_perm - loss_mc)
+        use_sym = np.isnan(perm) | (sym >= perm)
+        mc_gap = np.where(use_sym, sym, perm)
         gap = np.where(mc, mc_gap, np.abs(loss_imgnoise - loss))
+        perturbed = np.where(mc, np.where(use_sym, loss_sym, loss_perm), np.nan)
     gap[fmt == TEXT_ONLY] = np.nan
-    return gap
+    return gap, perturbed
 
 
 class ARDS(Scorer):
     """ARDS: score each training sample by its similarity to worst-case evaluation subgroups.
 
-    1. Conversation vector ``r_i = [norm(last_i); norm(attn_pool_i)]`` (cosines computed on unit rows).
+    1. Conversation vector ``r_i = [norm(last_final_i); norm(attn_pool_i)]`` (cosines computed on unit rows):
+       both halves from the final layer, as the authors' code takes both from the last hidden state. (An earlier
+       mmsift took the first half from ``last`` at ``--layer``, by default the residual stream before the final
+       norm, where a few outlier dimensions dominate cosine similarity.)
     2. The pool is split by instruction format (``fmt``); each format except ``text_only`` is clustered into
        ``n_subgroups`` subgroups by spherical k-means of r.
     3. Worst-case evaluation set: in each subgroup, the B members with the largest perturbation gap
        ``|loss(perturbed) - loss|`` — for ``fmt == "mc"`` the larger of the symbol (``loss_sym``) and permutation
-       (``loss_perm``) attacks, otherwise image noise (``loss_imgnoise``). Members without a usable gap are not
+       (``loss_perm``) attacks against ``loss_mc``, all three over the multiple-choice rounds' answer tokens only
+       (ARDS queries each multiple-choice round; a whole-conversation loss diluted one such round among plain
+       ones); otherwise image noise (``loss_imgnoise`` against ``loss``). Members without a usable gap are not
        candidates; ties go to the earlier record. B = ``n_worst``; ``None`` (default) takes 5% of the subgroup,
        at least 1 and at most 10, so the evaluation set never eats a small pool.
-    4. Subgroup weight ``w_m = softmax_m(mean clean loss over S_m)``.
+    4. Subgroup weight ``w_m = softmax_m(mean loss over S_m and the perturbed copies of its mc members)``: the
+       authors' code adds, for each multiple-choice evaluation item, its attacked copy to the evaluation set, so
+       the copy's loss (here the attack that gave the gap) enters the subgroup's mean loss.
     5. ``score_i = sum_m w_m * agg_{j in S_m} cos(r_i, r_j)`` with ``agg="mean"`` (the paper/slides, default) or
        ``"max"`` (the public code's default). Worst-case members get -inf (they are the evaluation set, never
        training candidates); ``notes_`` counts them.
 
-    Direction: higher = keep (the paper keeps the top 30%). Reads ``last``, ``attn_pool``, ``fmt``, ``loss``,
-    ``loss_sym``, ``loss_perm``, ``loss_imgnoise``. The code's variant that keeps multiple-choice items whose
-    generated answer flips needs generation and is not implemented. Memory O(N d): the mean aggregation reduces to
-    one dot product per sample, the max aggregation works in row chunks against the |S| evaluation vectors.
-    Paper: Yang, Liu & Wei, "Data Selection Matters: Towards Robust Instruction Tuning of Large Multimodal
-    Models" (ARDS).
+    Direction: higher = keep (the paper keeps the top 30%). Reads ``last_final``, ``attn_pool``, ``fmt``,
+    ``loss``, ``loss_mc``, ``loss_sym``, ``loss_perm``, ``loss_imgnoise``. Deviations from the code, and why: the
+    evaluation items of a multiple-choice subgroup are chosen by loss gap, not by whether a generated answer flips
+    (that needs generation, which the one-pass probe does not do); several multiple-choice rounds of one record
+    are attacked and scored together (mean over their answer tokens), not one query each; the attacked copies' vectors are not added to the
+    target set (the probe embeds each record once); the copy's loss is that of one attack, not of the code's
+    combined symbol-and-permutation copy. Memory O(N d): the mean aggregation reduces to one dot product per
+    sample, the max aggregation works in row chunks against the |S| evaluation vectors. Paper: Yang, Liu & Wei,
+    "Data Selection Matters: Towards Robust Instruction Tuning of Large Multimodal Models", NeurIPS 2025.
     """
 
     name = "ards"
-    requires = ("last", "attn_pool", "fmt", "loss", "loss_sym", "loss_perm", "loss_imgnoise")
-    paper = "Yang, Liu & Wei, Data Selection Matters: Towards Robust Instruction Tuning of LMMs (ARDS)"
+    requires = ("last_final", "attn_pool", "fmt", "loss", "loss_mc", "loss_sym", "loss_perm", "loss_imgnoise")
+    paper = "Yang, Liu & Wei 2025, Data Selection Matters: Towards Robust Instruction Tuning of LMMs (ARDS, NeurIPS)"
     summary = "closest to worst-case (attack-sensitive) subgroups, per instruction format"
 
     def __init__(self, *, n_subgroups: int = 8, n_worst: int | None = None, agg: str = "mean",
@@ -78,11 +94,11 @@ class ARDS(Scorer):
         n = len(signals)
         fmt = np.asarray(signals["fmt"]).astype(str)
         loss = scalar(signals, "loss")
-        gap = perturbation_gap(fmt, loss, scalar(signals, "loss_sym"), scalar(signals, "loss_perm"),
-                               scalar(signals, "loss_imgnoise"))
+        gap, perturbed = perturbation_gap(fmt, loss, scalar(signals, "loss_mc"), scalar(signals, "loss_sym"),
+                                          scalar(signals, "loss_perm"), scalar(signals, "loss_imgnoise"))
         gap[~np.isfinite(loss)] = np.nan
-        r = conversation_vectors(signals["last"], signals["attn_pool"])
-        check_finite(r, "last/attn_pool", signals.ids)
+        r = conversation_vectors(signals["last_final"], signals["attn_pool"])
+        check_finite(r, "last_final/attn_pool", signals.ids)
         subgroup = np.full(n, -1, np.int64)
         worst: list[np.ndarray] = []
         for f in sorted(set(fmt.tolist()) - {TEXT_ONLY}):
@@ -100,7 +116,8 @@ class ARDS(Scorer):
             raise ValueError("ards: no worst-case evaluation items: every non-text-only record lacks a finite "
                              "perturbed loss (loss_sym/loss_perm for mc, loss_imgnoise otherwise); "
                              "probe with --methods ards")
-        mean_loss = np.array([loss[s].mean() for s in worst])
+        mean_loss = np.array([np.concatenate([loss[s], perturbed[s][np.isfinite(perturbed[s])]]).mean()
+                              for s in worst])
         w = np.exp(mean_loss - mean_loss.max())
         w /= w.sum()
         if self.agg == "mean":

@@ -1,5 +1,5 @@
-"""COINCIDE (Lee et al. 2024): cluster-level transferability and density decide each cluster's share; samples
-inside a cluster are picked greedily to match the cluster's distribution (minimum MMD)."""
+"""COINCIDE (Lee, Li & Hwang 2024, arXiv:2406.10995): cluster-level transferability and density decide each
+cluster's share; samples inside a cluster are picked greedily to match the cluster's distribution (minimum MMD)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
 
 
+# Which (image, text) vector signals make the features.
+FEATURES = {"attn": ("attn_img", "attn_txt"), "hidden": ("img_mean", "txt_mean")}
+
+
 def _kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
     """Gaussian kernel exp(-||a - b||^2 / (2 sigma^2)) between unit rows: ||a - b||^2 = 2 - 2 cos."""
     return np.exp((a @ b.T - 1.0) / bandwidth**2)
@@ -18,7 +22,8 @@ def _kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
 
 def transferability(cent: np.ndarray, sim_cap: float, chunk: int = 2048) -> np.ndarray:
     """``T_c`` = mean cosine of centroid c to the other centroids, ignoring pairs with cosine > ``sim_cap``
-    (0 when no pair is left). Centroid rows are unit; computed in row chunks (memory O(chunk * K))."""
+    (0 when no pair is left). Rows are L2-normalised here; computed in row chunks (memory O(chunk * K))."""
+    cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
     k = len(cent)
     out = np.zeros(k)
     for s in range(0, k, chunk):
@@ -59,34 +64,50 @@ def herd(x: np.ndarray, q: int, bandwidth: float, ref: np.ndarray, chunk: int = 
 
 
 class Coincide(Scorer):
-    """COINCIDE: features ``x_i`` = L2-normalised concatenation of ``img_mean_i`` and ``txt_mean_i``; spherical
+    """COINCIDE: features ``x_i`` = L2-normalised concatenation of an image part and a text part; spherical
     k-means into K clusters (``n_clusters``; default min(10000, N // 20), at least 1); for each cluster c
 
     - transferability ``T_c`` = mean cosine of its centroid to the other centroids, ignoring pairs above ``sim_cap``
-      (0.9);
-    - density ``D_c`` = mean Gaussian kernel ``k(x, y) = exp(-||x - y||^2 / (2 bandwidth^2))`` over pairs of distinct
-      members (1 for a singleton; over ``max_members`` sampled members for larger clusters, noted in ``notes_``);
+      (0.9). With ``transfer_on="text"`` (default, the authors' code) the cosine is taken on the text half of the
+      centroids; ``"all"`` uses the whole centroid;
+    - density ``D_c`` = mean Gaussian kernel ``k(x, y) = exp(-||x - y||^2 / (2 bandwidth^2))`` over all pairs of
+      members, each member with itself included (the code's ``K.mean()``; 1 for a singleton; over ``max_members``
+      sampled members for larger clusters, noted in ``notes_``);
     - budget share ``w_c = softmax_c(T_c / D_c / temperature)``, temperature 0.1: clusters that transfer to
       the rest of the pool and are not dense get more of the budget.
 
-    :meth:`choose` turns the shares into per-cluster counts (largest remainder, capped at the cluster size) and
-    picks each cluster's count greedily to minimise the MMD between the picks and the cluster (kernel herding with
-    the same kernel; the cluster's distribution is estimated from at most ``max_members`` members).
-    :meth:`score` is the per-member rate ``w_c / |C_c|`` (higher = keep); it is only what the selector ranks by
-    when ``choose`` is off (with ``--dedup``). ``details_``: cluster, T, D of each sample's cluster.
-    Reads ``img_mean``, ``txt_mean``. Paper: Lee et al. 2024, "Concept-skill Transferability-based Data Selection
-    for Large Vision-Language Models" (COINCIDE). The paper concatenates several layers' means; the probe
-    decides which layers go into ``img_mean``/``txt_mean``.
+    :meth:`choose` turns the shares into per-cluster counts (largest remainder, capped at the cluster size; the
+    code visits clusters by share and hands a capped cluster's remainder to the next, which gives the same counts
+    up to rounding) and picks each cluster's count greedily to minimise the MMD between the picks and the cluster
+    (kernel herding with the same kernel; the cluster's distribution is estimated from at most ``max_members``
+    members). :meth:`score` is the per-member rate ``w_c / |C_c|`` (higher = keep); it is only what the selector
+    ranks by when a caller bypasses ``choose``. ``details_``: cluster, T, D of each sample's cluster.
+
+    Features: ``features="attn"`` (default) reads ``attn_img`` and ``attn_txt``, the authors' features: tanh of the
+    attention output (the input of ``o_proj``) averaged over the image tokens and over the text after the image,
+    per layer at COINCIDE's relative depths (see mmsift.probe.signals). ``features="hidden"`` reads ``img_mean``
+    and ``txt_mean`` (residual hidden states, every text token) as an earlier mmsift did; those include the BOS and
+    system prompt, a component every sample shares, which raises every cosine and flattens transferability.
+    Paper: Lee, Li & Hwang 2024, "Concept-skill Transferability-based Data Selection for Large
+    Vision-Language Models" (COINCIDE), arXiv:2406.10995.
     """
 
     name = "coincide"
-    requires = ("img_mean", "txt_mean")
-    paper = "Lee et al. 2024, Concept-skill Transferability-based Data Selection (COINCIDE)"
+    requires = ("attn_img", "attn_txt")
+    paper = "Lee, Li & Hwang 2024, Concept-skill Transferability-based Data Selection (COINCIDE), arXiv:2406.10995"
     summary = "cluster shares from transferability/density, MMD-greedy picks inside clusters"
 
     def __init__(self, *, n_clusters: int | None = None, temperature: float = 0.1, sim_cap: float = 0.9,
-                 bandwidth: float = 1.0, max_members: int = 2000, random_state: int = 0):
+                 bandwidth: float = 1.0, max_members: int = 2000, transfer_on: str = "text", features: str = "attn",
+                 random_state: int = 0):
         super().__init__(random_state=random_state)
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+        self.features = features
+        self.requires = FEATURES[features]
+        if transfer_on not in ("text", "all"):
+            raise ValueError(f"transfer_on must be 'text' or 'all', got {transfer_on!r}")
+        self.transfer_on = transfer_on
         if temperature <= 0 or bandwidth <= 0:
             raise ValueError("temperature and bandwidth must be > 0")
         if n_clusters is not None and n_clusters < 1:
@@ -101,8 +122,9 @@ class Coincide(Scorer):
         self._state = None
 
     def _features(self, signals: Signals) -> np.ndarray:
-        x = concat_float32([signals["img_mean"], signals["txt_mean"]], normalize_parts=False, normalize=True)
-        check_finite(x, "img_mean/txt_mean", signals.ids)
+        img, txt = self.requires
+        x = concat_float32([signals[img], signals[txt]], normalize_parts=False, normalize=True)
+        check_finite(x, f"{img}/{txt}", signals.ids)
         return x
 
     def _ref(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -120,7 +142,9 @@ class Coincide(Scorer):
         cent, labels, how = kmeans(x, k, spherical=True, random_state=self.random_state, niter=10)
         cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
         kk = len(cent)
-        t = transferability(cent, self.sim_cap)
+        # the text half: the text part's columns, after the image part's (see _features)
+        t = transferability(cent[:, signals[self.requires[0]].shape[1]:] if self.transfer_on == "text" else cent,
+                            self.sim_cap)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(kk + 1))
         rng = np.random.default_rng(self.random_state)
@@ -134,7 +158,7 @@ class Coincide(Scorer):
                 ref = members[self._ref(members, rng)]
                 n_sampled += len(ref) < len(members)
                 g = _kernel(x[ref], x[ref], self.bandwidth).astype(np.float64)
-                d[c] = (g.sum() - np.trace(g)) / (len(ref) * (len(ref) - 1))
+                d[c] = g.mean()  # diagonal included, as the authors' code (a singleton has density 1)
         logits = t / d / self.temperature
         w = np.exp(logits - logits.max())
         w /= w.sum()

@@ -1,4 +1,5 @@
-"""DataTailor (papers/004): informativeness, uniqueness and representativeness, combined per task."""
+"""DataTailor (Yu et al. 2024, arXiv:2412.06293): informativeness, uniqueness and representativeness, combined
+per task."""
 
 from __future__ import annotations
 
@@ -94,13 +95,13 @@ class DataTailor(Scorer):
     (largest remainder, capped at the task size), and the selector takes each task's top ``n_t``.
     Reads ``sv_entropy``, ``sv_tau``, ``n_rounds``, ``last``. ``details_`` holds I, U, R and the domain cluster of
     every sample. Records with a non-finite sv_entropy or n_rounds get -inf (counted in ``notes_``).
-    Paper (papers/004): "Mastering Collaborative Multi-modal Data Selection: A Focus on Informativeness,
-    Uniqueness, and Representativeness" (DataTailor).
+    Paper: Yu, Shen, Yue, Wu, Zhang, Li, Li, Tang & Zhuang 2024, "Mastering Collaborative Multi-modal Data
+    Selection: A Focus on Informativeness, Uniqueness, and Representativeness" (DataTailor), arXiv:2412.06293.
     """
 
     name = "datatailor"
     requires = ("sv_entropy", "sv_tau", "n_rounds", "last")
-    paper = "DataTailor: Mastering Collaborative Multi-modal Data Selection (papers/004)"
+    paper = "Yu et al. 2024, Mastering Collaborative Multi-modal Data Selection (DataTailor), arXiv:2412.06293"
     summary = "informative, unique and representative samples, per-task budgets from the top singular value"
 
     def __init__(self, *, theta: float = 0.1, max_exact: int = 20000, n_micro: int = 1000,

@@ -1,4 +1,5 @@
-"""DS2: diversity-aware score curation (papers/003_…, the DS2 abstract): correct noisy judge ratings with a
+"""DS2: diversity-aware score curation (Pang et al. 2025, "Improving Data Efficiency via Curating LLM-Driven
+Rating Systems", ICLR 2025, arXiv:2410.10877): correct noisy judge ratings with a
 score-transition matrix estimated from k-NN agreement of embeddings, then prefer high corrected scores and
 long-tail samples.
 """
@@ -148,7 +149,8 @@ class DS2(Scorer):
 
     name = "ds2"
     requires = ("last",) + CAP_COLUMNS
-    paper = "DS2: diversity-aware score curation for data selection (papers/003, listed abstract)"
+    paper = ("Pang et al. 2025, Improving Data Efficiency via Curating LLM-Driven Rating Systems (DS2), "
+             "arXiv:2410.10877")
     summary = "judge ratings corrected by a k-NN score-transition matrix, long-tail tie-break"
 
     def __init__(self, *, column: str | None = None, capabilities=None, k: int = 10, alpha: float = 1.0,

@@ -20,7 +20,7 @@ class EL2N(Scorer):
 
     name = "el2n"
     requires = ("el2n",)
-    paper = "Paul et al. 2021, Deep Learning on a Data Diet (EL2N)"
+    paper = "Paul, Ganguli & Dziugaite 2021, Deep Learning on a Data Diet (EL2N), arXiv:2107.07075"
     summary = "hardest samples by error L2 norm"
 
     def __init__(self, *, hardest: bool = True, random_state: int = 0):

@@ -1,18 +1,17 @@
-"""mmSSR: multi-modal rich scorers and styler (papers/002_…, "Harvesting Rich, Scalable and Transferable
-Multi-Modal Data"). A judge rates every sample 0-5 for 14 capabilities and labels its interaction styles
-(``mmsift judge --methods mmssr`` writes the ``cap_*`` and ``style_*`` columns); this scorer only samples.
+"""mmSSR: multi-modal rich scorers and styler (Lyu et al. 2025, "Cream of the Crop: Harvesting Rich, Scalable and
+Transferable Multi-Modal Data for Instruction Fine-Tuning", arXiv:2503.13383). A judge rates every sample 0-5
+for 14 capabilities and labels its interaction styles (``mmsift judge --methods mmssr`` writes the ``cap_*`` and
+``style_*`` columns); this scorer only samples.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
 
-# The 14 capabilities and 9 interaction styles of the paper (METHODS.md), in its order; the names are the
+# The 14 capabilities and 9 interaction styles of the paper, in its order; the names are the
 # column suffixes (``cap_<capability>``, ``style_<style>``) and the judge prompts use the text after ":".
 CAPABILITY_TEXT = {
     "object_spatial_understanding": "object spatial understanding",
@@ -50,58 +49,71 @@ STYLE_COLUMNS = tuple(f"style_{s}" for s in STYLES)
 UNRATED_SCORE = -1.0
 
 
-def style_bins(signals: Signals) -> np.ndarray:
-    """Integer bin id per row for the (style combination x source) bins.
+def style_matrix(signals: Signals) -> np.ndarray:
+    """(N, 9) bool: which of the nine interaction styles the judge gave each sample (NaN = not given)."""
+    cols = [np.nan_to_num(np.asarray(signals[c], dtype=np.float64), nan=0.0) > 0.5 for c in STYLE_COLUMNS]
+    return np.column_stack(cols) if cols else np.zeros((len(signals), 0), dtype=bool)
 
-    A sample's style is the *set* of styles the judge labelled it with (a multi-label answer such as
-    {yes/no, short description} is its own pattern; no label at all is the pattern "none"); its source is
-    ``signals.tasks``. Bin ids are dense, ordered by (style bits, task name).
+
+def fill_bins(cand: np.ndarray, styles: np.ndarray, source: np.ndarray, quota: int,
+              taken: np.ndarray) -> np.ndarray:
+    """Up to ``quota`` rows of ``cand`` (best first) spread over the (single style, source) bins, as mmSSR's code.
+
+    A row sits in one bin per style it has (several bins for a multi-style row, none for a row without a style).
+    Bins are visited from the smallest (counted on ``cand``; equal sizes in style order, then source code); each
+    takes ``max(quota // n_bins, 1)`` plus the shortfall carried from the bins before it, from its members not
+    yet taken, best first. ``taken`` (global bool per row) is updated in place. Returns the rows taken, in order.
     """
-    n = len(signals)
-    bits = np.zeros(n, dtype=np.int64)
-    for k, col in enumerate(STYLE_COLUMNS):
-        v = np.asarray(signals[col], dtype=np.float64)
-        bits |= (np.nan_to_num(v, nan=0.0) > 0.5).astype(np.int64) << k
-    _, task_code = np.unique(np.asarray(signals.tasks, dtype=str), return_inverse=True)
-    key = bits * (int(task_code.max(initial=0)) + 1) + task_code
-    _, bin_id = np.unique(key, return_inverse=True)
-    return bin_id.reshape(-1)
-
-
-def water_fill(sizes: np.ndarray, quota: int) -> np.ndarray:
-    """Spread ``quota`` over bins smallest-first: each bin in turn takes ceil(left / bins left), capped at its
-    size, and whatever a small bin cannot take is carried on to the larger ones. Equal sizes: lower id first.
-    """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    take = np.zeros(len(sizes), dtype=np.int64)
-    left = int(min(quota, sizes.sum()))
-    order = np.argsort(sizes, kind="stable")
-    for pos, b in enumerate(order):
-        if left <= 0:
+    if len(cand) == 0 or quota <= 0:
+        return cand[:0]
+    sty, src = styles[cand], source[cand]
+    n_src = int(source.max(initial=0)) + 1
+    sizes = np.stack([np.bincount(src[sty[:, k]], minlength=n_src) for k in range(sty.shape[1])])  # (9, n_src)
+    flat = sizes.reshape(-1)
+    bins = np.flatnonzero(flat)
+    if len(bins) == 0:
+        return cand[:0]
+    bins = bins[np.argsort(flat[bins], kind="stable")]
+    per = max(quota // len(bins), 1)
+    debt, got = 0, []
+    n_got = 0
+    for b in bins:
+        if n_got >= quota:
             break
-        share = math.ceil(left / (len(order) - pos))
-        take[b] = min(share, sizes[b])
-        left -= int(take[b])
-    return take
+        k, t = divmod(int(b), n_src)
+        members = cand[sty[:, k] & (src == t)]
+        members = members[~taken[members]]
+        take = min(per + debt, len(members), quota - n_got)
+        debt = max(per + debt - len(members), 0)
+        taken[members[:take]] = True
+        got.append(members[:take])
+        n_got += take
+    return np.concatenate(got)
 
 
 class MmSSR(Scorer):
     """mmSSR sampler: capability scores for quality, interaction styles for diversity.
 
     Reads ``cap_<capability>`` (judge rating 0-5, NaN = unparseable) for each chosen capability and the nine
-    ``style_<style>`` labels (0/1); ``tasks`` is the source. Selection (:meth:`choose`), as in the paper:
+    ``style_<style>`` labels (0/1); ``tasks`` is the source. Selection (:meth:`choose`) follows the authors' code
+    (``llava/select/mmssr.py``):
 
-    - round-robin over the chosen capabilities: each capability in turn gets ``ceil(left / capabilities left
-      this round)`` of the budget still unspent, so a capability that runs short passes its shortfall on;
-      rounds repeat until the budget is spent or no capability has candidates left;
+    - rounds over the chosen capabilities: each round gives every capability ``max(left // capabilities, 1)``
+      (never more than what is left); a capability that yields nothing is dropped; rounds repeat until the budget
+      is spent or no capability is left;
     - within capability c: candidates are the samples not yet chosen with ``cap_c > thr`` (NaN never passes),
       sorted by ``cap_c`` descending (equal ratings: earlier pool record first);
-    - the capability's share is spread over (style combination x source) bins smallest-bin-first
-      (:func:`water_fill`) and each bin gives its best-rated candidates.
+    - bins are (single style, source) pairs: a sample with two styles sits in two bins, a sample without a style
+      label in none (it is never chosen; ``notes_`` counts them). The capability's share is spread over its bins
+      smallest first, ``max(share // bins, 1)`` each plus the shortfall of the bins before (:func:`fill_bins`),
+      best-rated first, skipping samples an earlier bin took.
 
-    No sample is chosen twice. Cost: one stable sort per capability plus O(N log N) per capability and round
-    (at most one round per capability), no clustering, so it runs on millions of samples. When fewer than the
-    budget have a rating above ``thr`` the selection is smaller than the budget (said in ``notes_``).
+    Where mmsift differs from that code, and why: the capabilities keep their given order in every round (the
+    code iterates a Python set after the first round, an arbitrary order); equal-size bins are visited in style
+    then source order (the code's sort is not stable); inside a bin candidates are in rating order (the code lists
+    a bin's members by the position of the style in the judge's answer first, an artefact of its melt). No sample
+    is chosen twice. When fewer style-labelled samples than the budget have a rating above ``thr`` the selection
+    is smaller than the budget (said in ``notes_``).
 
     ``score()`` (only for reports and for plain top-k use) is the ``reduce`` ("max" or "mean") of the chosen
     capabilities' ratings, ignoring NaN; a sample with no rating at all scores ``UNRATED_SCORE`` (-1).
@@ -110,8 +122,9 @@ class MmSSR(Scorer):
 
     name = "mmssr"
     requires = CAP_COLUMNS + STYLE_COLUMNS
-    paper = "mmSSR: Harvesting Rich, Scalable and Transferable Multi-Modal Data (papers/002)"
-    summary = "judge capability ratings, round-robin over capabilities, spread over style x source bins"
+    paper = ("Lyu et al. 2025, Cream of the Crop: Harvesting Rich, Scalable and Transferable Multi-Modal Data "
+             "(mmSSR), arXiv:2503.13383")
+    summary = "judge capability ratings, rounds over capabilities, spread over (style, source) bins"
 
     def __init__(self, *, capabilities=None, thr: float = 0.0, reduce: str = "max", random_state: int = 0):
         super().__init__(random_state=random_state)
@@ -150,53 +163,44 @@ class MmSSR(Scorer):
         n = len(signals)
         r = self._ratings(signals)
         index = np.asarray(signals.index)
-        bins = style_bins(signals)
-        n_bins = int(bins.max(initial=-1)) + 1
+        styles = style_matrix(signals)
+        _, source = np.unique(np.asarray(signals.tasks, dtype=str), return_inverse=True)
+        source = source.reshape(-1)
+        unlabelled = int((~styles.any(axis=1)).sum())
+        if unlabelled:
+            self.notes_.append(f"mmssr: {unlabelled} samples have no style label and sit in no bin (left out)")
         # Per capability: rows above the threshold, best first (ties: pool order). Sorted once, filtered later.
         orders = []
         for c in range(r.shape[1]):
             valid = np.flatnonzero(r[:, c] > self.thr)  # NaN compares False
             orders.append(valid[np.lexsort((index[valid], -r[valid, c]))])
-        chosen = np.zeros(n, dtype=bool)
+        taken = np.zeros(n, dtype=bool)
         picked: list[np.ndarray] = []
         taken_by = np.zeros(len(orders), dtype=np.int64)
-        active = [c for c in range(len(orders)) if len(orders[c])]
+        active = list(range(len(orders)))
         left = int(n_keep)
         while left > 0 and active:
-            still = []
-            for pos, c in enumerate(active):
-                if left <= 0:
-                    still.append(c)
+            every = max(left // len(active), 1)
+            dropped = []
+            for c in active:
+                cand = orders[c][~taken[orders[c]]]
+                orders[c] = cand
+                got = fill_bins(cand, styles, source, min(every, left), taken)
+                if len(got) == 0:
+                    dropped.append(c)  # nothing left above thr in any bin: out of later rounds
                     continue
-                quota = math.ceil(left / (len(active) - pos))
-                cand = orders[c][~chosen[orders[c]]]
-                orders[c] = cand  # drop rows other capabilities took, for the next round
-                if len(cand) == 0:
-                    continue
-                b = bins[cand]
-                take = water_fill(np.bincount(b, minlength=n_bins), quota)
-                # Rank of each candidate inside its bin, in score order (stable sort keeps that order).
-                by_bin = np.argsort(b, kind="stable")
-                starts = np.concatenate(([0], np.cumsum(np.bincount(b, minlength=n_bins))[:-1]))
-                rank = np.empty(len(cand), dtype=np.int64)
-                rank[by_bin] = np.arange(len(cand)) - starts[b[by_bin]]
-                got = cand[rank < take[b]]
-                chosen[got] = True
                 picked.append(got)
                 taken_by[c] += len(got)
                 left -= len(got)
-                if len(got) == len(cand):
-                    continue  # exhausted: out of later rounds
-                still.append(c)
-            if len(still) == len(active) and left > 0:
-                break  # cannot happen (a capability short of its quota is exhausted), but never loop forever
-            active = still
+                if left <= 0:
+                    break
+            active = [c for c in active if c not in dropped]
         out = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
         for c, k in zip(self.capabilities, taken_by):
             self.notes_.append(f"mmssr: {c}: {int(k)} samples")
         if len(out) < n_keep:
             self.notes_.append(
-                f"mmssr: only {len(out)} samples have a rating above thr={self.thr:g} for the chosen capabilities; "
-                f"kept {len(out)} of a budget of {n_keep}"
+                f"mmssr: only {len(out)} style-labelled samples have a rating above thr={self.thr:g} for the chosen "
+                f"capabilities; kept {len(out)} of a budget of {n_keep}"
             )
         return out

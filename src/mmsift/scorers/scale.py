@@ -1,9 +1,12 @@
-"""SCALE: single-modality quality and cross-modality alignment evaluation (papers/003_…, first abstract).
+"""SCALE: single-modality quality and cross-modality alignment evaluation ("Better Reasoning with Less Data:
+Enhancing VLMs Through Unified Modality Scoring", 2025, arXiv:2506.08429).
 
 The judge (``mmsift judge --methods scale``) writes two captions per image (general, task-specific) and rates,
 in text only against those captions, alignment, clarity, coherence and image clarity (0-5). Task rarity comes
-from the task frequencies of the pool. This scorer combines them and keeps a reserved share of
-low-quality-but-useful samples, as the paper argues (they build robustness and unimodal filters drop them).
+from the task frequencies of the pool. What the paper states: these five criteria, captions as the bridge
+between modalities, and that low-quality samples which help robustness should not all be discarded. How they are
+combined into one score (weights, the rarity formula, the 10% reserve and its thresholds) is **mmsift's choice**,
+not the paper's: mmsift had only the abstract and no public code to follow. Every such choice is a parameter.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ UNRATED_SCORE = -1.0
 
 
 def task_rarity(tasks: np.ndarray) -> np.ndarray:
-    """``rarity_i = 5 · log(N / n_t) / log(N / n_min)`` with n_t the size of i's task and n_min the smallest task:
+    """mmsift's rarity (the paper names task rarity but gives no formula):
+    ``rarity_i = 5 · log(N / n_t) / log(N / n_min)`` with n_t the size of i's task and n_min the smallest task:
     5 for the rarest task, lower for frequent ones, 0 for a task that is the whole pool. With one task it is
     undefined (NaN) and left out of the combination."""
     _, inv, counts = np.unique(np.asarray(tasks, dtype=str), return_inverse=True, return_counts=True)
@@ -50,18 +54,23 @@ class Scale(Scorer):
     parseable one fall back to their source), with ``task_from="source"`` the store's task/source column.
 
     ``score_i = Σ_k w_k x_ik / Σ_k w_k`` over the components k present for row i, the components being the four
-    ratings and :func:`task_rarity`; default weights alignment 2 (the paper's central, cross-modal criterion),
-    every other 1. A row with no rating at all scores ``UNRATED_SCORE`` (-1). Higher = keep.
+    ratings and :func:`task_rarity`. A row with no rating at all scores ``UNRATED_SCORE`` (-1). Higher = keep.
 
-    Selection (:meth:`choose`): a share ``reserve`` of the budget (default 10%) is kept for low-quality-but-useful
-    samples: those whose conversation matches the image (alignment >= ``align_min``, default 4) while the image
-    or the text is poor (image clarity or clarity <= ``low_max``, default 2); they are taken by alignment, then
-    score. The rest of the budget, and whatever the reserve could not use, goes to the top scores of the others.
+    Selection (:meth:`choose`): a share ``reserve`` of the budget is kept for low-quality-but-useful samples: those
+    whose conversation matches the image (alignment >= ``align_min``) while the image or the text is poor (image
+    clarity or clarity <= ``low_max``); they are taken by alignment, then score. The rest of the budget, and
+    whatever the reserve could not use, goes to the top scores of the others.
+
+    mmsift's choices (not from the paper, which gives no formula): the weighted mean; the default weights
+    (alignment 2 because the paper calls cross-modal alignment its central criterion, every other 1); the rarity
+    formula of :func:`task_rarity`; ``reserve=0.1``, ``align_min=4``, ``low_max=2``. ``reserve=0`` turns the
+    reserve off.
     """
 
     name = "scale"
     requires = COLUMNS
-    paper = "SCALE: single modality quality and cross modality alignment evaluation (papers/003, first abstract)"
+    paper = ("SCALE 2025, Better Reasoning with Less Data: Enhancing VLMs Through Unified Modality Scoring, "
+             "arXiv:2506.08429")
     summary = "judge alignment/clarity/coherence/image clarity on captions + task rarity; reserve for robustness"
 
     def __init__(self, *, w_alignment: float = 2.0, w_clarity: float = 1.0, w_coherence: float = 1.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmsift.budget import apportion
 from mmsift.scorers._rank import exclude_nonfinite, scalar
 from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
@@ -12,33 +13,42 @@ from mmsift.store import Signals
 class SelfCheck(Scorer):
     """``score_i = -(loss_i - loss_ref_i)`` when ``use_reference`` and the run has ``loss_ref``, else ``-loss_i``.
 
-    ``loss`` must come from a proxy that was fine-tuned on the pool itself; a model trained on a corrupted pool
-    still fits clean samples better than corrupted ones, so its answer loss separates them. ``loss_ref``
-    (optional) is the loss of the same samples before that fine-tuning; subtracting it removes how hard a sample
-    is in itself and keeps only what fine-tuning on the pool did to it.
+    What the paper states (Gou et al. 2025; only its abstract was available to mmsift): a model fine-tuned on a
+    corrupted visual-instruction pool can itself tell clean samples from corrupted ones, and post-training it on
+    a small clean subset (about 1% of the data) restores most of the performance the corruption cost. mmsift's
+    reading: ``loss`` comes from the proxy fine-tuned on the pool; a sample it fits well (low loss) is likely
+    clean. What mmsift adds: ``loss_ref``, the loss of the same samples *before* that fine-tuning
+    (``mmsift select --reference-run``); subtracting it removes how hard a sample is in itself and keeps only what
+    fine-tuning on the pool did to it. The paper's exact scoring rule is not in the abstract.
 
     Direction: higher = lower loss = likely clean = keep. Reads ``loss`` (and ``loss_ref`` when present).
+    :meth:`quotas` (``per_task=True``, default) keeps each task's share of the pool, so ``--budget 0.01`` is the
+    cleanest 1% *of every task*: a post-training subset that covers every task, ready for a second training stage.
     How to produce a self-check run:
-      1. ``mmsift warmup POOL --images DIR --out MODEL`` — fine-tune the proxy on the pool itself;
+      1. ``mmsift warmup POOL --images DIR --out MODEL`` — fine-tune the proxy on the pool itself (the whole pool:
+         a proxy trained on a slice would call its own training slice "clean");
       2. ``mmsift probe POOL --images DIR --model MODEL --out RUN`` — ``loss`` is that model's answer loss;
       3. optionally probe with the model *before* step 1 into REF_RUN and pass ``--reference-run REF_RUN`` to
          ``mmsift select``: its ``loss`` is read as ``loss_ref`` (or store ``loss_ref`` yourself, docs/byof.md);
-      4. ``mmsift select RUN --method selfcheck --budget 0.9`` keeps the cleanest 90%;
-         :func:`mmsift.metrics.auroc` reports how well the score separates clean from corrupted samples when
-         labels are known. The paper's post-training on the cleanest 1-5% is a training step, not part of scoring.
-    Records with a non-finite loss get -inf (listed in ``notes_``). Paper: Gou et al. 2025, "Corrupted but Not
-    Broken: Rethinking the Impact of Corrupted Data in Visual Instruction Tuning" (abstract only available).
+      4. ``mmsift select RUN --method selfcheck --budget 0.01 --out clean.json`` — the cleanest 1% per task,
+         the post-training set; ``--budget 0.9`` instead drops the 10% most likely corrupted.
+         ``--truth-field`` (or :func:`mmsift.metrics.auroc`) reports how well the score separates clean from
+         corrupted samples when labels are known.
+    Records with a non-finite loss get -inf (listed in ``notes_``). Paper: Gou, Yang, Liu, Chen, Zeng, Hong, Li,
+    Liu, Kwok & Zhang 2025, "Corrupted but Not Broken: Rethinking the Impact of Corrupted Data in Visual
+    Instruction Tuning", arXiv:2502.12635.
     """
 
     name = "selfcheck"
     requires = ("loss",)
     optional = ("loss_ref",)
-    paper = "Gou et al. 2025, Corrupted but Not Broken (self-validation)"
+    paper = "Gou et al. 2025, Corrupted but Not Broken (self-validation), arXiv:2502.12635"
     summary = "low loss of a proxy fine-tuned on the pool = likely clean"
 
-    def __init__(self, *, use_reference: bool = True, random_state: int = 0):
+    def __init__(self, *, use_reference: bool = True, per_task: bool = True, random_state: int = 0):
         super().__init__(random_state=random_state)
         self.use_reference = use_reference
+        self.per_task = per_task
 
     def score(self, signals: Signals) -> np.ndarray:
         self.notes_ = []
@@ -50,3 +60,14 @@ class SelfCheck(Scorer):
         bad = ~np.isfinite(value)
         s = -np.where(bad, 0.0, value)
         return exclude_nonfinite(s, bad, signals, self.notes_, self.name, f"{what} is not finite")
+
+    def quotas(self, signals: Signals, scores: np.ndarray, n_keep: int) -> dict[str, int] | None:
+        """Each task's share of ``n_keep`` in proportion to its size (largest remainder), capped at its number of
+        scorable samples; None (one global ranking) with ``per_task=False``."""
+        if not self.per_task:
+            return None
+        tasks, sizes = np.unique(np.asarray(signals.tasks, dtype=str), return_counts=True)
+        usable = np.isfinite(scores)
+        caps = [int((usable & (np.asarray(signals.tasks, dtype=str) == t)).sum()) for t in tasks]
+        counts = apportion(sizes, n_keep, caps=caps)
+        return {str(t): int(c) for t, c in zip(tasks, counts)}

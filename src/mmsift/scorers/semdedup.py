@@ -45,7 +45,7 @@ class SemDeDup(Scorer):
 
     name = "semdedup"
     requires = ("last",)
-    paper = "Abbas et al. 2023, SemDeDup: semantic deduplication"
+    paper = "Abbas et al. 2023, SemDeDup: semantic deduplication, arXiv:2303.09540"
     summary = "drop near-duplicates (cosine > 1 - eps) inside k-means clusters"
 
     def __init__(self, *, eps: float = 0.05, vector: str = "last", n_clusters: int | None = None,

@@ -1,0 +1,174 @@
+"""A selection as one self-contained HTML file: charts and thumbnails are inlined as data URIs (opens offline).
+
+Sections: settings and notes; kept vs pool per task; score distribution of kept vs dropped records; a 2-D map
+(PCA) of the probe's vectors coloured kept/dropped; the highest- and lowest-scored records with their image
+thumbnails and conversation. Charts are drawn with matplotlib (``Figure`` objects, no global pyplot state). Every
+piece of dataset text goes through :func:`html.escape`: a pool is untrusted input.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KEPT, DROPPED = "#1b7837", "#b2182b"
+_VECTOR_PREFERENCE = ("last", "txt_mean", "img_mean", "mean", "attn_pool")
+_CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#222}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;
+vertical-align:top}.rec{display:flex;gap:12px;border:1px solid #ddd;padding:8px;margin:8px 0}
+.rec img{width:128px;height:auto;border:1px solid #ccc}.turn{white-space:pre-wrap;margin:2px 0}
+.role{font-weight:600}.note{background:#fff4e5;padding:4px 8px;margin:4px 0}.fig{max-width:100%}"""
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img class="fig" src="{uri}" alt="{html.escape(alt)}">'
+
+
+def task_chart(kept_per_task: dict, total_per_task: dict) -> str:
+    from matplotlib.figure import Figure
+
+    tasks = sorted(total_per_task, key=lambda t: (-total_per_task[t], t))[:30]
+    y = np.arange(len(tasks))
+    fig = Figure(figsize=(8, 0.35 * len(tasks) + 1.2))
+    ax = fig.subplots()
+    ax.barh(y + 0.2, [total_per_task[t] for t in tasks], height=0.4, color="#bbbbbb", label="pool")
+    ax.barh(y - 0.2, [kept_per_task.get(t, 0) for t in tasks], height=0.4, color=KEPT, label="kept")
+    ax.set_yticks(y, [str(t) for t in tasks])
+    ax.invert_yaxis()
+    ax.set_xlabel("records")
+    ax.legend(loc="lower right")
+    return _img(_png(fig), "kept vs pool per task")
+
+
+def score_chart(shown: np.ndarray, kept: np.ndarray, label: str) -> str:
+    from matplotlib.figure import Figure
+
+    finite = np.isfinite(shown)
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.subplots()
+    values = shown[finite]
+    bins = np.histogram_bin_edges(values, bins=40) if len(values) else 10
+    ax.hist(shown[finite & ~kept], bins=bins, color=DROPPED, alpha=0.6, label=f"dropped ({int((~kept).sum())})")
+    ax.hist(shown[finite & kept], bins=bins, color=KEPT, alpha=0.6, label=f"kept ({int(kept.sum())})")
+    ax.set_xlabel(label)
+    ax.set_ylabel("records")
+    ax.legend()
+    return _img(_png(fig), "score distribution")
+
+
+def map_chart(vectors: np.ndarray, kept: np.ndarray, name: str, *, seed: int = 0) -> str:
+    from matplotlib.figure import Figure
+    from sklearn.decomposition import PCA
+
+    x = np.nan_to_num(np.asarray(vectors, dtype=np.float32))
+    xy = PCA(n_components=2, random_state=seed).fit_transform(x) if len(x) >= 2 else np.zeros((len(x), 2))
+    fig = Figure(figsize=(6.5, 5))
+    ax = fig.subplots()
+    ax.scatter(xy[~kept, 0], xy[~kept, 1], s=8, c=DROPPED, alpha=0.5, label="dropped")
+    ax.scatter(xy[kept, 0], xy[kept, 1], s=10, c=KEPT, alpha=0.8, label="kept")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(f"probe vectors '{name}' (PCA)")
+    ax.legend()
+    return _img(_png(fig), "2-D map of probe vectors")
+
+
+def _thumbnail(record, images_dir) -> str:
+    from mmsift.probe.dataset import load_images
+
+    if not record.images:
+        return "<div>(text only)</div>"
+    try:
+        im = load_images(record, images_dir)[0]
+    except Exception as e:  # a missing file must not stop the report
+        return f"<div>(image not readable: {html.escape(str(e))})</div>"
+    im.thumbnail((256, 256))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}" alt="thumbnail">'
+
+
+def _record_html(record, images_dir, heading: str) -> str:
+    turns = "".join(f'<div class="turn"><span class="role">{html.escape(t.role)}:</span> {html.escape(t.text)}</div>'
+                    for t in record.turns)
+    return (f'<div class="rec">{_thumbnail(record, images_dir)}<div><div><b>{html.escape(heading)}</b> '
+            f"id {html.escape(record.id)}</div>{turns}</div></div>")
+
+
+def _vector_name(store) -> str | None:
+    names = sorted(p.stem[len("vec_"):] for p in Path(store.root).glob("vec_*.npy"))
+    return next((n for n in _VECTOR_PREFERENCE if n in names), names[0] if names else None)
+
+
+def write_html_report(path, *, selection, store, pool, report: dict, meaning, images=None, n_examples: int = 5,
+                      rows_index=None) -> Path:
+    """Write the report of ``selection`` (from ``store``, on ``pool``) to ``path``; returns the path.
+
+    ``rows_index``: the pool positions of the rows ``selection`` scored, when it scored only some of the store's
+    rows (a recipe's later stages); by default every store row.
+    """
+    from mmsift.explain import describe_components
+
+    path = Path(path)
+    store_index = np.asarray(store.load([]).index)
+    index = store_index if rows_index is None else np.asarray(rows_index)
+    position = {int(i): k for k, i in enumerate(store_index)}
+    store_rows = np.fromiter((position[int(i)] for i in index), dtype=np.int64, count=len(index))
+    kept = np.zeros(len(selection.scores), dtype=bool)
+    kept[selection.rows] = True
+    shown = meaning.shown(selection.scores)
+    e = html.escape
+    parts = [f"<h1>mmsift selection: {e(selection.method)}, kept {len(selection.rows)} of {selection.n_total}</h1>"]
+    settings = report.get("settings") or {k: report.get(k) for k in ("method", "budget", "seed", "params")}
+    parts.append("<h2>Settings</h2><table>" + "".join(
+        f"<tr><th>{e(str(k))}</th><td>{e(json.dumps(v, ensure_ascii=False, default=str))}</td></tr>"
+        for k, v in settings.items()) + "</table>")
+    notes = list(report.get("task_notes", [])) + list(selection.notes)
+    parts.extend(f'<div class="note">{e(n)}</div>' for n in notes)
+    parts.append(f"<p>Scores: {e(meaning.sentence)}.</p>")
+    comps = describe_components(selection.details)
+    if comps:
+        parts.append("<ul>" + "".join(f"<li>{e(c)}</li>" for c in comps) + "</ul>")
+    parts.append('<h2 id="tasks">Kept vs pool per task</h2>'
+                 + task_chart(selection.kept_per_task, selection.total_per_task))
+    parts.append('<h2 id="scores">Scores of kept and dropped records</h2>' + score_chart(shown, kept, meaning.label))
+    name = _vector_name(store)
+    if name is None:
+        parts.append('<h2 id="map">Map</h2><p>This run has no probe vectors to map.</p>')
+    else:
+        parts.append('<h2 id="map">Map of the probe vectors</h2>'
+                     + map_chart(np.asarray(store.load([name])[name])[store_rows], kept, name,
+                                 seed=int(settings.get("seed") or 0)))
+    by_index = {r.index: r for r in pool.records}
+    finite = np.flatnonzero(np.isfinite(selection.scores))
+    order = finite[np.lexsort((index[finite], -selection.scores[finite]))]
+    for title, rows in (("Highest-scored records", order[:n_examples]),
+                        ("Lowest-scored records", order[::-1][:n_examples])):
+        parts.append(f'<h2 id="{"top" if title.startswith("High") else "bottom"}">{title}</h2>')
+        for row in rows:
+            rec = by_index.get(int(index[row]))
+            if rec is None:
+                continue
+            heading = f"{'kept' if kept[row] else 'dropped'}, {meaning.label} {shown[row]:.4g}"
+            parts.append(_record_html(rec, images, heading))
+    doc = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mmsift selection</title>"
+           f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc, encoding="utf-8")
+    log.info("wrote the HTML report to %s", path)
+    return path
