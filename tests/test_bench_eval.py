@@ -88,19 +88,15 @@ def test_choose_methods_skips_judge_methods():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from mmsift.bench.evaluate import build_eval_set, eval_texts, load_eval_set
+    from mmsift.bench.evaluate import build_eval_set, load_eval_set
     from mmsift.bench.pool import build_bench_pool
-    from mmsift.bench.train import TargetSize, build_target_init
     from mmsift.data.io import read_pool
+    from mmsift.probe.pretrain import ensure_base
 
     root = tmp_path_factory.mktemp("tiny")
     pool = read_pool(build_bench_pool(root / "pool", n_images=24, n_ocr=8, seed=0))
     items = load_eval_set(build_eval_set(root / "eval", n_per_type=4, n_mc=4, n_ocr=4, seed=0))
-    texts = [t.text.replace("<image>", "") for r in pool.records for t in r.turns] + eval_texts(items)
-    size = TargetSize(hidden_size=32, num_layers=2, intermediate_size=64, image_size=16, patch_size=8,
-                      vision_hidden_size=16, vision_layers=1)
-    init = build_target_init(root / "init", texts=texts, seed=0, size=size)
-    return root, pool, items, init
+    return root, pool, items, ensure_base()  # the tests' tiny base (conftest.py)
 
 
 def test_cached_option_losses_match_full_sequences(tiny):
@@ -149,6 +145,13 @@ def test_train_a_few_steps_is_deterministic_and_evaluates(tiny):
     for (n, p), (_, q) in zip(a.model.model.named_parameters(), b.model.model.named_parameters()):
         assert torch.equal(p, q), n
     assert a.losses[-1] < a.losses[0]
+    # Vision tower frozen (LLaVA-1.5 instruction tuning): its weights are the base's.
+    from mmsift.probe.models import load_model
+
+    base = load_model(init)
+    for (n, p), q in zip(a.model.model.named_parameters(), base.model.parameters()):
+        if "vision_tower" in n:
+            assert torch.equal(p, q), n
     acc = evaluate(a.model, items, encode_items(a.model, items, root / "eval" / "images"))
     for k in ("shape", "color", "yesno", "ocr", "mc_clean", "mc_perm", "mc_sym", "mc_both", "vqa", "all_open"):
         assert 0.0 <= acc[k] <= 1.0

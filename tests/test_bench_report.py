@@ -1,37 +1,121 @@
-"""Bench results table and command-line parsing."""
+"""Bench statistics (intervals, paired verdicts), calibration subsets, the results table and CLI parsing."""
 
 import csv
 import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import typer
 
 from mmsift.bench.command import _budgets
-from mmsift.bench.report import add_scores, write_results
+from mmsift.bench.report import summarise, write_results
+from mmsift.bench.runner import Run
+from mmsift.bench.stats import cell_interval, paired_difference, point_score
+
+COLS = ("shape", "color")
 
 
-def _row(method, all_open, mc):
-    return {"method": method, "budget": 1.0 if method == "full" else 0.3, "n_kept": 10, "all_open": all_open,
-            "mc_clean": mc[0], "mc_perm": mc[1], "mc_sym": mc[2], "mc_both": mc[3], "auroc": float("nan")}
+def _correct(shape_hits, color_hits, n=10):
+    return {"shape": np.arange(n) < shape_hits, "color": np.arange(n) < color_hits}
 
 
-def test_scores_relative_to_full():
-    rows = add_scores([_row("full", 0.6, (0.4, 0.4, 0.2, 0.2)), _row("x", 0.3, (0.3, 0.3, 0.3, 0.3))])
-    assert rows[0]["score"] == pytest.approx(0.45) and rows[0]["rel_full"] == pytest.approx(100.0)
-    assert rows[1]["score"] == pytest.approx(0.3) and rows[1]["rel_full"] == pytest.approx(100 * 0.3 / 0.45)
+def test_point_score_and_degenerate_intervals_by_hand():
+    # shape 6/10, colour 2/10 -> score 0.4; an all-correct cell has the point interval [1, 1]
+    run = _correct(6, 2)
+    assert point_score(run, COLS) == pytest.approx(0.4)
+    perfect = [_correct(10, 10)] * 3
+    iv = cell_interval(perfect, COLS, n_boot=200)
+    assert (iv.mean, iv.low, iv.high) == (1.0, 1.0, 1.0)
+    # a - b where a is always right and b always wrong: +1 whatever is resampled, verdict better
+    d = paired_difference(perfect, [_correct(0, 0)] * 3, COLS, n_boot=200)
+    assert (d.mean, d.low, d.high, d.verdict()) == (1.0, 1.0, 1.0, "better")
+    same = paired_difference([run] * 2, [run] * 2, COLS, n_boot=200)
+    assert (same.low, same.high, same.verdict()) == (0.0, 0.0, "undecided")
+    with pytest.raises(ValueError, match="same seed pairs"):
+        paired_difference([run], [run, run], COLS)
 
 
-def test_write_results(tmp_path):
-    meta = {"eval": {"chance": {"vqa": 0.3}}, "stage_seconds": {"probe": 1.5}, "skipped": {"mmssr": "needs x"},
+def test_intervals_cover_the_mean_and_widen_with_seed_noise():
+    rng = np.random.default_rng(0)
+    items = 300
+    steady = [{c: rng.random(items) < 0.7 for c in COLS} for _ in range(3)]
+    noisy = [{c: rng.random(items) < p for c in COLS} for p in (0.5, 0.7, 0.9)]
+    a, b = cell_interval(steady, COLS, seed=1), cell_interval(noisy, COLS, seed=1)
+    assert a.low < a.mean < a.high and b.low < b.mean < b.high
+    assert (b.high - b.low) > 2 * (a.high - a.low)
+    # A gap of 0.2 over 300 items per column and 3 seed pairs is decided; a gap of 0 is not.
+    worse = [{c: rng.random(items) < 0.5 for c in COLS} for _ in range(3)]
+    assert paired_difference(steady, worse, COLS).verdict() == "better"
+    assert paired_difference(worse, steady, COLS).verdict() == "worse"
+
+
+def test_calibration_subsets_by_hand():
+    from mmsift.bench.calibration import calibration_subset, full_clean
+
+    # 10 records: task a = 0..5, task b = 6..9; bad ones: 1 (wrong answer), 2 (duplicate), 7 (noise)
+    defects = ["none", "wrong_answer", "duplicate", "none", "none", "none", "none", "noise", "none", "none"]
+    truth = [{"defect": d} for d in defects]
+    tasks = ["a"] * 6 + ["b"] * 4
+    assert full_clean(truth).tolist() == [0, 3, 4, 5, 6, 8, 9]
+    kept = calibration_subset("oracle", truth, tasks, 5, seed=0)
+    # 5 of 10 in task shares 6:4 -> 3 from a, 2 from b, none bad
+    assert len(kept) == 5 and not set(kept) & {1, 2, 7}
+    assert sum(k < 6 for k in kept) == 3
+    anti = calibration_subset("anti-oracle", truth, tasks, 5, seed=0)
+    assert {1, 2, 7} <= set(anti.tolist()) and sum(k < 6 for k in anti) == 3
+    # Oracle at a budget above the clean share: capped by the clean records of each task, rest elsewhere.
+    assert set(calibration_subset("oracle", truth, tasks, 1.0, seed=0).tolist()) == set(full_clean(truth).tolist())
+    with pytest.raises(ValueError, match="unknown calibration"):
+        calibration_subset("nope", truth, tasks, 5, seed=0)
+
+
+def _runs():
+    runs = []
+    for s in (0, 1):
+        for label, budget, hits in [("full", 1.0, 6), ("full-clean", 1.0, 9), ("random", 0.3, 5),
+                                    ("oracle", 0.3, 8), ("post:selfcheck", 0.02, 8), ("post:random", 0.02, 6)]:
+            r = Run(label, budget, s, np.arange(3))
+            r.correct = _correct(hits, hits)
+            r.row = {"method": label, "budget": budget, "seed": s, "n_kept": 3, "shape": hits / 10,
+                     "color": hits / 10, "corrupt_kept": 0.5, "auroc": float("nan"), "train_s": 1.0}
+            runs.append(r)
+    return runs
+
+
+def test_summarise_and_write(tmp_path):
+    cfg = SimpleNamespace(score_columns=COLS, n_boot=200, seed=0)
+    meta = {"eval": {"chance": {"shape": 1 / 3, "color": 0.125}}, "skipped": {"mmssr": "needs x"},
             "pool": {"n_records": 10, "defects": {"none": 8, "noise": 2}}}
-    res = write_results([_row("full", 0.6, (0.4, 0.4, 0.2, 0.2)), _row("x", 0.3, (0.3,) * 4)], meta, tmp_path)
+    runs = _runs()
+    rows = summarise(runs, cfg, meta)
+    by = {r["method"]: r for r in rows}
+    assert by["oracle"]["score"] == pytest.approx(0.8) and by["oracle"]["runs"] == 2
+    assert by["oracle"]["vs_random"] == pytest.approx(0.3) and "vs_random" not in by["random"]
+    assert "vs_random" not in by["full"] and by["full-clean"]["pct_full_clean"] == pytest.approx(100)
+    # Post-training: compared with post:random; gap closed = (0.8 - 0.6) / (0.9 - 0.6)
+    assert by["post:selfcheck"]["vs_random"] == pytest.approx(0.2)
+    assert by["post:selfcheck"]["gap_closed"] == pytest.approx(2 / 3)
+    assert meta["sensitivity"]["budget"] == 0.3 and meta["sensitivity"]["mean"] == pytest.approx(0.3)
+    assert meta["learnable"]["shape"]["full_clean"] == pytest.approx(0.9)
+    res = write_results(rows, runs, meta, tmp_path)
     md = (tmp_path / "results.md").read_text()
-    assert md.splitlines()[0].startswith("| method | budget | n |")
-    assert "| x | 0.3 | 10 |" in md and "Skipped mmssr: needs x" in md and "–" in md
-    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-    assert [r["method"] for r in rows] == ["full", "x"]
+    assert md.splitlines()[0].startswith("| method | budget | n | runs | score | 95% interval |")
+    assert "sensitivity: oracle - random at 0.3 = +0.300" in md and "Skipped mmssr: needs x" in md
+    assert [r["method"] for r in csv.DictReader(open(tmp_path / "runs.csv"))][:2] == ["full", "full-clean"]
     assert json.loads((tmp_path / "results.json").read_text())["meta"]["pool"]["n_records"] == 10
-    assert res["paths"]["csv"].endswith("results.csv")
+    items = np.load(tmp_path / "items.npz")
+    assert items["oracle|0.3|1|shape"].sum() == 8 and res["paths"]["items"].endswith("items.npz")
+
+
+def test_sensitivity_says_when_the_bench_cannot_judge():
+    from mmsift.bench.report import sensitivity
+
+    cells = {("oracle", 0.15): None, ("random", 0.15): None}
+    same = [_correct(5, 5)] * 2
+    out = sensitivity(cells, {("oracle", 0.15): same, ("random", 0.15): same}, COLS,
+                      SimpleNamespace(n_boot=100, seed=0))
+    assert not out["can_judge"] and "cannot judge methods" in out["text"]
 
 
 def test_budget_option():
