@@ -23,4 +23,5 @@ def test_demo_end_to_end(tmp_path):
         line = next(ln for ln in res.output.splitlines() if ln.strip().startswith(f"{method} ("))
         assert f"kept {len(subset)} of {len(pool)}" in line
     assert "why (datatailor)" in res.output and "0 skipped" in res.output
+    assert "image-shuffle test on" in res.output  # the user sees whether the proxy reads the images
     assert (out / "proxy" / "config.json").is_file() and (out / "run" / "manifest.json").is_file()
