@@ -63,3 +63,25 @@ def test_cache_root_follows_env(monkeypatch, tmp_path, name):
     assert cache_root() == tmp_path / "c"
     monkeypatch.delenv(name)
     assert cache_root().name == "mmsift"
+
+
+def test_perception_learns_from_label_sets():
+    """Label sets (the pool perception stage's soft targets): red images carry {red}, blue ones {blue, sky}."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mmsift.probe.pretrain import train_perception
+
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=16, patch_size=8))
+    y = torch.arange(64) % 2
+    pixels = torch.randn(64, 3, 16, 16) * 0.1
+    pixels[:, 0] += torch.where(y == 0, 1.0, -1.0)[:, None, None]
+    sets = torch.zeros(64, 3)
+    sets[y == 0, 0] = 1
+    sets[y == 1, 1:] = 1
+    heads, _ = train_perception(tower, pixels[:48], {"w": sets[:48]}, steps=40, batch=16, lr=5e-3, seed=0,
+                                n_classes={"w": 3}, progress=None)
+    with torch.no_grad():
+        top = heads["w"](tower(pixel_values=pixels[48:]).last_hidden_state[:, 1:].mean(1)).argmax(1)
+    assert bool((sets[48:][torch.arange(16), top] == 1).all())

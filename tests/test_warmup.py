@@ -83,7 +83,11 @@ def test_warmup_whole_pool_by_default_and_base_none(pool):
                  progress=False)
     info = json.loads((out / "warmup.json").read_text())
     assert info["n_samples"] + info["n_failed"] == len(good) and info["base"] == "none"
-    assert not info["vision_frozen"] and info["lr"] == 3e-3
+    assert info["lr"] == 3e-3
+    # The perception stage ran on the pool's own images, then the tower was frozen.
+    perception = info["pool_perception"]
+    assert not perception["skipped"] and perception["vocabulary"] > 0 and info["vision_frozen"]
+    assert perception["steps"] == 100 and perception["heldout_loss"] >= 0 and perception["base_rate_loss"] >= 0
     with pytest.raises(ValueError, match="--base"):
         warmup(path, images=images, out=root / "x", base="mine")
 
@@ -145,3 +149,19 @@ def test_small_models_use_one_cpu_thread_and_restore_it(pool):
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_answer_words_and_vocabulary_by_hand():
+    from mmsift.data.records import Record, Turn
+    from mmsift.probe.pool_perception import answer_vocabulary, answer_words
+
+    def rec(*answers):
+        turns = [t for a in answers for t in (Turn("user", "q?"), Turn("assistant", a))]
+        return Record(id="x", index=0, images=["a.png"], turns=turns, raw={})
+
+    r = rec("Red.", "A big blue circle", "It is a very long answer here")
+    assert answer_words(r) == {"red"}  # 4+ word answers are not labels
+    assert answer_words(rec("Blue circle")) == {"blue", "circle"}
+    pool = [rec("red")] * 6 + [rec("blue")] * 5 + [rec("teal")] * 4
+    assert answer_vocabulary(pool, min_count=5) == ["red", "blue"]
+    assert answer_vocabulary(pool, top_k=1, min_count=1) == ["red"]

@@ -31,7 +31,8 @@ def warmup_command(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
     task_field: Annotated[Optional[str], typer.Option("--task-field", help="Record field naming its task.")] = None,
     base: Annotated[str, typer.Option(
-        "--base", help="bundled: start from the pretrained base (built once, cached); none: random weights.")
+        "--base", help="bundled: start from the pretrained base (built once, cached); none: random weights, a "
+                       "perception stage on the pool's own images, then the pool (for images unlike easy-vqa).")
     ] = "bundled",
     max_failures: Annotated[float, typer.Option(
         "--max-failures", help="Share of records that may fail before the run is stopped as a systematic error "

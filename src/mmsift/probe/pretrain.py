@@ -219,7 +219,9 @@ def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr:
                      n_classes: dict, progress: str | None = "perception"):
     """Stage 0: train ``tower`` (a CLIP vision model) with one linear head per label on mean-pooled patch tokens.
 
-    ``labels``: name -> (N,) long tensor, -1 where unknown. Returns (heads, mean loss of the last 50 steps).
+    ``labels``: name -> (N,) long tensor, -1 where unknown (cross-entropy), or (N, K) float tensor of 0/1
+    (a set of labels per item: cross-entropy against the uniform distribution over the item's labels; items
+    with none are skipped). Returns (heads, mean loss of the last 50 steps).
     """
     import torch
     from tqdm import tqdm
@@ -231,14 +233,21 @@ def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-1)
+    ce = torch.nn.CrossEntropyLoss(ignore_index=-1)
+
+    def head_loss(k, feats, idx):
+        y = labels[k][idx]
+        if y.ndim == 2:
+            # Soft targets: binary cross-entropy over dozens of rare words let the head predict "none" and stop.
+            has = y.sum(1) > 0
+            return ce(heads[k](feats[has]), y[has] / y[has].sum(1, keepdim=True)) if bool(has.any()) else None
+        return ce(heads[k](feats), y) if bool((y >= 0).any()) else None
     tower.train()
     recent: list[float] = []
     for step in tqdm(range(steps), desc=progress, unit="step", disable=progress is None, leave=False):
         idx = torch.randint(len(pixels), (batch,), generator=gen)
         feats = tower(pixel_values=pixels[idx].float()).last_hidden_state[:, 1:].mean(1)
-        loss = sum(loss_fn(heads[k](feats), labels[k][idx]) for k in heads
-                   if bool((labels[k][idx] >= 0).any()))
+        loss = sum(x for x in (head_loss(k, feats, idx) for k in heads) if x is not None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

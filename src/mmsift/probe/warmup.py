@@ -249,9 +249,11 @@ def warmup(
     ``base="bundled"`` (default): start from the pretrained base (:mod:`mmsift.probe.pretrain`, built once and
     cached; ``base_recipe`` picks another recipe than the default) and instruction-tune projector and language
     model on the pool with the vision tower frozen, as LLaVA-1.5 does; lr defaults to 1e-3.
-    ``base="none"``: a proxy with random weights and a tokenizer trained on the pool's texts (up to
-    ``max_tokenizer_texts`` turns), every weight trained on the pool; lr defaults to 3e-3. Small CPU budgets
-    rarely teach such a proxy to look at the images: the image-shuffle test in ``warmup.json`` says whether it did.
+    ``base="none"`` (a pool the base does not fit): a proxy with random weights and a tokenizer trained on the
+    pool's texts (up to ``max_tokenizer_texts`` turns); first a perception stage on the pool's own images
+    (:mod:`mmsift.probe.pool_perception`: the tower learns to predict the records' short-answer words), then the
+    tower is frozen and the rest trained on the pool; lr defaults to 3e-3. Whether the proxy reads its images
+    is what the image-shuffle test in ``warmup.json`` says.
 
     Writes the model to ``out`` (``save_pretrained``) with ``warmup.json`` (settings, loss curve and the
     image-shuffle test, :func:`image_shuffle_test`).
@@ -271,7 +273,7 @@ def warmup(
     if not good:
         raise ValueError(f"{data}: no valid record to train on ({report.n_errors} errors; run mmsift validate)")
     out = Path(out)
-    base_info = None
+    base_info, perception, model_in = None, None, out
     if base == "bundled":
         from mmsift.probe.pretrain import ensure_base, read_base_info
 
@@ -283,16 +285,29 @@ def warmup(
                         ignore=shutil.ignore_patterns("base.json", WARMUP_LOG))
         lr = 1e-3 if lr is None else lr
     else:
+        from mmsift.probe.models import load_model
+        from mmsift.probe.pool_perception import train_pool_perception
+
         texts = [t.text.replace("<image>", "") for r in good for t in r.turns][:max_tokenizer_texts]
-        build_proxy(out, texts=texts, seed=seed)
+        # The base's sizes (64 px, patch 8, tower 64 x 3, projector reading the tower's last layer, the one the
+        # perception stage trains), with a tokenizer of the pool's own texts.
+        from mmsift.probe.pretrain import DEFAULT_RECIPE
+
+        size = {k: v for k, v in DEFAULT_RECIPE.size().items() if k != "vocab_size"}
+        build_proxy(out, texts=texts, seed=seed, **size)
+        model_in = load_model(out, device=device, dtype="float32")
+        perception = train_pool_perception(model_in, good, images_dir, seed=seed,
+                                           progress="perception" if progress else None)
         lr = 3e-3 if lr is None else lr
     if n_samples is None or n_samples >= len(good):
         subset = good
     else:
         rng = np.random.default_rng(seed)
         subset = [good[i] for i in np.sort(rng.choice(len(good), size=n_samples, replace=False))]
-    result = train_proxy(out, subset, images_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                         device=device, freeze_vision=base == "bundled", progress="warm-up" if progress else None,
+    frozen = base == "bundled" or (perception is not None and not perception["skipped"])
+    result = train_proxy(model_in, subset, images_dir, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                         device=device, freeze_vision=frozen,
+                         progress="warm-up" if progress else None,
                          max_failure_rate=max_failure_rate, log_dir=out)
     result.model.model.save_pretrained(out)
     shuffle = image_shuffle_test(result.model, subset, images_dir, seed=seed, batch_size=batch_size)
@@ -309,7 +324,8 @@ def warmup(
         "batch_size": batch_size,
         "seed": seed,
         "device": device,
-        "vision_frozen": base == "bundled",
+        "vision_frozen": frozen,
+        "pool_perception": perception,
         "image_shuffle": shuffle,
         "losses": result.losses,
         "epoch_losses": result.epoch_losses,
