@@ -68,3 +68,19 @@ def test_bad_arguments(tmp_path):
         build_easyvqa_pool(tmp_path, n_images=5, split="val")
     with pytest.raises(ValueError, match="n_images"):
         build_easyvqa_pool(tmp_path, n_images=0)
+
+
+def test_pools_never_use_the_base_images(tmp_path):
+    """Pools draw from train ids 0-999; ids 1000-3999 pretrain the base (mmsift.probe.pretrain)."""
+    from mmsift.bench.pool import build_clean_records
+    from mmsift.data.easyvqa import BASE_IMAGE_IDS, POOL_IMAGE_IDS
+
+    assert not set(POOL_IMAGE_IDS) & set(BASE_IMAGE_IDS)
+    pool = read_pool(build_easyvqa_pool(tmp_path / "demo", n_images=len(POOL_IMAGE_IDS), seed=0))
+    ids = {int(r.images[0].rsplit("/", 1)[1].split(".")[0]) for r in pool.records}
+    assert ids == set(POOL_IMAGE_IDS)
+    with pytest.raises(ValueError, match="n_images"):
+        build_easyvqa_pool(tmp_path / "x", n_images=len(POOL_IMAGE_IDS) + 1, seed=0)
+    bench = build_clean_records(tmp_path / "bench", n_images=50, n_ocr=2, seed=0)
+    assert all(int(r["image"].split("/")[1].split(".")[0]) in POOL_IMAGE_IDS
+               for r in bench if r["image"].startswith("easyvqa/"))
