@@ -54,7 +54,8 @@ def test_warmup_writes_reloadable_model_with_loss_curve(pool):
     from mmsift.probe.warmup import warmup
 
     path, images, raw, root = pool
-    out = warmup(path, images=images, out=root / "proxy", n_samples=24, epochs=4, seed=0, lr=5e-3, batch_size=8)
+    out = warmup(path, images=images, out=root / "proxy", n_samples=24, epochs=4, seed=0, lr=5e-3, batch_size=8,
+                 min_steps=1)
     info = json.loads((out / "warmup.json").read_text())
     assert info["n_samples"] == 24 and len(info["epoch_losses"]) == 4
     assert info["vision_frozen"] and info["base"]["key"] == ensure_base().name
@@ -79,7 +80,7 @@ def test_warmup_whole_pool_by_default_and_base_none(pool):
 
     path, images, raw, root = pool
     good = [r for r in raw if r.get("conversations")]
-    out = warmup(path, images=images, out=root / "scratch_proxy", epochs=1, batch_size=8, base="none",
+    out = warmup(path, images=images, out=root / "scratch_proxy", epochs=1, batch_size=8, base="none", min_steps=1,
                  progress=False)
     info = json.loads((out / "warmup.json").read_text())
     assert info["n_samples"] + info["n_failed"] == len(good) and info["base"] == "none"
@@ -128,9 +129,9 @@ def test_warmup_command_prints_curve(pool):
     app.command()(warmup_command)
     out = root / "cmd_proxy"
     result = CliRunner().invoke(app, [str(path), "--images", str(images), "--out", str(out), "--n-samples", "8",
-                                      "--epochs", "1", "--batch-size", "4"])
+                                      "--epochs", "1", "--batch-size", "4", "--min-steps", "5"])
     assert result.exit_code == 0, result.output
-    assert "trained the proxy on 8 samples for 1 epochs" in result.output
+    assert "trained the proxy on 8 samples for 5 steps" in result.output  # 1 epoch = 2 steps, raised to 5
     assert "image-shuffle test on" in result.output
     assert (out / "config.json").is_file() and (out / "warmup.json").is_file()
 

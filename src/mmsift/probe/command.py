@@ -23,7 +23,9 @@ def warmup_command(
         "proxy"),
     n_samples: Annotated[Optional[int], typer.Option(
         "--n-samples", help="Random pool records to train on (default: the whole pool).")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training slice.")] = 3,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training slice (at least --min-steps steps).")] = 3,
+    min_steps: Annotated[int, typer.Option(
+        "--min-steps", help="Fewest optimisation steps, however small the pool.")] = 300,
     lr: Annotated[Optional[float], typer.Option(
         "--lr", help="Peak AdamW learning rate (default 1e-3 from the base, 3e-3 with --base none).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per step.")] = 16,
@@ -43,7 +45,7 @@ def warmup_command(
 
     try:
         path = warmup(data, images=images, out=out, n_samples=n_samples, epochs=epochs, seed=seed, device=device,
-                      lr=lr, batch_size=batch_size, task_field=task_field, base=base,
+                      lr=lr, batch_size=batch_size, task_field=task_field, base=base, min_steps=min_steps,
                       max_failure_rate=max_failures)
     except SystematicFailure as e:
         fail_systematic(e)
@@ -53,7 +55,7 @@ def warmup_command(
     info = read_warmup_log(path) or {}
     losses = info.get("epoch_losses") or []
     curve = " -> ".join(f"{x:.3f}" for x in losses)
-    typer.echo(f"trained the proxy on {info.get('n_samples', '?')} samples for {epochs} epochs "
+    typer.echo(f"trained the proxy on {info.get('n_samples', '?')} samples for {info.get('steps', '?')} steps "
                f"in {info.get('seconds', 0):.1f}s; answer loss per epoch: {curve}")
     typer.echo(shuffle_line(info))
     typer.echo(f"model written to {path}")
