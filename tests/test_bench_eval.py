@@ -162,3 +162,16 @@ def test_recipe_steps():
 
     r = Recipe(epochs=4, min_steps=100, max_steps=500, batch_size=16)
     assert r.steps_for(75) == 100 and r.steps_for(1000) == 250 and r.steps_for(10_000) == 500
+
+
+def test_validation_eval_set_and_no_attacks(tmp_path):
+    """A validation set draws from the given train image ids only; without attacks only mc_clean is built."""
+    from mmsift.bench.evaluate import build_eval_set, load_eval_set
+
+    ids = list(range(900, 1000))
+    items = load_eval_set(build_eval_set(tmp_path, n_per_type=5, n_mc=5, n_ocr=3, seed=0, mc_attacks=False,
+                                         validation_ids=ids))
+    kinds = {x.kind for x in items}
+    assert kinds == {"shape", "color", "yesno", "ocr", "mc_clean"}
+    assert all(int(x.image.split("/")[1].split(".")[0]) in ids for x in items if not x.kind == "ocr")
+    assert sum(x.kind == "mc_clean" for x in items) == 5
