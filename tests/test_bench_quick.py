@@ -13,7 +13,7 @@ def test_tiny_bench_end_to_end(tmp_path):
 
     cfg = BenchConfig(out=str(tmp_path / "bench"), budgets=(0.3,), methods=["random", "selfcheck", "length",
                                                                               "oracle", "anti-oracle"],
-                      seeds=(0, 1), n_images=24, n_ocr=8, eval_per_type=6, eval_mc=6, eval_ocr=6,
+                      seeds=(0, 1), sensitivity_seeds=(2,), n_images=24, n_ocr=8, eval_per_type=6, eval_mc=6, eval_ocr=6,
                       warmup_epochs=1, recipe=Recipe(epochs=1, min_steps=3, max_steps=4, batch_size=8),
                       post_fraction=0.05, n_boot=100)
     result = run_bench(cfg)
@@ -34,9 +34,10 @@ def test_tiny_bench_end_to_end(tmp_path):
     assert "yesno" in rows[("full", 1.0)] and "mc_clean" in rows[("full", 1.0)] and "yesno" not in rows[("oracle", 0.3)]
     assert rows[("full-clean", 1.0)]["corrupt_kept"] == 0.0 and math.isfinite(rows[("selfcheck", 0.3)]["auroc"])
     assert "gap_closed" in rows[("post:selfcheck", 0.05)] or "pct_full_clean" in rows[("post:selfcheck", 0.05)]
-    assert "sensitivity: oracle - random at 0.3" in result["markdown"]
+    # The sensitivity line also uses the extra seed pair (oracle and random only); the cells do not.
+    assert "sensitivity: oracle - random at 0.3" in result["markdown"] and "3 seed pairs" in result["markdown"]
     assert result["meta"]["warmup"]["image_shuffle"]["n_records"] > 0
-    assert len(result["runs"]) == 2 * 7 + 2 * 2
+    assert len(result["runs"]) == 2 * 7 + 2 + 2 * 2
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert saved["meta"]["sensitivity"]["budget"] == 0.3
     # The subsets written for each run are the records that were trained on, truth field included.

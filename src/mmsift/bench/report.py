@@ -37,9 +37,15 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def summarise(runs, cfg, meta: dict) -> list[dict]:
-    """Cell rows; also adds the sensitivity line, the column learnability and post-training shares to ``meta``."""
+    """Cell rows; also adds the sensitivity line, the column learnability and post-training shares to ``meta``.
+
+    Cell rows and verdicts use the config's seed pairs; the sensitivity line also the extra ones
+    (``sensitivity_seeds``, oracle and random only).
+    """
     cols = tuple(cfg.score_columns)
-    cells = _cells(runs)
+    every = _cells(runs)
+    main = set(cfg.seeds)
+    cells = {k: [r for r in v if r.seed in main or k[0].startswith("post:")] for k, v in every.items()}
     correct = {k: [r.correct for r in v] for k, v in cells.items()}
     rows = []
     for (label, budget), members in cells.items():
@@ -57,7 +63,7 @@ def summarise(runs, cfg, meta: dict) -> list[dict]:
             row.update(vs_random=d.mean, vs_random_low=d.low, vs_random_high=d.high, verdict=d.verdict())
         rows.append(row)
     _full_clean_shares(rows)
-    meta["sensitivity"] = sensitivity(cells, correct, cols, cfg)
+    meta["sensitivity"] = sensitivity(every, {k: [r.correct for r in v] for k, v in every.items()}, cols, cfg)
     meta["learnable"] = learnability(rows, meta.get("eval", {}).get("chance", {}))
     meta["score_columns"] = list(cols)
     return rows
@@ -82,6 +88,8 @@ def sensitivity(cells, correct, cols, cfg) -> dict:
     if not budgets:
         return {"text": "sensitivity: no oracle and random cells at a common budget; the bench cannot check itself"}
     b = budgets[0]
+    if len(correct[("oracle", b)]) != len(correct[("random", b)]):
+        return {"text": f"sensitivity: oracle and random at {b:g} have different seed pairs; cannot pair them"}
     d = paired_difference(correct[("oracle", b)], correct[("random", b)], cols, n_boot=cfg.n_boot, seed=cfg.seed)
     ok = d.low > 0
     text = (f"sensitivity: oracle - random at {b:g} = {d.text()} (95% interval, {len(correct[('oracle', b)])} seed "
