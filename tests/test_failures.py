@@ -142,3 +142,26 @@ def test_select_refuses_a_run_without_rows(tmp_path):
                               str(tmp_path / "s.json")])
     assert res.exit_code == 2 and "holds no probed record" in res.output and "Traceback" not in res.output
     assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1
+
+
+def test_a_forward_pass_that_breaks_on_images_stops_the_probe(monkeypatch, tmp_path):
+    """What transformers 5.24 did to the old probe: every image record's forward raised inside the model."""
+    from transformers.models.llava import modeling_llava
+
+    from mmsift.probe.proxy import build_proxy
+    from mmsift.probe.runner import run_probe
+
+    make_images(tmp_path / "images")
+    records = [r for r in pool_records(48) if "image" in r]
+    pool = write_pool(tmp_path / "pool.json", records)
+    model = build_proxy(tmp_path / "model", texts=pool_texts(records), seed=0)
+
+    def broken(self, *args, **kwargs):
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    monkeypatch.setattr(modeling_llava.LlavaModel, "get_image_features", broken)
+    with pytest.raises(SystematicFailure, match="probe_error: TypeError") as info:
+        run_probe(pool, images=tmp_path / "images", model=model, out=tmp_path / "run", methods=["perplexity"],
+                  batch_size=4)
+    assert "32 of the 32 records" in str(info.value)  # stopped at the first verdict, not after all 40
+    assert "get_image_features" in (tmp_path / "run" / ERROR_LOG).read_text()
