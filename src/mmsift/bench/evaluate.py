@@ -66,10 +66,11 @@ def mc_versions(question: str, options: list[str], answer: str, *, seed: int, ke
 
 
 def build_eval_set(out_dir, *, n_per_type: int = 150, n_mc: int = 150, n_ocr: int = 80, seed: int = 0,
-                   mc_attacks: bool = True, validation_ids=None) -> Path:
+                   mc_attacks: bool = True, validation_ids=None, open_types=("shape", "color", "yesno")) -> Path:
     """Sample test items (``n_per_type`` shape, colour and yes/no questions each), MC items and OCR items.
 
     ``mc_attacks``: also the permutation / symbol / both versions of every MC item (else only ``mc_clean``).
+    ``open_types``: the open question types to sample (``n_mc=0`` leaves out multiple choice).
     ``validation_ids``: draw from these easy-vqa *train* image ids instead of the test split (a validation set
     for choosing the target's recipe, so that the test split is never used to tune anything).
     Writes ``out_dir/eval.json`` and the images under ``out_dir/images``; returns the JSON path.
@@ -94,7 +95,7 @@ def build_eval_set(out_dir, *, n_per_type: int = 150, n_mc: int = 150, n_ocr: in
     types = np.array([question_type(a) for a in answers])
     items: list[EvalItem] = []
     used_images: set[int] = set()
-    for t in ("shape", "color", "yesno"):
+    for t in open_types:
         rows = np.flatnonzero(types == t)
         for i in np.sort(rng.choice(rows, size=min(n_per_type, len(rows)), replace=False)):
             used_images.add(int(image_ids[i]))

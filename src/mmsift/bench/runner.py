@@ -63,7 +63,9 @@ class BenchConfig:
     eval_mc: int = 300
     eval_ocr: int = 300
     mc_attacks: bool = False  # also the permuted / symbol-attacked MC versions (ARDS's columns)
+    open_types: tuple = ("shape", "color", "yesno")  # open question types of the evaluation set
     warmup_epochs: int = 3
+    warmup_min_steps: int = 300
     recipe: Recipe = field(default_factory=Recipe)
     post_fraction: float = 0.02  # 0: no post-training rows
     score_columns: tuple = SCORE_COLUMNS
@@ -74,8 +76,9 @@ class BenchConfig:
     @classmethod
     def quick_config(cls, out: str, **overrides) -> "BenchConfig":
         base = dict(out=out, budgets=(0.15,), quick=True, seeds=(0, 1), sensitivity_seeds=(), calibration=("oracle",),
-                    post_fraction=0.0,
-                    n_images=200, n_ocr=64, eval_per_type=300, eval_mc=300, eval_ocr=300, warmup_epochs=2)
+                    post_fraction=0.0, n_images=200, n_ocr=64, eval_per_type=300, eval_ocr=300,
+                    # Only the score columns' items: yes/no and MC are not learned (docs/benchmark.md).
+                    eval_mc=0, open_types=("shape", "color"), warmup_epochs=2, warmup_min_steps=100)
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
@@ -239,7 +242,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     truth = _truth(pool.records)
     tasks = [task_of(r) for r in pool.records]
     items = load_eval_set(build_eval_set(out / "eval", n_per_type=cfg.eval_per_type, n_mc=cfg.eval_mc,
-                                         n_ocr=cfg.eval_ocr, seed=cfg.seed, mc_attacks=cfg.mc_attacks))
+                                         n_ocr=cfg.eval_ocr, seed=cfg.seed, mc_attacks=cfg.mc_attacks,
+                                         open_types=cfg.open_types))
     stage("pool_and_eval_set", t0)
 
     t0 = time.perf_counter()
@@ -259,7 +263,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     probe_methods = sorted(set(m for m in methods if m != "random") | ({"selfcheck"} if post else set()))
     with deterministic(cfg.threads):
         proxy = warmup(pool_path, images=images, out=out / "proxy", epochs=cfg.warmup_epochs, seed=cfg.seed,
-                       device=cfg.device, base_recipe=cfg.base_recipe, progress=False)
+                       device=cfg.device, base_recipe=cfg.base_recipe, progress=False,
+                       min_steps=cfg.warmup_min_steps)
     stage("probe_warmup", t0)
     t0 = time.perf_counter()
     with deterministic(cfg.threads):
