@@ -203,7 +203,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     """Run the whole benchmark; writes ``results.{md,csv,json}`` under ``cfg.out`` and returns the results."""
     from mmsift.bench.calibration import calibration_subset, full_clean
     from mmsift.bench.defects import DefectRates
-    from mmsift.bench.evaluate import build_eval_set, chance_table, encode_items, evaluate_items, load_eval_set
+    from mmsift.bench.evaluate import build_eval_set, chance_table, encode_items, load_eval_set
     from mmsift.bench.pool import build_bench_pool
     from mmsift.bench.report import summarise, write_results
     from mmsift.bench.train import deterministic, train_target
