@@ -23,7 +23,7 @@ def _budgets(text: str) -> tuple:
 def bench_command(
     out: str = typer.Option("bench_out", "--out", help="folder for the pool, runs and results"),
     budgets: Optional[str] = typer.Option(None, "--budgets",
-                                          help="comma-separated budgets (default 0.05,0.15,0.3; --quick: 0.3)"),
+                                          help="comma-separated budgets (default 0.05,0.15,0.3; --quick: 0.15)"),
     methods: Optional[str] = typer.Option(None, "--methods",
                                           help="comma-separated methods (default: every method the probe can feed)"),
     quick: bool = typer.Option(False, "--quick",
