@@ -17,6 +17,8 @@ images, so every subset is scored on the same items.
 
 from __future__ import annotations
 
+import inspect
+
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -184,6 +186,7 @@ def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threa
     their padding is masked out of the loss.
     """
     model, dev = lm.model, lm.device
+    cache_key = cache_keyword(model)
     groups: dict[int, list[int]] = {}
     for k, e in enumerate(encoded):
         groups.setdefault(len(e.prompt), []).append(k)
@@ -205,7 +208,7 @@ def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threa
                 conts = [c for k in chunk for c in encoded[k].options]
                 scored = [m for k in chunk for m in encoded[k].scored]
                 rows_t = torch.tensor(rows, device=dev)
-                cache = first.past_key_values
+                cache = getattr(first, cache_key)
                 cache.batch_select_indices(rows_t)
                 width = max(len(c) for c in conts)
                 cont = torch.zeros((len(conts), width), dtype=torch.long, device=dev)
@@ -217,8 +220,8 @@ def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threa
                     smask[i, : len(c)] = scored[i].to(dev)
                 attn = torch.cat([torch.ones((len(conts), plen), dtype=torch.long, device=dev), cmask], dim=1)
                 pos = torch.arange(plen, plen + width, device=dev).expand(len(conts), width)
-                second = model(input_ids=cont, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                               use_cache=False)
+                second = model(input_ids=cont, attention_mask=attn, position_ids=pos, use_cache=False,
+                               **{cache_key: cache})
                 logp = torch.log_softmax(second.logits.float(), dim=-1)
                 # Token 0 of an option is predicted by the prompt's last position, token t by continuation t-1.
                 tok_nll = torch.zeros((len(conts), width), device=dev)
@@ -284,3 +287,10 @@ def evaluate_items(lm, items: list[EvalItem], encoded: list[EncodedItem], *, thr
     """Per-kind item correctness (for intervals and paired comparisons) and the accuracy table."""
     correct = item_correct(items, option_losses(lm, encoded, threads=threads))
     return correct, accuracies(correct)
+
+
+def cache_keyword(model) -> str:
+    """The name of the key/value cache argument and output field: transformers 5.24 renamed ``past_key_values`` to
+    ``cache`` (the old name still works there, with a deprecation warning); earlier releases of the tested window
+    know only ``past_key_values``. Read from the model's public forward signature."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
