@@ -73,9 +73,15 @@ def serve(script: Script):
                 script.auth.add(self.headers.get("Authorization"))
                 script.in_flight += 1
                 script.max_in_flight = max(script.max_in_flight, script.in_flight)
+            # The request stops counting as in flight before its answer is sent: the client may send its next
+            # request as soon as it reads this answer, before this thread would get past a later decrement.
             try:
                 status, text, sleep = script.answer(body)
                 time.sleep(sleep + script.delay)
+            finally:
+                with script.lock:
+                    script.in_flight -= 1
+            try:
                 if status != 200:
                     self.send_response(status)
                     self.end_headers()
@@ -89,9 +95,6 @@ def serve(script: Script):
                 self.wfile.write(payload)
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            finally:
-                with script.lock:
-                    script.in_flight -= 1
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
