@@ -35,11 +35,9 @@ def test_base_config_reads_the_trained_layer(tiny_pretrained_base):
     assert lm.model.config.vision_config.image_size == tiny_pretrained_base.image_size
 
 
-def test_perception_heads_learn_a_separable_label():
-    """Stage 0 on images whose label is their colour (red vs blue): held-out accuracy reaches 1."""
+def _two_colour_images():
+    """A tiny random CLIP tower and 64 images whose label (0 or 1) is their red channel's sign."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    from mmsift.probe.pretrain import evaluate_perception, train_perception
 
     torch.manual_seed(0)
     tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -47,6 +45,14 @@ def test_perception_heads_learn_a_separable_label():
     y = torch.arange(64) % 2
     pixels = torch.randn(64, 3, 16, 16) * 0.1
     pixels[:, 0] += torch.where(y == 0, 1.0, -1.0)[:, None, None]
+    return tower, pixels, y
+
+
+def test_perception_heads_learn_a_separable_label():
+    """Stage 0 on images whose label is their colour (red vs blue): held-out accuracy reaches 1."""
+    from mmsift.probe.pretrain import evaluate_perception, train_perception
+
+    tower, pixels, y = _two_colour_images()
     unknown = torch.full((64,), -1)  # a head with no known label is skipped, not an error
     heads, loss = train_perception(tower, pixels[:48], {"c": y[:48], "u": unknown[:48]}, steps=40, batch=16,
                                    lr=5e-3, seed=0, n_classes={"c": 2, "u": 3}, progress=None)
@@ -67,16 +73,9 @@ def test_cache_root_follows_env(monkeypatch, tmp_path, name):
 
 def test_perception_learns_from_label_sets():
     """Label sets (the pool perception stage's soft targets): red images carry {red}, blue ones {blue, sky}."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
     from mmsift.probe.pretrain import train_perception
 
-    torch.manual_seed(0)
-    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                             num_attention_heads=2, image_size=16, patch_size=8))
-    y = torch.arange(64) % 2
-    pixels = torch.randn(64, 3, 16, 16) * 0.1
-    pixels[:, 0] += torch.where(y == 0, 1.0, -1.0)[:, None, None]
+    tower, pixels, y = _two_colour_images()
     sets = torch.zeros(64, 3)
     sets[y == 0, 0] = 1
     sets[y == 1, 1:] = 1

@@ -226,6 +226,8 @@ def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr:
     import torch
     from tqdm import tqdm
 
+    from mmsift.probe.warmup import optimizer_step
+
     torch.manual_seed(seed)
     dim = tower.config.hidden_size
     heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in n_classes.items()})
@@ -248,12 +250,7 @@ def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr:
         idx = torch.randint(len(pixels), (batch,), generator=gen)
         feats = tower(pixel_values=pixels[idx].float()).last_hidden_state[:, 1:].mean(1)
         loss = sum(x for x in (head_loss(k, feats, idx) for k in heads) if x is not None)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        recent.append(float(loss.detach()))
+        recent.append(optimizer_step(loss, params, opt, sched))
     tower.eval()
     return heads, float(np.mean(recent[-50:]))
 

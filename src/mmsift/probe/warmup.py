@@ -144,6 +144,18 @@ def vision_tower(model):
     return getattr(getattr(model, "model", None), "vision_tower", None)
 
 
+def optimizer_step(loss, params, opt, sched) -> float:
+    """One update from ``loss``: gradients clipped to norm 1, then the optimiser and the schedule step."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def _train_loop(adapter, model, params, encs, device, opt, sched, gen, batch_size, total, losses, epoch_losses,
                 bar) -> None:
     import torch
@@ -156,13 +168,7 @@ def _train_loop(adapter, model, params, encs, device, opt, sched, gen, batch_siz
             if step >= total:
                 break
             batch = adapter.collate([encs[i] for i in order[k:k + batch_size]]).to(device)
-            loss = batch_answer_loss(adapter, model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step(batch_answer_loss(adapter, model, batch), params, opt, sched))
             in_epoch.append(losses[-1])
             step += 1
             bar.update(1)
