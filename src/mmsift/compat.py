@@ -11,6 +11,8 @@ log = logging.getLogger(__name__)
 
 # The libraries whose releases change behaviour mmsift relies on; their bounds in pyproject.toml are tested ends.
 WATCHED = ("transformers", "torch", "tokenizers", "numpy", "pyarrow", "faiss-cpu", "ray")
+# Recorded with every result (reports, resolved recipes, error logs): the watched ones and the numeric stack.
+RECORDED = WATCHED + ("scipy", "scikit-learn")
 
 
 @functools.cache
@@ -46,12 +48,19 @@ def window_problem(package: str) -> str | None:
             f"install a tested version with: pip install '{package}{spec}'")
 
 
-def version_report() -> str:
+def installed_versions() -> dict[str, str]:
+    """mmsift, Python and the recorded libraries, as installed (a library that is not installed is left out)."""
+    import sys
+
     import mmsift
 
-    parts = [f"mmsift {mmsift.__version__}"]
-    parts += [f"{p} {v}" for p in WATCHED if (v := installed_version(p))]
-    return ", ".join(parts)
+    out = {"mmsift": mmsift.__version__, "python": sys.version.split()[0]}
+    out.update({p: v for p in RECORDED if (v := installed_version(p))})
+    return out
+
+
+def version_report() -> str:
+    return ", ".join(f"{name} {version}" for name, version in installed_versions().items())
 
 
 @functools.cache

@@ -8,7 +8,6 @@ selector ranks by).
 from __future__ import annotations
 
 import inspect
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,21 +106,6 @@ def task_notes(kept_per_task: dict, total_per_task: dict, *, far: float = 4.0, m
             notes.append(f"task {task!r}: kept {kept} of {total} ({kept / total:.0%}), {kept / expected:.1f}x its pool "
                          f"share of the subset ({expected:.0f} expected)")
     return notes
-
-
-def versions() -> dict:
-    """mmsift and the libraries that decide results, as installed."""
-    from importlib import metadata
-
-    from mmsift import __version__
-
-    out = {"mmsift": __version__, "python": sys.version.split()[0]}
-    for name in ("numpy", "scipy", "scikit-learn", "faiss-cpu", "pyarrow", "torch", "transformers"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def rerun_commands(*, pool, images, model, run, methods, budget, subsets: dict, seed: int = 0) -> list[str]:

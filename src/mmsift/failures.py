@@ -38,6 +38,11 @@ def check_max_failure_rate(rate: float) -> float:
     return rate
 
 
+def traceback_text(error: BaseException) -> str:
+    """The full traceback of ``error`` as text (text crosses process boundaries, e.g. from DataLoader workers)."""
+    return "".join(traceback.format_exception(error))
+
+
 def _signature(message: str) -> str:
     """The error with numbers and quoted names blanked, so the same fault on different records counts once."""
     return re.sub(r"'[^']*'|\"[^\"]*\"|\d+", "#", message)[:200]
@@ -85,7 +90,7 @@ class FailureGuard:
         self.by_signature[sig] += 1
         if sig not in self.first:
             if tb is None and error is not None:
-                tb = "".join(traceback.format_exception(error))
+                tb = traceback_text(error)
             self.first[sig] = (str(record_id), message, tb)
 
     def check(self, *, final: bool = False) -> None:
@@ -138,7 +143,7 @@ def step_failure(stage: str, what: str, error: BaseException, log_dir) -> System
     """A :class:`SystematicFailure` for an error that hits a whole step (a training batch), not one record."""
     message = f"{type(error).__name__}: {error}"
     log_path = write_error_log(log_dir, [f"{stage}: {what} failed", message],
-                               "".join(traceback.format_exception(error)))
+                               traceback_text(error))
     where = f"; full traceback in {log_path}" if log_path else ""
     return SystematicFailure(f"{stage} stopped: {what} failed: {message}{where}. Likely cause: {likely_cause()}.",
                              log_path)

@@ -278,7 +278,8 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
     import yaml
 
     from mmsift.data.io import read_pool
-    from mmsift.explain import score_meaning, task_notes, versions
+    from mmsift.compat import installed_versions
+    from mmsift.explain import score_meaning, task_notes
     from mmsift.probe.runner import run_probe
     from mmsift.report import write_scores, write_selection
 
@@ -310,7 +311,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
     final = next(iter(data["stages"][-1].values()))
     pool = read_pool(pool_path, task_field=data["task_field"])
     resolved_path = out / RESOLVED
-    settings = {"recipe": str(resolved_path), "stages": data["stages"], "seed": seed, "versions": versions(),
+    settings = {"recipe": str(resolved_path), "stages": data["stages"], "seed": seed, "versions": installed_versions(),
                 "command": f"mmsift run {resolved_path}"}
     outputs = data["output"]
     subset = out / outputs["subset"]
@@ -328,7 +329,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
                           rows_index=chain.signals.index)
     resolved = _absolute(recipe)
     resolved["out"] = str(out.resolve())
-    resolved["resolved"] = {"pool_sha256": digest, "versions": versions(), "n_kept": len(chain.selection.rows),
+    resolved["resolved"] = {"pool_sha256": digest, "versions": installed_versions(), "n_kept": len(chain.selection.rows),
                             "stages": chain.stages}
     resolved_path.write_text("# Written by mmsift run: every default filled in. `mmsift run` this file to redo it.\n"
                              + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8")

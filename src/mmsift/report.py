@@ -173,7 +173,7 @@ def selection_settings(*, run, method: str, budget, seed: int, params: dict | No
     """
     import shlex
 
-    from mmsift.explain import versions
+    from mmsift.compat import installed_versions
 
     argv = ["mmsift", "select", str(run), "--method", method, "--budget", str(budget), "--seed", str(seed)]
     for key, value in (params or {}).items():
@@ -194,6 +194,6 @@ def selection_settings(*, run, method: str, budget, seed: int, params: dict | No
         "dedup": dedup,
         "balance_tasks": balance_tasks,
         "reference_run": None if reference_run is None else str(reference_run),
-        "versions": versions(),
+        "versions": installed_versions(),
         "command": " ".join(shlex.quote(a) for a in argv),
     }

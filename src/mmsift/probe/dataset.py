@@ -8,10 +8,10 @@ processes while the model runs in the main one. A record that cannot be encoded 
 from __future__ import annotations
 
 import logging
-import traceback
 from pathlib import Path
 
 from mmsift.data.records import Record, Turn
+from mmsift.failures import traceback_text
 from mmsift.probe.models import EncodeError, FamilyAdapter
 from mmsift.probe.perturb import find_mc_rounds, noise_image, permutation_attack, stable_seed, symbol_attack
 
@@ -103,7 +103,7 @@ class ProbeDataset:
         try:
             images = load_images(rec, self.images_dir) if rec.images else []
         except Exception as e:  # missing/corrupt file found only now (validation may have been skipped)
-            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}"), "traceback": _trace(e)}
+            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}"), "traceback": traceback_text(e)}
         try:
             enc = self.adapter.encode(rec.turns, images)
             if self.max_length and len(enc) > self.max_length:
@@ -121,9 +121,9 @@ class ProbeDataset:
                     variants[name] = v
         except EncodeError as e:
             kind = "too_long" if "longer than" in str(e) else "encode_error"
-            return {"pos": i, "error": (kind, str(e)), "traceback": _trace(e)}
+            return {"pos": i, "error": (kind, str(e)), "traceback": traceback_text(e)}
         except Exception as e:
-            return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}"), "traceback": _trace(e)}
+            return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}"), "traceback": traceback_text(e)}
         return {"pos": i, "enc": enc, "variants": variants}
 
     def _variant(self, name: str, rec: Record, images, enc):
@@ -146,8 +146,3 @@ class ProbeDataset:
             # noise on the decoded image in [0, 1], before the processor resizes it (ARDS's order)
             return self.adapter.encode(rec.turns, [noise_image(im, generator=gen) for im in images])
         raise ValueError(f"unknown variant {name!r}")
-
-
-def _trace(error: BaseException) -> str:
-    # Text, not the exception: items cross process boundaries from DataLoader workers.
-    return "".join(traceback.format_exception(error))
