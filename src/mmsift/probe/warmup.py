@@ -190,7 +190,7 @@ def image_shuffle_test(lm, records, images_dir, *, n: int = 256, seed: int = 0, 
     from mmsift.probe.models import cpu_threads_for
 
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(records))[: max(n * 2, n)]
+    order = rng.permutation(len(records))[: 2 * n]  # spares for records that are not single-image
     encs, _ = encode_records(lm.adapter, [records[i] for i in order], images_dir)
     encs = [e for e in encs if e.n_images == 1 and e.extra][:n]
     groups: dict[tuple, list[int]] = {}
