@@ -36,7 +36,10 @@ def bench_command(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     judge_run: Optional[str] = typer.Option(None, "--judge-run",
                                             help="signal store with judge columns, to include judge methods"),
-    threads: int = typer.Option(1, "--threads", help="CPU threads for training and evaluation"),
+    threads: int = typer.Option(1, "--threads", help="torch threads per training job"),
+    workers: int = typer.Option(0, "--workers", min=0,
+                                help="training jobs run at once, each in its own process (0: one per --threads "
+                                     "CPU cores; 1 on cuda). Results do not depend on it"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log each stage"),
 ) -> None:
     """Build a pool with known defects, select with each method, train the target (the pretrained base, vision
@@ -56,7 +59,7 @@ def bench_command(
     if seed_pairs is not None and (not seed_pairs or len(set(seed_pairs)) != len(seed_pairs)):
         raise typer.BadParameter(f"--seeds {seeds!r}: give distinct integers, e.g. 0,1,2")
     common = dict(methods=method_list, seed=seed, device=device, judge_run=judge_run, threads=threads,
-                  mc_attacks=mc_attacks)
+                  workers=workers, mc_attacks=mc_attacks)
     if seed_pairs is not None:
         common["seeds"] = seed_pairs
     if quick:

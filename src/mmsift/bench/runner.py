@@ -21,11 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from mmsift.bench.calibration import CALIBRATION
-from mmsift.bench.report import SENSITIVITY_BUDGET
+from mmsift.bench.jobs import JobContext, TrainJob, init_worker, run_job
+from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET
 from mmsift.bench.train import Recipe
+from mmsift.exec.processes import run_in_processes
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class BenchConfig:
     post_fraction: float = 0.02  # 0: no post-training rows
     score_columns: tuple = SCORE_COLUMNS
     n_boot: int = 2000
-    threads: int = 1
+    threads: int = 1  # torch threads per training job
+    workers: int = 0  # training jobs at once, each in its own process; 0: one per `threads` CPU cores (1 on GPU)
     base_recipe: object = None  # mmsift.probe.pretrain.BaseRecipe; None = the default (cached) base
 
     @classmethod
@@ -206,7 +208,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     from mmsift.bench.evaluate import build_eval_set, chance_table, encode_items, load_eval_set
     from mmsift.bench.pool import build_bench_pool
     from mmsift.bench.report import summarise, write_results
-    from mmsift.bench.train import deterministic, train_target
+    from mmsift.bench.train import deterministic
     from mmsift.data.io import read_pool, write_subset
     from mmsift.data.tasks import task_of
     from mmsift.probe.models import load_model
@@ -292,24 +294,33 @@ def run_bench(cfg: BenchConfig) -> dict:
             plan.append(Run("oracle", b, s, calibration_subset("oracle", truth, tasks, b, seed=s)))
             kept, scores, notes = _select(signals, "random", b, s, n_pool)
             plan.append(Run("random", b, s, kept, scores, notes))
+    posts = _post_runs(cfg, signals, n_pool) if post else {}
     (out / "subsets").mkdir(exist_ok=True)
+    for run in plan + [r for rs in posts.values() for r in rs]:
+        write_subset(pool, run.kept, out / "subsets" / f"{run.label}_{run.budget:g}_seed{run.seed}.json")
     t0 = time.perf_counter()
-    full_models: dict[int, object] = {}
     # Columns outside the score (yes/no, multiple choice) are evaluated on the reference rows only, to show
     # whether the target learns them at all; every selection is scored on the score columns' items.
-    scored = [k for k, x in enumerate(items) if x.kind in cfg.score_columns]
-    score_items = ([items[k] for k in scored], [encoded_items[k] for k in scored])
-    for run in tqdm(plan, desc="bench", unit="run"):
-        write_subset(pool, run.kept, out / "subsets" / f"{run.label}_{run.budget:g}_seed{run.seed}.json")
-        trained = train_target(base, [pool.records[i] for i in run.kept], images, recipe=cfg.recipe,
-                               seed=run.seed, device=cfg.device, encoded=[encs[i] for i in run.kept])
-        _evaluate(run, trained, truth, *((items, encoded_items) if run.label in ("full", "full-clean")
-                                         else score_items), cfg)
-        if run.label == "full" and post:
-            full_models[run.seed] = trained.model
+    jobs = [TrainJob(run.kept, run.seed, cfg.recipe, all_items=run.label in REFERENCE,
+                     then=[TrainJob(p.kept, p.seed, post_recipe()) for p in posts.get(run.seed, [])]
+                     if run.label == "full" else [])
+            for run in plan]
+    context = JobContext(base_dir=str(base_dir), device=cfg.device, threads=cfg.threads, encoded_pool=encs,
+                         items=items, encoded_items=encoded_items, score_columns=tuple(cfg.score_columns))
+    workers = cfg.workers or default_workers(cfg.device, cfg.threads)
+    # Longest jobs first, so that no worker is left with a long one at the end while the others idle.
+    order = sorted(range(len(jobs)), key=lambda k: -_job_steps(jobs[k]))
+    done = run_in_processes(run_job, [jobs[k] for k in order], workers=workers, initializer=init_worker,
+                            initargs=(context,), desc="bench")
+    results = [None] * len(jobs)
+    for k, result in zip(order, done):
+        results[k] = result
     runs = list(plan)
-    if post:
-        runs += _post_training(cfg, pool, signals, full_models, encs, images, truth, *score_items)
+    for run, result in zip(plan, results):
+        _fill_row(run, result, truth)
+        for post_run, post_result in zip(posts.get(run.seed, []) if run.label == "full" else [], result.then):
+            _fill_row(post_run, post_result, truth)
+            runs.append(post_run)
     stage("train_and_evaluate", t0)
 
     times["total"] = round(time.perf_counter() - t_all, 2)
@@ -334,37 +345,40 @@ def run_bench(cfg: BenchConfig) -> dict:
     return write_results(summarise(runs, cfg, meta), runs, meta, out)
 
 
-def _evaluate(run: Run, trained, truth, items, encoded_items, cfg: BenchConfig) -> None:
-    from mmsift.bench.evaluate import evaluate_items
+def default_workers(device: str, threads: int) -> int:
+    """Worker processes for the training jobs: one per ``threads`` CPU cores on CPU, one on a GPU."""
+    from mmsift.exec.processes import available_cores
 
-    t1 = time.perf_counter()
-    run.correct, acc = evaluate_items(trained.model, items, encoded_items, threads=cfg.threads)
+    return 1 if device != "cpu" else max(1, available_cores() // max(1, threads))
+
+
+def _job_steps(job: TrainJob) -> int:
+    return job.recipe.steps_for(len(job.kept)) + sum(_job_steps(j) for j in job.then)
+
+
+def _fill_row(run: Run, result, truth) -> None:
+    run.correct = result.correct
     run.row = {"method": run.label, "budget": run.budget, "seed": run.seed, "n_kept": int(len(run.kept)),
-               "steps": len(trained.losses), **acc, **defect_metrics(truth, run.kept, run.scores),
-               "train_s": round(trained.seconds, 2), "eval_s": round(time.perf_counter() - t1, 2)}
+               "steps": result.steps, **result.acc, **defect_metrics(truth, run.kept, run.scores),
+               "train_s": result.train_s, "eval_s": result.eval_s}
     if run.notes:
         run.row["notes"] = " | ".join(run.notes)
     log.info("bench %s @ %s seed %d: %s", run.label, run.budget, run.seed,
-             {k: round(acc[k], 3) for k in cfg.score_columns if k in acc})
+             {k: round(v, 3) for k, v in result.acc.items()})
 
 
-def _post_training(cfg, pool, signals, full_models, encs, images, truth, items, encoded_items) -> list[Run]:
-    """The ``full`` model of each seed post-trained on the top ``post_fraction`` by selfcheck and on random."""
-    from mmsift.bench.train import train_target
+def _post_runs(cfg, signals, n_pool: int) -> dict[int, list[Run]]:
+    """Per seed pair: the top ``post_fraction`` of the pool by selfcheck and as many random records, each
+    post-trained on top of that seed's ``full`` model."""
     from mmsift.budget import resolve_budget
 
-    n = resolve_budget(cfg.post_fraction, len(pool.records))
-    recipe = post_recipe()
-    runs = []
-    for s, model in full_models.items():
+    n = resolve_budget(cfg.post_fraction, n_pool)
+    out: dict[int, list[Run]] = {}
+    for s in cfg.seeds:
         for name in ("selfcheck", "random"):
-            kept, scores, notes = _select(signals, name, n, s, len(pool.records))
-            run = Run(f"post:{name}", cfg.post_fraction, s, kept, scores, notes)
-            trained = train_target(model, [pool.records[i] for i in kept], images, recipe=recipe, seed=s,
-                                   device=cfg.device, encoded=[encs[i] for i in kept])
-            _evaluate(run, trained, truth, items, encoded_items, cfg)
-            runs.append(run)
-    return runs
+            kept, scores, notes = _select(signals, name, n, s, n_pool)
+            out.setdefault(s, []).append(Run(f"post:{name}", cfg.post_fraction, s, kept, scores, notes))
+    return out
 
 
 def _kind_counts(items) -> dict:

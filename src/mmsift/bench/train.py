@@ -65,15 +65,17 @@ def train_target(init, records, images_dir, *, recipe: Recipe, seed: int, device
 
     Returns the probe's ``TrainResult`` (``.model`` is a ``LoadedModel``; ``.losses``, ``.seconds``,
     ``.n_failed``). Records the loop cannot encode are logged and counted there, never silently dropped.
-    ``encoded``: the records already encoded (see ``train_proxy``); ``steps`` overrides the recipe's count.
+    ``encoded``: the records already encoded (see ``train_proxy``; ``records`` may then be None);
+    ``steps`` overrides the recipe's count.
     """
     from mmsift.probe.warmup import train_proxy
 
-    if not records:
+    n_samples = len(encoded) if encoded is not None else len(records or ())
+    if not n_samples:
         raise ValueError("cannot train the target on an empty subset")
-    steps = recipe.steps_for(len(records)) if steps is None else steps
+    steps = recipe.steps_for(n_samples) if steps is None else steps
     with deterministic(recipe.threads):
-        result = train_proxy(_fresh(init), list(records), images_dir, steps=steps, lr=recipe.lr,
+        result = train_proxy(_fresh(init), list(records or ()), images_dir, steps=steps, lr=recipe.lr,
                              batch_size=recipe.batch_size, seed=seed, device=device, freeze_vision=True,
                              encoded=encoded)
     log.info("trained target on %d samples: %d steps, %.1fs, final loss %.3f", result.n_samples, steps,
