@@ -25,3 +25,7 @@ def test_demo_end_to_end(tmp_path):
     assert "why (datatailor)" in res.output and "0 skipped" in res.output
     assert "image-shuffle test on" in res.output  # the user sees whether the proxy reads the images
     assert (out / "proxy" / "config.json").is_file() and (out / "run" / "manifest.json").is_file()
+    # the rerun commands redo every step, the warm-up included, with the settings the demo used
+    rerun = [ln.strip() for ln in res.output.splitlines() if ln.strip().startswith("mmsift ")]
+    assert [ln.split()[1] for ln in rerun[:3]] == ["validate", "warmup", "probe"]
+    assert "--epochs 1 --seed 0 --n-samples 32" in rerun[1] and f"--out {out / 'proxy'}" in rerun[1]

@@ -119,7 +119,8 @@ def run_demo(
             say(f"   {label} score {sel.scores[row]:.3f}{parts}: {q!r} -> {a!r}")
     say("6. rerun any step on these outputs:")
     for line in rerun_commands(pool=pool_path, images=images, model=model, run=out / "run", methods=methods,
-                               budget=budget, subsets=result.subsets, seed=seed):
+                               budget=budget, subsets=result.subsets, seed=seed, warmup_epochs=warmup_epochs,
+                               warmup_samples=warmup_samples):
         say(f"   {line}")
     say(f"done in {time.perf_counter() - t0:.0f} s; outputs under {out}")
     result.lines = lines

@@ -108,14 +108,20 @@ def task_notes(kept_per_task: dict, total_per_task: dict, *, far: float = 4.0, m
     return notes
 
 
-def rerun_commands(*, pool, images, model, run, methods, budget, subsets: dict, seed: int = 0) -> list[str]:
-    """The shell commands that redo each step of a run on its outputs (validate, probe, one select per method)."""
+def rerun_commands(*, pool, images, model, run, methods, budget, subsets: dict, seed: int = 0,
+                   warmup_epochs: int | None = None, warmup_samples: int | None = None) -> list[str]:
+    """The shell commands that redo each step of a run on its outputs (validate, warmup when ``warmup_epochs`` is
+    given, probe, one select per method)."""
     import shlex
 
     q = shlex.quote
-    lines = [f"mmsift validate {q(str(pool))} --images {q(str(images))}",
-             f"mmsift probe {q(str(pool))} --images {q(str(images))} --model {q(str(model))} --out {q(str(run))} "
-             f"--methods {','.join(methods)} --seed {seed} --overwrite"]
+    lines = [f"mmsift validate {q(str(pool))} --images {q(str(images))}"]
+    if warmup_epochs is not None:
+        lines.append(f"mmsift warmup {q(str(pool))} --images {q(str(images))} --out {q(str(model))} "
+                     f"--epochs {warmup_epochs} --seed {seed}"
+                     + (f" --n-samples {warmup_samples}" if warmup_samples is not None else ""))
+    lines.append(f"mmsift probe {q(str(pool))} --images {q(str(images))} --model {q(str(model))} "
+                 f"--out {q(str(run))} --methods {','.join(methods)} --seed {seed} --overwrite")
     for method in methods:
         out = subsets[method]
         html = str(out.with_name(out.stem + ".html")) if hasattr(out, "with_name") else f"{out}.html"
