@@ -84,3 +84,32 @@ def test_perception_learns_from_label_sets():
     with torch.no_grad():
         top = heads["w"](tower(pixel_values=pixels[48:]).last_hidden_state[:, 1:].mean(1)).argmax(1)
     assert bool((sets[48:][torch.arange(16), top] == 1).all())
+
+
+def test_answer_format_records_hold_the_images_true_answers(tmp_path):
+    """Stage 2's records: a yes/no question and a multiple-choice question per base image, whose letter points at
+    the image's own shape or colour; every image is a base image, never a pool image."""
+    from mmsift.data.easyvqa import BASE_IMAGE_IDS, COLORS, LETTERS, MC_INSTRUCTION, SHAPES, question_type
+    from mmsift.probe.pretrain import BaseRecipe, _base_data
+
+    items, captions, formats = _base_data(tmp_path, BaseRecipe(n_shape_images=40, n_text_images=20))
+    assert len(items) == 60 and captions
+    kinds = {r["id"].split("-")[0] for r in formats}
+    assert kinds == {"yesno", "mc", "base", "text"}  # captions of both kinds mixed in
+    truth = {it["image"]: it for it in items}
+    n_mc = 0
+    for r in formats:
+        folder, name = r["image"].split("/")
+        assert folder == "text" or int(name.split(".")[0]) in BASE_IMAGE_IDS  # text: rendered words
+        question, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
+        if r["id"].startswith("yesno"):
+            assert question_type(answer) == "yesno"
+        elif r["id"].startswith("mc"):
+            n_mc += 1
+            lines = question.split("\n")
+            assert lines[-1] == MC_INSTRUCTION and answer in LETTERS
+            chosen = next(ln for ln in lines if ln.startswith(answer + ". "))[3:]
+            label = truth[r["image"]]
+            assert chosen in (SHAPES[label["shape"]] if label["shape"] >= 0 else None,
+                              COLORS[label["color"]] if label["color"] >= 0 else None)
+    assert n_mc >= 30

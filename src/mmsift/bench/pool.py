@@ -20,32 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmsift.data.easyvqa import (COLORS, DESCRIBE_QUESTION, IMAGE_SIZE, OCR_QUESTION, OCR_WORDS,  # noqa: F401
-                                 POOL_IMAGE_IDS, SHAPES, YES_NO, ImageFacts, describe, image_facts,
-                                 question_type, render_text)
+from mmsift.data.easyvqa import (COLORS, DESCRIBE_QUESTION, IMAGE_SIZE, LETTERS, MC_INSTRUCTION,  # noqa: F401
+                                 OCR_QUESTION, OCR_WORDS, POOL_IMAGE_IDS, SHAPES, YES_NO, ImageFacts, describe,
+                                 image_facts, make_mc_options, mc_prompt, options_for, question_type,
+                                 render_text)
 
 log = logging.getLogger(__name__)
-
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-LETTERS = ("A", "B", "C", "D", "E")
-
-
-def options_for(qtype: str) -> tuple[str, ...]:
-    return SHAPES if qtype == "shape" else COLORS if qtype == "color" else YES_NO
-
-
-def mc_prompt(question: str, options: list[str], letters=LETTERS) -> str:
-    lines = [question] + [f"{letter}. {opt}" for letter, opt in zip(letters, options)] + [MC_INSTRUCTION]
-    return "\n".join(lines)
-
-
-def make_mc_options(answer: str, rng: np.random.Generator) -> list[str]:
-    """3 to 5 options (all 3 for shapes) including ``answer``, in random order."""
-    pool = list(options_for(question_type(answer)))
-    n = len(pool) if len(pool) <= 3 else int(rng.integers(3, 6))
-    others = [o for o in pool if o != answer]
-    chosen = [answer] + [others[i] for i in rng.permutation(len(others))[: n - 1]]
-    return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
 def conversation(turns: list[tuple[str, str]]) -> list[dict]:

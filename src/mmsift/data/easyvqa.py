@@ -44,10 +44,9 @@ DESCRIBE_QUESTION = "Describe the image."
 # the pretrained base (mmsift.probe.pretrain) learns from the other 3,000, so no pool image is seen in pretraining.
 POOL_IMAGE_IDS = range(0, 1000)
 BASE_IMAGE_IDS = range(1000, 4000)
-
-
-
-
+# Multiple choice in LLaVA-1.5's format: the question, one lettered option per line, this instruction.
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+LETTERS = ("A", "B", "C", "D", "E")
 
 
 def question_type(answer: str) -> str:
@@ -59,6 +58,24 @@ def question_type(answer: str) -> str:
     if answer in YES_NO:
         return "yesno"
     raise ValueError(f"answer {answer!r} is not an easy-vqa answer")
+
+
+def options_for(qtype: str) -> tuple[str, ...]:
+    return SHAPES if qtype == "shape" else COLORS if qtype == "color" else YES_NO
+
+
+def mc_prompt(question: str, options: list[str], letters=LETTERS) -> str:
+    lines = [question] + [f"{letter}. {opt}" for letter, opt in zip(letters, options)] + [MC_INSTRUCTION]
+    return "\n".join(lines)
+
+
+def make_mc_options(answer: str, rng: np.random.Generator) -> list[str]:
+    """3 to 5 options (all 3 for shapes) including ``answer``, in random order."""
+    pool = list(options_for(question_type(answer)))
+    n = len(pool) if len(pool) <= 3 else int(rng.integers(3, 6))
+    others = [o for o in pool if o != answer]
+    chosen = [answer] + [others[i] for i in rng.permutation(len(others))[: n - 1]]
+    return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
 def _load(split: str):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Sequence
 
@@ -45,17 +47,32 @@ def run_in_processes(fn: Callable, jobs: Sequence, *, workers: int, initializer:
                 bar.update()
             return results
         log.info("%s: %d jobs on %d worker processes", desc, len(jobs), workers)
-        out: list = [None] * len(jobs)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=initializer, initargs=initargs) as pool:
-            futures = {pool.submit(fn, job): k for k, job in enumerate(jobs)}
-            try:
-                for fut in as_completed(futures):
-                    out[futures[fut]] = fut.result()
-                    bar.update()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-        return out
+        # The set-up data goes through a file with the plain pickler: handed to the pool directly, torch would
+        # share every tensor in it by its own file descriptor and run out of them on a large pool.
+        with tempfile.NamedTemporaryFile(prefix="mmsift-workers-", suffix=".pkl") as setup:
+            pickle.dump((initializer, initargs), setup, protocol=pickle.HIGHEST_PROTOCOL)
+            setup.flush()
+            return _run_pool(fn, jobs, workers, setup.name, bar)
     finally:
         bar.close()
+
+
+def _set_up_worker(path: str) -> None:
+    with open(path, "rb") as f:
+        initializer, initargs = pickle.load(f)
+    initializer(*initargs)
+
+
+def _run_pool(fn, jobs, workers: int, setup_path: str, bar) -> list:
+    out: list = [None] * len(jobs)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_up_worker, initargs=(setup_path,)) as pool:
+        futures = {pool.submit(fn, job): k for k, job in enumerate(jobs)}
+        try:
+            for fut in as_completed(futures):
+                out[futures[fut]] = fut.result()
+                bar.update()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return out
