@@ -42,8 +42,7 @@ def tiny_llava_pool(tmp_path):
 # A base small enough to build in seconds (32 px, patch 8: 16 image tokens).
 TINY_BASE = dict(image_size=32, patch_size=8, vision_hidden_size=32, vision_layers=2, vision_heads=2,
                  hidden_size=32, num_layers=2, intermediate_size=64, vocab_size=600, n_shape_images=120,
-                 n_text_images=60, perception_steps=20, perception_batch=16, align_steps=8, align_batch=8,
-                 format_steps=8, format_batch=8)
+                 n_text_images=60, perception_steps=20, perception_batch=16, align_steps=8, align_batch=8)
 
 
 @pytest.fixture(scope="session", autouse=True)

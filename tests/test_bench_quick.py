@@ -31,8 +31,8 @@ def test_tiny_bench_end_to_end(tmp_path):
             assert r["verdict"] in ("better", "worse", "undecided")
             assert r["vs_random_low"] <= r["vs_random"] <= r["vs_random_high"]
     assert rows[("oracle", 0.3)]["corrupt_kept"] == 0.0 and rows[("full", 1.0)]["corrupt_kept"] == 1.0
-    # MC (outside the score) is evaluated on the reference rows only; yes/no is a score column
-    assert "mc_clean" in rows[("full", 1.0)] and "mc_clean" not in rows[("oracle", 0.3)] and "yesno" in rows[("oracle", 0.3)]
+    # yes/no and MC (outside the score) are evaluated on the reference rows only
+    assert "yesno" in rows[("full", 1.0)] and "mc_clean" in rows[("full", 1.0)] and "yesno" not in rows[("oracle", 0.3)]
     assert rows[("full-clean", 1.0)]["corrupt_kept"] == 0.0 and math.isfinite(rows[("selfcheck", 0.3)]["auroc"])
     assert "gap_closed" in rows[("post:selfcheck", 0.05)] or "pct_full_clean" in rows[("post:selfcheck", 0.05)]
     # The sensitivity line also uses the extra seed pair (oracle and random only); the cells do not.

@@ -92,8 +92,13 @@ def test_answer_format_records_hold_the_images_true_answers(tmp_path):
     from mmsift.data.easyvqa import BASE_IMAGE_IDS, COLORS, LETTERS, MC_INSTRUCTION, SHAPES, question_type
     from mmsift.probe.pretrain import BaseRecipe, _base_data
 
-    items, captions, formats = _base_data(tmp_path, BaseRecipe(n_shape_images=40, n_text_images=20))
+    items, captions, formats = _base_data(tmp_path / "on", BaseRecipe(n_shape_images=40, n_text_images=20,
+                                                                       format_steps=8))
     assert len(items) == 60 and captions
+    # Off by default; stage 2 draws from its own generator, so stages 0 and 1 get the same data either way.
+    items_off, captions_off, formats_off = _base_data(tmp_path / "off", BaseRecipe(n_shape_images=40,
+                                                                                   n_text_images=20))
+    assert formats_off == [] and items_off == items and captions_off == captions
     kinds = {r["id"].split("-")[0] for r in formats}
     assert kinds == {"yesno", "mc", "base", "text"}  # captions of both kinds mixed in
     truth = {it["image"]: it for it in items}
@@ -113,3 +118,14 @@ def test_answer_format_records_hold_the_images_true_answers(tmp_path):
             assert chosen in (SHAPES[label["shape"]] if label["shape"] >= 0 else None,
                               COLORS[label["color"]] if label["color"] >= 0 else None)
     assert n_mc >= 30
+
+
+def test_a_base_with_the_answer_format_stage_builds(tmp_path, tiny_pretrained_base):
+    from dataclasses import asdict
+
+    from mmsift.probe.pretrain import BaseRecipe, build_base, read_base_info
+
+    recipe = BaseRecipe(**{**asdict(tiny_pretrained_base), "format_steps": 4, "format_batch": 4})
+    info = read_base_info(build_base(tmp_path / "base", recipe))
+    assert info["n_format_records"] > 0 and len(info["format_loss"]) == 2 and info["seconds"]["formats"] > 0
+    assert recipe.key() != tiny_pretrained_base.key()
