@@ -203,7 +203,12 @@ def _select(signals, name: str, budget, seed: int, n_pool: int) -> tuple[np.ndar
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    """Run the whole benchmark; writes ``results.{md,csv,json}`` under ``cfg.out`` and returns the results."""
+    """Run the whole benchmark; writes ``results.{md,csv,json}`` under ``cfg.out`` and returns the results.
+
+    With more than one worker the training jobs run in *spawned* processes, which import the calling script
+    again: call this from under ``if __name__ == "__main__":`` in a script (the ``mmsift bench`` command does),
+    or pass ``workers=1``.
+    """
     from mmsift.bench.calibration import calibration_subset, full_clean
     from mmsift.bench.defects import DefectRates
     from mmsift.bench.evaluate import build_eval_set, chance_table, encode_items, load_eval_set
