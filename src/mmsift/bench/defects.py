@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from mmsift.bench.pool import (COLORS, DESCRIBE_QUESTION, LETTERS, OCR_QUESTION, SHAPES, options_for,
-                               question_type)
+from mmsift.data.easyvqa import (COLORS, DESCRIBE_QUESTION, LETTERS, OCR_QUESTION, SHAPES, options_for,
+                                 question_type)
 
 log = logging.getLogger(__name__)
 

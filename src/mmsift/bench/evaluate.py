@@ -18,7 +18,6 @@ images, so every subset is scored on the same items.
 from __future__ import annotations
 
 import inspect
-
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -27,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmsift.bench.pool import LETTERS, OCR_QUESTION, OCR_WORDS, make_mc_options, mc_prompt, ocr_items, question_type
+from mmsift.bench.pool import ocr_items
 from mmsift.bench.train import deterministic
+from mmsift.data.easyvqa import LETTERS, OCR_QUESTION, OCR_WORDS, make_mc_options, mc_prompt, question_type
 from mmsift.data.records import Turn
 
 log = logging.getLogger(__name__)

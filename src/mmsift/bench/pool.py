@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmsift.data.easyvqa import (COLORS, DESCRIBE_QUESTION, IMAGE_SIZE, LETTERS, MC_INSTRUCTION,  # noqa: F401
-                                 OCR_QUESTION, OCR_WORDS, POOL_IMAGE_IDS, SHAPES, YES_NO, ImageFacts, describe,
-                                 image_facts, make_mc_options, mc_prompt, options_for, question_type,
-                                 render_text)
+from mmsift.data.easyvqa import (COLORS, DESCRIBE_QUESTION, IMAGE_SIZE, LETTERS, OCR_QUESTION,  # noqa: F401
+                                 OCR_WORDS, POOL_IMAGE_IDS, SHAPES, YES_NO, ImageFacts, describe, image_facts,
+                                 make_mc_options, mc_prompt, question_type, render_text)
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from mmsift.bench.calibration import CALIBRATION
 from mmsift.bench.jobs import JobContext, TrainJob, init_worker, run_job
 from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET
 from mmsift.bench.train import Recipe
-from mmsift.exec.processes import run_in_processes
+from mmsift.exec.processes import available_cores, run_in_processes
 
 log = logging.getLogger(__name__)
 
@@ -353,8 +353,6 @@ def run_bench(cfg: BenchConfig) -> dict:
 
 def default_workers(device: str, threads: int) -> int:
     """Worker processes for the training jobs: one per ``threads`` CPU cores on CPU, one on a GPU."""
-    from mmsift.exec.processes import available_cores
-
     return 1 if device != "cpu" else max(1, available_cores() // max(1, threads))
 
 
