@@ -101,14 +101,16 @@ def main() -> None:
     print(f"selected {len(sel.rows)} and wrote the Parquet subset in {time.perf_counter() - t:.0f} s; "
           f"peak RSS {peak_mib():.0f} MiB")
     if args.probe_limit:
-        from mmsift.probe.proxy import build_proxy
+        from mmsift.models.proxy import build_proxy
+        from mmsift.probe.config import ProbeConfig
         from mmsift.probe.runner import run_probe
 
         texts = [t.text for r in good[:2000] for t in r.turns]
         model = build_proxy(args.out / "proxy", texts=texts, seed=args.seed)
         t = time.perf_counter()
-        res = run_probe(args.out / "data", images=None, model=model, out=args.out / "probe", methods=["perplexity"],
-                        limit=args.probe_limit, overwrite=True, check_images=False)
+        config = ProbeConfig(images=None, model=model, out=args.out / "probe", methods=("perplexity",),
+                             limit=args.probe_limit, overwrite=True, check_images=False)
+        res = run_probe(args.out / "data", config)
         print(f"probed {res.n_probed} records (pool read again, not validated) in {time.perf_counter() - t:.0f} s; "
               f"peak RSS {peak_mib():.0f} MiB")
 

@@ -22,7 +22,7 @@ whose load drifts during the run penalises both alike; the figures are totals ov
 
 ``--model llava-7b-shape`` builds a LLaVA-1.5-7B-shaped model (CLIP ViT-L/14 at 336 px + a Llama-2-7B decoder,
 ~7.1B parameters) with random weights directly on the device; only its config and processor are written to disk.
-``--model tiny`` uses the bundled proxy (``mmsift.probe.proxy.build_proxy``) and runs on CPU in well under a minute.
+``--model tiny`` uses the bundled proxy (``mmsift.models.proxy.build_proxy``) and runs on CPU in well under a minute.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def build_llava_7b_shape(out: Path, texts, *, device: str, dtype):
     from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
-    from mmsift.probe.proxy import IMAGE, PROXY_CHAT_TEMPLATE, train_tokenizer
+    from mmsift.models.proxy import IMAGE, PROXY_CHAT_TEMPLATE, train_tokenizer
 
     tok = train_tokenizer(texts, vocab_size=2048)
     vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -120,13 +120,15 @@ def build_llava_7b_shape(out: Path, texts, *, device: str, dtype):
 
 def load_into_runner(path: Path, args, prebuilt=None):
     """The LoadedModel the runner will use, placed in its per-process cache (so runs below skip loading)."""
-    from mmsift.probe import models as probe_models
-    from mmsift.probe import runner
-    from mmsift.probe.models import LoadedModel, adapter_for, resolve_dtype
+    from mmsift.models import loading as probe_models
+    from mmsift.models.loading import LoadedModel, resolve_dtype
+    from mmsift.models.registry import adapter_for
+    from mmsift.probe import shard
+    from mmsift.probe.config import ShardConfig
 
-    cfg = runner.ProbeConfig(model=str(path), signals=(), images=None, device=args.device, dtype=args.dtype)
+    cfg = ShardConfig(model=str(path), signals=(), images=None, device=args.device, dtype=args.dtype)
     if prebuilt is None:
-        return runner.get_model(cfg)
+        return shard.get_model(cfg)
     model, processor = prebuilt
     lm = LoadedModel(model, processor, adapter_for(processor, model.config), str(path), model.config.model_type,
                      args.device, str(resolve_dtype(args.dtype, args.device)).replace("torch.", ""))
@@ -135,7 +137,7 @@ def load_into_runner(path: Path, args, prebuilt=None):
     original = probe_models.load_model
     probe_models.load_model = lambda *a, **k: lm
     try:
-        return runner.get_model(cfg)
+        return shard.get_model(cfg)
     finally:
         probe_models.load_model = original
 
@@ -173,8 +175,10 @@ class Clock:
 
 
 def probe_path(args, pool, images, model_dir, out: Path) -> dict:
+    from mmsift.models import losses as loss_mod
+    from mmsift.models.base import FamilyAdapter
     from mmsift.probe import signals as sig_mod
-    from mmsift.probe.models import FamilyAdapter
+    from mmsift.probe.config import ProbeConfig
     from mmsift.probe.runner import run_probe
     from mmsift.store import ShardWriter
 
@@ -183,12 +187,12 @@ def probe_path(args, pool, images, model_dir, out: Path) -> dict:
     clock = Clock(args.device)
     undo = [clock.wrap(FamilyAdapter, "forward", "forward"), clock.wrap(FamilyAdapter, "lm_head", "forward",
                                                                          static=True),
-            clock.wrap(sig_mod, "batch_signals", "signals"), clock.wrap(sig_mod, "answer_loss", "signals"),
+            clock.wrap(sig_mod, "batch_signals", "signals"), clock.wrap(loss_mod, "answer_loss", "signals"),
             clock.wrap(ShardWriter, "write", "write"), clock.wrap(ShardWriter, "merge", "write")]
     # Families that override forward/lm_head bypass the base wrapper; the benchmark models are LLaVA.
     try:
         t0 = time.perf_counter()
-        result = run_probe(pool, out=out, **common)
+        result = run_probe(pool, ProbeConfig(out=out, **common))
         wall = time.perf_counter() - t0
     finally:
         for u in undo:
@@ -203,7 +207,7 @@ def plain_path(args, lm, records, images_dir) -> dict:
     """Batch 1, full outputs, eager attention, every signal extracted from the outputs."""
     import torch
 
-    from mmsift.probe.dataset import load_images
+    from mmsift.data.images import load_images
     from mmsift.probe.signals import default_feature_layers
 
     model, adapter = lm.model, lm.adapter
@@ -291,8 +295,8 @@ def main(argv=None) -> None:
     import torch
 
     from mmsift.data.io import read_pool
-    from mmsift.probe.models import resolve_dtype
-    from mmsift.probe.proxy import build_proxy
+    from mmsift.models.loading import resolve_dtype
+    from mmsift.models.proxy import build_proxy
 
     torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mmsift-throughput-"))
@@ -310,11 +314,12 @@ def main(argv=None) -> None:
     params = sum(p.numel() for p in lm.model.parameters())
 
     # Warm-up of both paths, then ABBA-ordered repeats so that drifting machine load hits both paths alike.
+    from mmsift.probe.config import ProbeConfig
     from mmsift.probe.runner import run_probe
 
-    run_probe(pool, images=images, model=model_dir, out=work / "runs" / "warm", signals=list(args.signals),
-              device=args.device, dtype=args.dtype, batch_size=args.batch_size, num_workers=args.num_workers,
-              shard_size=args.n, limit=min(args.n, 2 * args.batch_size))
+    run_probe(pool, ProbeConfig(images=images, model=model_dir, out=work / "runs" / "warm", signals=tuple(args.signals),
+                                device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                                num_workers=args.num_workers, shard_size=args.n, limit=min(args.n, 2 * args.batch_size)))
     plain_path(args, lm, records[:2], images)
     runs = {"mmsift": [], "plain": []}
     for r in range(args.repeats):
@@ -354,7 +359,7 @@ def plain_loss_reference(args, lm, records, images_dir) -> np.ndarray:
     """Answer loss of a few records from the model's own full forward (batch 1), to check both paths agree."""
     import torch
 
-    from mmsift.probe.dataset import load_images
+    from mmsift.data.images import load_images
 
     out = []
     with torch.inference_mode():

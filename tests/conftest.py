@@ -49,7 +49,7 @@ TINY_BASE = dict(image_size=32, patch_size=8, vision_hidden_size=32, vision_laye
 def tiny_pretrained_base(tmp_path_factory):
     """Every test that needs the pretrained base gets a tiny one, cached in a session folder: the default recipe
     takes minutes, and tests must never write to the user's own cache."""
-    from mmsift.probe import pretrain
+    from mmsift.train import pretrain
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MMSIFT_CACHE", str(tmp_path_factory.mktemp("mmsift-cache")))

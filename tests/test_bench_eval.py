@@ -91,7 +91,7 @@ def tiny(tmp_path_factory):
     from mmsift.bench.evaluate import build_eval_set, load_eval_set
     from mmsift.bench.pool import build_bench_pool
     from mmsift.data.io import read_pool
-    from mmsift.probe.pretrain import ensure_base
+    from mmsift.train.pretrain import ensure_base
 
     root = tmp_path_factory.mktemp("tiny")
     pool = read_pool(build_bench_pool(root / "pool", n_images=24, n_ocr=8, seed=0))
@@ -104,7 +104,7 @@ def test_cached_option_losses_match_full_sequences(tiny):
 
     from mmsift.bench.evaluate import encode_items, option_losses
     from mmsift.data.records import Turn
-    from mmsift.probe.models import load_model
+    from mmsift.models.loading import load_model
 
     root, _, items, init = tiny
     lm = load_model(init, dtype="float32")
@@ -135,10 +135,10 @@ def test_cached_option_losses_match_full_sequences(tiny):
 
 def test_train_a_few_steps_is_deterministic_and_evaluates(tiny):
     from mmsift.bench.evaluate import encode_items, evaluate
-    from mmsift.bench.train import Recipe, train_target
+    from mmsift.train.target import TargetRecipe, train_target
 
     root, pool, items, init = tiny
-    recipe = Recipe(epochs=1, min_steps=6, batch_size=8)
+    recipe = TargetRecipe(epochs=1, min_steps=6, batch_size=8)
     a = train_target(init, pool.records[:40], root / "pool" / "images", recipe=recipe, seed=1)
     b = train_target(init, pool.records[:40], root / "pool" / "images", recipe=recipe, seed=1)
     assert len(a.losses) == 6 and a.losses == b.losses
@@ -146,7 +146,7 @@ def test_train_a_few_steps_is_deterministic_and_evaluates(tiny):
         assert torch.equal(p, q), n
     assert a.losses[-1] < a.losses[0]
     # Vision tower frozen (LLaVA-1.5 instruction tuning): its weights are the base's.
-    from mmsift.probe.models import load_model
+    from mmsift.models.loading import load_model
 
     base = load_model(init)
     for (n, p), q in zip(a.model.model.named_parameters(), base.model.parameters()):
@@ -158,9 +158,9 @@ def test_train_a_few_steps_is_deterministic_and_evaluates(tiny):
 
 
 def test_recipe_steps():
-    from mmsift.bench.train import Recipe
+    from mmsift.train.target import TargetRecipe
 
-    r = Recipe(epochs=4, min_steps=100, max_steps=500, batch_size=16)
+    r = TargetRecipe(epochs=4, min_steps=100, max_steps=500, batch_size=16)
     assert r.steps_for(75) == 100 and r.steps_for(1000) == 250 and r.steps_for(10_000) == 500
 
 

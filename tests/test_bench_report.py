@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import typer
 
-from mmsift.bench.command import _budgets
+from mmsift.cli.bench import _budgets
 from mmsift.bench.report import summarise, write_results
 from mmsift.bench.runner import Run
 from mmsift.bench.stats import cell_interval, paired_difference, point_score

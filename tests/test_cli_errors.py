@@ -163,7 +163,7 @@ def test_demo_bad_arguments(tmp_path):
 
 
 def test_probe_layer_out_of_range_and_bad_vector_dim(tmp_path):
-    from mmsift.probe.proxy import build_proxy
+    from mmsift.models.proxy import build_proxy
 
     pool = _pool(tmp_path)
     model = build_proxy(tmp_path / "model", texts=["question 0", "answer"], seed=0)

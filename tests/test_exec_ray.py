@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from mmsift.probe.config import ProbeConfig
 
 ray = pytest.importorskip("ray")
 
@@ -36,14 +37,14 @@ def make_dying_shard_fn(log_dir: str, victim: int):
         import os
         from pathlib import Path
 
-        from mmsift.probe import runner
+        from mmsift.probe import shard as shard_module
 
         log = Path(log_dir) / f"shard-{spec.shard}.log"
         first = not log.exists()
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
         if spec.shard == victim and first:
-            class DyingWriter(runner.ShardWriter):
+            class DyingWriter(shard_module.ShardWriter):
                 def write(self, shard, *, ids, index, tasks, columns):
                     # a partial shard on disk (scalars only, no vectors, no .done marker), then the process dies
                     super().write(shard, ids=ids, index=index, tasks=tasks,
@@ -51,8 +52,8 @@ def make_dying_shard_fn(log_dir: str, victim: int):
                     self._stem(shard).with_suffix(".done").unlink()
                     os._exit(1)
 
-            runner.ShardWriter = DyingWriter
-        runner.probe_shard(spec)
+            shard_module.ShardWriter = DyingWriter
+        shard_module.probe_shard(spec)
 
     return shard_fn
 
@@ -61,19 +62,19 @@ def test_killed_worker_costs_only_its_shard_and_results_match_local(ray_cluster,
                                                                     monkeypatch):
     from mmsift.data.io import read_pool
     from mmsift.probe import runner
-    from mmsift.probe.proxy import build_proxy
+    from mmsift.models.proxy import ProxySize, build_proxy
 
     pool, images = tiny_llava_pool
     texts = [t.text for r in read_pool(pool).records for t in r.turns]
-    model = build_proxy(tmp_path / "proxy", texts=texts, hidden_size=32, num_layers=2, vocab_size=300)
+    model = build_proxy(tmp_path / "proxy", texts=texts, size=ProxySize(hidden_size=32, num_layers=2, vocab_size=300))
     common = dict(images=images, model=model, signals=SIGNALS, batch_size=3, shard_size=3)
-    clean = runner.run_probe(pool, out=tmp_path / "local", executor="local", **common)
+    clean = runner.run_probe(pool, ProbeConfig(out=tmp_path / "local", executor="local", **common))
 
     logs = tmp_path / "attempts"
     logs.mkdir()
     monkeypatch.setattr(runner, "probe_shard", make_dying_shard_fn(str(logs), victim=1))
     monkeypatch.setenv("MMSIFT_RAY_WORKERS", "2")  # one actor per shard; the 2 CPUs hold 4 half-CPU actors
-    result = runner.run_probe(pool, out=tmp_path / "ray", executor="ray", **common)
+    result = runner.run_probe(pool, ProbeConfig(out=tmp_path / "ray", executor="ray", **common))
 
     pids = {k: (logs / f"shard-{k}.log").read_text().split() for k in range(2)}
     assert len(pids[1]) == 2 and pids[1][0] != pids[1][1], "shard 1 ran twice, in two processes"

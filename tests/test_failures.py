@@ -70,7 +70,7 @@ def test_max_failures_accepts_more_but_never_an_empty_run(tmp_path):
 @pytest.fixture(scope="module")
 def broken_model(tmp_path_factory):
     """A proxy whose config points the image token at an ordinary text token: every image record fails."""
-    from mmsift.probe.proxy import build_proxy
+    from mmsift.models.proxy import build_proxy
 
     root = tmp_path_factory.mktemp("broken")
     make_images(root / "images")
@@ -104,12 +104,12 @@ def test_probe_with_a_broken_model_stops_early_with_one_error(broken_model):
 
 def test_training_a_broken_model_stops_with_one_error(broken_model):
     from mmsift.data.validate import read_and_validate
-    from mmsift.probe.warmup import train_proxy
+    from mmsift.train.loop import TrainConfig, train_model
 
     pool, images, model, root = broken_model
     data, images_dir, report = read_and_validate(pool, images)
     with pytest.raises(SystematicFailure, match="warmup stopped") as info:
-        train_proxy(model, report.good_records(data), images_dir, steps=2, log_dir=root / "warm")
+        train_model(model, report.good_records(data), images_dir, TrainConfig(steps=2), log_dir=root / "warm")
     assert info.value.log_path == root / "warm" / ERROR_LOG and "Traceback" in info.value.log_path.read_text()
 
 
@@ -148,7 +148,8 @@ def test_a_forward_pass_that_breaks_on_images_stops_the_probe(monkeypatch, tmp_p
     """What transformers 5.24 did to the old probe: every image record's forward raised inside the model."""
     from transformers.models.llava import modeling_llava
 
-    from mmsift.probe.proxy import build_proxy
+    from mmsift.models.proxy import build_proxy
+    from mmsift.probe.config import ProbeConfig
     from mmsift.probe.runner import run_probe
 
     make_images(tmp_path / "images")
@@ -161,7 +162,7 @@ def test_a_forward_pass_that_breaks_on_images_stops_the_probe(monkeypatch, tmp_p
 
     monkeypatch.setattr(modeling_llava.LlavaModel, "get_image_features", broken)
     with pytest.raises(SystematicFailure, match="probe_error: TypeError") as info:
-        run_probe(pool, images=tmp_path / "images", model=model, out=tmp_path / "run", methods=["perplexity"],
-                  batch_size=4)
+        run_probe(pool, ProbeConfig(images=tmp_path / "images", model=model, out=tmp_path / "run",
+                                    methods=["perplexity"], batch_size=4))
     assert "32 of the 32 records" in str(info.value)  # stopped at the first verdict, not after all 40
     assert "get_image_features" in (tmp_path / "run" / ERROR_LOG).read_text()

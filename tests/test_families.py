@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from mmsift.data.records import Turn  # noqa: E402
-from mmsift.probe import models as probe_models  # noqa: E402
+from mmsift.models import loading as probe_models  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def build_qwen(out, *, v25: bool):
         Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from mmsift.probe.family_qwen2vl import build_processor, save_processor
+    from mmsift.models.qwen2vl import build_processor, save_processor
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                "<|image_pad|>", "<|video_pad|>"]
@@ -353,14 +353,15 @@ def test_final_token_attention_matches_eager_weights(family):
 
 
 def test_every_signal_on_a_small_pool(family, tiny_llava_pool, tmp_path):
+    from mmsift.probe.config import ProbeConfig
     from mmsift.probe.runner import run_probe
     from mmsift.probe.signals import KNOWN
 
     name, path = family
     pool, images = tiny_llava_pool
     wanted = sorted(KNOWN)
-    result = run_probe(pool, images=images, model=path, out=tmp_path / "run", signals=wanted, batch_size=4,
-                       shard_size=4)
+    result = run_probe(pool, ProbeConfig(images=images, model=path, out=tmp_path / "run", signals=wanted, batch_size=4,
+                                         shard_size=4))
     assert result.n_skipped == 0, result.skipped
     sig = result.store.load()
     assert len(sig) == 6

@@ -145,7 +145,7 @@ def test_parquet_embedded_images_round_trip(tmp_path, list_column):
     assert not _holds_bytes(rec.raw)  # no image bytes are kept in the record
     report = validate_pool(pool, None)
     assert report.n_errors == 0, report.format_text()
-    from mmsift.probe.dataset import load_images
+    from mmsift.data.images import load_images
 
     assert load_images(rec, None)[0].size == (12, 9)
     out = write_subset(pool, range(10), tmp_path / "all.parquet")

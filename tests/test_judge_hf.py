@@ -12,7 +12,7 @@ from PIL import Image
 from mmsift.failures import SystematicFailure
 from mmsift.judge.backends import JudgeRequest
 from mmsift.judge.runner import run_judge
-from mmsift.probe.proxy import build_proxy
+from mmsift.models.proxy import build_proxy
 from mmsift.store import SignalStore
 
 CAPS = ["optical_character_recognition", "humanities"]

@@ -257,7 +257,7 @@ def test_judge_command_prints_summary(server, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from mmsift.judge.command import judge_command
+    from mmsift.cli.judge import judge_command
 
     app = typer.Typer()
     app.command()(judge_command)

@@ -9,7 +9,7 @@ import torch
 
 
 def test_base_is_cached_by_recipe(monkeypatch, tiny_pretrained_base):
-    from mmsift.probe import pretrain
+    from mmsift.train import pretrain
 
     first = pretrain.ensure_base()
     info = pretrain.read_base_info(first)
@@ -26,8 +26,8 @@ def test_base_is_cached_by_recipe(monkeypatch, tiny_pretrained_base):
 
 
 def test_base_config_reads_the_trained_layer(tiny_pretrained_base):
-    from mmsift.probe.models import load_model
-    from mmsift.probe.pretrain import ensure_base
+    from mmsift.models.loading import load_model
+    from mmsift.train.pretrain import ensure_base
 
     lm = load_model(ensure_base())
     # The perception heads train the tower's last layer; the projector must read that same layer.
@@ -50,7 +50,7 @@ def _two_colour_images():
 
 def test_perception_heads_learn_a_separable_label():
     """Stage 0 on images whose label is their colour (red vs blue): held-out accuracy reaches 1."""
-    from mmsift.probe.pretrain import evaluate_perception, train_perception
+    from mmsift.train.perception import evaluate_perception, train_perception
 
     tower, pixels, y = _two_colour_images()
     unknown = torch.full((64,), -1)  # a head with no known label is skipped, not an error
@@ -63,7 +63,7 @@ def test_perception_heads_learn_a_separable_label():
 
 @pytest.mark.parametrize("name", ["MMSIFT_CACHE"])
 def test_cache_root_follows_env(monkeypatch, tmp_path, name):
-    from mmsift.probe.pretrain import cache_root
+    from mmsift.train.pretrain import cache_root
 
     monkeypatch.setenv(name, str(tmp_path / "c"))
     assert cache_root() == tmp_path / "c"
@@ -73,7 +73,7 @@ def test_cache_root_follows_env(monkeypatch, tmp_path, name):
 
 def test_perception_learns_from_label_sets():
     """Label sets (the pool perception stage's soft targets): red images carry {red}, blue ones {blue, sky}."""
-    from mmsift.probe.pretrain import train_perception
+    from mmsift.train.perception import train_perception
 
     tower, pixels, y = _two_colour_images()
     sets = torch.zeros(64, 3)
@@ -90,7 +90,7 @@ def test_answer_format_records_hold_the_images_true_answers(tmp_path):
     """Stage 2's records: a yes/no question and a multiple-choice question per base image, whose letter points at
     the image's own shape or colour; every image is a base image, never a pool image."""
     from mmsift.data.easyvqa import BASE_IMAGE_IDS, COLORS, LETTERS, MC_INSTRUCTION, SHAPES, question_type
-    from mmsift.probe.pretrain import BaseRecipe, _base_data
+    from mmsift.train.pretrain import BaseRecipe, _base_data
 
     items, captions, formats = _base_data(tmp_path / "on", BaseRecipe(n_shape_images=40, n_text_images=20,
                                                                        format_steps=8))
@@ -123,7 +123,7 @@ def test_answer_format_records_hold_the_images_true_answers(tmp_path):
 def test_a_base_with_the_answer_format_stage_builds(tmp_path, tiny_pretrained_base):
     from dataclasses import asdict
 
-    from mmsift.probe.pretrain import BaseRecipe, build_base, read_base_info
+    from mmsift.train.pretrain import BaseRecipe, build_base, read_base_info
 
     recipe = BaseRecipe(**{**asdict(tiny_pretrained_base), "format_steps": 4, "format_batch": 4})
     info = read_base_info(build_base(tmp_path / "base", recipe))

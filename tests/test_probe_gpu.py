@@ -10,13 +10,14 @@ import pytest
 import torch
 from test_probe_helpers import make_images, pool_records, pool_texts, write_pool
 
+from mmsift.probe.config import ProbeConfig
 from mmsift.probe.runner import run_probe
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def test_cuda_bf16_probe_matches_cpu_fp32(tmp_path):
-    from mmsift.probe.proxy import build_proxy
+    from mmsift.models.proxy import build_proxy
 
     make_images(tmp_path / "images")
     records = pool_records(18)
@@ -24,10 +25,10 @@ def test_cuda_bf16_probe_matches_cpu_fp32(tmp_path):
     model = build_proxy(tmp_path / "model", texts=pool_texts(records), seed=0)
     names = ["loss", "el2n", "sv_entropy", "sv_tau", "last", "last_final", "attn_pool", "img_mean", "attn_img",
              "attn_txt"]
-    cpu = run_probe(pool, images=tmp_path / "images", model=model, out=tmp_path / "cpu", signals=names,
-                    dtype="float32", batch_size=1)
-    gpu = run_probe(pool, images=tmp_path / "images", model=model, out=tmp_path / "gpu", signals=names,
-                    device="cuda", batch_size=8)
+    cpu = run_probe(pool, ProbeConfig(images=tmp_path / "images", model=model, out=tmp_path / "cpu", signals=names,
+                                      dtype="float32", batch_size=1))
+    gpu = run_probe(pool, ProbeConfig(images=tmp_path / "images", model=model, out=tmp_path / "gpu", signals=names,
+                                      device="cuda", batch_size=8))
     assert gpu.store.manifest["device"] == "cuda" and gpu.store.manifest["dtype"] in ("auto", "bfloat16")
     a, b = cpu.store.load(mmap=False), gpu.store.load(mmap=False)
     assert list(a.ids) == list(b.ids)

@@ -77,7 +77,7 @@ def pool_texts(records):
 @pytest.fixture(scope="module")
 def probe_setup(tmp_path_factory):
     """(pool_path, images_dir, model_dir) with 18 records and a freshly built (untrained) proxy."""
-    from mmsift.probe.proxy import build_proxy
+    from mmsift.models.proxy import build_proxy
 
     root = tmp_path_factory.mktemp("probe")
     make_images(root / "images")
@@ -107,6 +107,6 @@ def sharpen(model_dir):
 
 @pytest.fixture(scope="module")
 def loaded(probe_setup):
-    from mmsift.probe.models import load_model
+    from mmsift.models.loading import load_model
 
     return load_model(probe_setup[2])

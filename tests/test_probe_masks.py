@@ -6,7 +6,7 @@ import pytest
 from test_probe_helpers import loaded, probe_setup  # noqa: F401  (fixtures)
 
 from mmsift.data.records import Turn
-from mmsift.probe.models import EncodeError
+from mmsift.models.base import EncodeError
 
 
 def runs(mask):

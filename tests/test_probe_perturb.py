@@ -136,7 +136,8 @@ def test_imgnoise_variant_noises_the_image_before_the_processor(probe_setup, loa
     pixels in [-1, 1] after resizing, which this equality fails."""
     torch = pytest.importorskip("torch")
     from mmsift.data.io import read_pool
-    from mmsift.probe.dataset import ProbeDataset, load_images
+    from mmsift.data.images import load_images
+    from mmsift.probe.dataset import ProbeDataset
     from mmsift.probe.perturb import noise_image, stable_seed
 
     pool_path, images, _ = probe_setup
@@ -155,7 +156,8 @@ def test_mc_variants_score_only_the_multiple_choice_round(probe_setup, loaded): 
     averaged over that round's answer tokens only (the whole-conversation loss diluted the attack's effect)."""
     from mmsift.data.io import read_pool
     from mmsift.data.records import Record
-    from mmsift.probe.dataset import ProbeDataset, answer_runs, load_images
+    from mmsift.data.images import load_images
+    from mmsift.probe.dataset import ProbeDataset, answer_runs
 
     torch = pytest.importorskip("torch")
     pool_path, images, _ = probe_setup

@@ -11,6 +11,7 @@ import torch
 from test_probe_helpers import make_images, pool_records, pool_texts, sharpen, write_pool
 
 from mmsift.probe import runner
+from mmsift.probe.config import ProbeConfig
 from mmsift.probe.runner import run_probe
 from mmsift.probe.signals import KNOWN
 from mmsift.store import SignalStore, StoreError
@@ -21,7 +22,7 @@ ALL = sorted(KNOWN)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """18 good records plus 3 that validation rejects, a corrupt image that only decoding finds, the proxy."""
-    from mmsift.probe.proxy import build_proxy
+    from mmsift.models.proxy import build_proxy
 
     root = tmp_path_factory.mktemp("runner")
     make_images(root / "images")
@@ -66,7 +67,8 @@ def assert_same_store(a, b, *, exact=True):
 @pytest.fixture(scope="module")
 def full_run(setup):
     pool, images, model, _, root = setup
-    return run_probe(pool, images=images, model=model, out=root / "full", signals=ALL, batch_size=3, shard_size=4)
+    return run_probe(pool, ProbeConfig(images=images, model=model, out=root / "full", signals=ALL, batch_size=3,
+                                       shard_size=4))
 
 
 def test_end_to_end_store(setup, full_run):
@@ -112,7 +114,7 @@ def test_store_values_equal_direct_signals(setup, full_run):
     """A stored row equals the signals computed directly for that record alone."""
     from mmsift.data.io import read_pool
     from mmsift.probe.dataset import ProbeDataset
-    from mmsift.probe.models import load_model
+    from mmsift.models.loading import load_model
     from mmsift.probe.signals import SignalOptions, batch_signals
 
     pool, images, model, _, _ = setup
@@ -143,28 +145,29 @@ def test_resume_after_crash_is_identical(setup, full_run, monkeypatch):
 
     monkeypatch.setattr(runner, "probe_shard", crash_at_2)
     with pytest.raises(KeyboardInterrupt):
-        run_probe(pool, images=images, model=model, out=out, signals=ALL, batch_size=3, shard_size=4)
+        run_probe(pool, ProbeConfig(images=images, model=model, out=out, signals=ALL, batch_size=3, shard_size=4))
     assert calls == [0, 1]
     assert not (out / "manifest.json").exists()
     assert sorted(p.name for p in (out / "shards").glob("*.done")) == ["shard-00000.done", "shard-00001.done"]
 
     calls.clear()
     monkeypatch.setattr(runner, "probe_shard", lambda spec: (calls.append(spec.shard), real(spec)))
-    res = run_probe(pool, images=images, model=model, out=out, signals=ALL, batch_size=3, shard_size=4)
+    res = run_probe(pool, ProbeConfig(images=images, model=model, out=out, signals=ALL, batch_size=3, shard_size=4))
     assert calls == [2, 3, 4] and res.resumed_shards == 2
     assert_same_store(res.store, full_run.store)
 
     # A finished run is returned as is; other settings are refused unless overwritten.
     calls.clear()
-    again = run_probe(pool, images=images, model=model, out=out, signals=ALL, batch_size=3, shard_size=4)
+    again = run_probe(pool, ProbeConfig(images=images, model=model, out=out, signals=ALL, batch_size=3, shard_size=4))
     assert calls == [] and len(again.store) == 18 and again.n_skipped == 3
     with pytest.raises(StoreError, match="other settings"):
-        run_probe(pool, images=images, model=model, out=out, signals=["loss"], shard_size=4)
+        run_probe(pool, ProbeConfig(images=images, model=model, out=out, signals=["loss"], shard_size=4))
 
 
 def test_batch_size_does_not_change_signals(setup, full_run):
     pool, images, model, _, root = setup
-    res = run_probe(pool, images=images, model=model, out=root / "b1", signals=ALL, batch_size=1, shard_size=100)
+    res = run_probe(pool, ProbeConfig(images=images, model=model, out=root / "b1", signals=ALL, batch_size=1,
+                                      shard_size=100))
     assert_same_store(res.store, full_run.store, exact=False)
 
 
@@ -175,8 +178,8 @@ def test_runtime_failures_are_reported_not_fatal(setup):
     recs[1]["image"] = "broken.png"  # passes a no-image-check validation, fails to decode at run time
     recs[2]["conversations"][0]["value"] += " and more" * 40  # too long for max_length below
     p = write_pool(root / "runtime.json", recs)
-    res = run_probe(p, images=images, model=model, out=root / "rt", signals=["loss", "last"], shard_size=4,
-                    check_images=False, max_length=120)
+    res = run_probe(p, ProbeConfig(images=images, model=model, out=root / "rt", signals=["loss", "last"], shard_size=4,
+                                   check_images=False, max_length=120))
     kinds = {rid: kind for rid, kind, _ in res.skipped}
     assert kinds == {recs[1]["id"]: "image_error", recs[2]["id"]: "too_long"}
     assert res.n_skipped == 2 and len(res.store) == 4
@@ -186,19 +189,19 @@ def test_runtime_failures_are_reported_not_fatal(setup):
 
 def test_methods_select_signals_and_limit(setup):
     pool, images, model, _, root = setup
-    res = run_probe(pool, images=images, model=model, out=root / "m", methods=["length"], limit=5)
+    res = run_probe(pool, ProbeConfig(images=images, model=model, out=root / "m", methods=["length"], limit=5))
     assert len(res.store) == 5
     assert set(res.store.signal_names) == {"loss", "n_tokens", "n_answer_tokens", "n_rounds", "n_images"}
     with pytest.raises(ValueError, match="cannot compute"):
-        run_probe(pool, images=images, model=model, out=root / "m2", signals=["nonsense"])
+        run_probe(pool, ProbeConfig(images=images, model=model, out=root / "m2", signals=["nonsense"]))
     shutil.rmtree(root / "m")
 
 
 def test_dataloader_workers_give_the_same_store(setup, full_run):
     """Decoding/tokenising in a worker process (the adapter is pickled there) changes nothing."""
     pool, images, model, _, root = setup
-    res = run_probe(pool, images=images, model=model, out=root / "workers", signals=ALL, batch_size=3,
-                    shard_size=4, num_workers=1)
+    res = run_probe(pool, ProbeConfig(images=images, model=model, out=root / "workers", signals=ALL, batch_size=3,
+                                      shard_size=4, num_workers=1))
     assert_same_store(res.store, full_run.store)
 
 
@@ -206,7 +209,7 @@ def test_probe_command_prints_summary(setup):
     import typer
     from typer.testing import CliRunner
 
-    from mmsift.probe.command import probe_command
+    from mmsift.cli.probe import probe_command
 
     pool, images, model, _, root = setup
     app = typer.Typer()
@@ -228,12 +231,12 @@ def test_edited_pool_is_not_resumed_from_old_shards(setup, tmp_path):
     recs = [r for r in json.loads(pool.read_text()) if isinstance(r, dict)][:4]
     p = write_pool(tmp_path / "p.json", recs)
     out = tmp_path / "run"
-    run_probe(p, images=images, model=model, out=out, signals=["loss"], shard_size=2)
+    run_probe(p, ProbeConfig(images=images, model=model, out=out, signals=["loss"], shard_size=2))
     recs[0]["conversations"][1]["value"] = "Something else entirely."
     write_pool(p, recs)
     with pytest.raises(StoreError, match="other settings"):
-        run_probe(p, images=images, model=model, out=out, signals=["loss"], shard_size=2)
-    res = run_probe(p, images=images, model=model, out=out, signals=["loss"], shard_size=2, overwrite=True)
+        run_probe(p, ProbeConfig(images=images, model=model, out=out, signals=["loss"], shard_size=2))
+    res = run_probe(p, ProbeConfig(images=images, model=model, out=out, signals=["loss"], shard_size=2, overwrite=True))
     assert res.resumed_shards == 0 and len(res.store) == 4
 
 
@@ -245,10 +248,10 @@ def test_bf16_batched_signals_match_fp32_batch1(setup):
     """
     pool, images, model, _, root = setup
     names = ["loss", "el2n", "sv_entropy", "last", "mean", "attn_pool"]
-    ref = run_probe(pool, images=images, model=model, out=root / "fp32_b1", signals=names, batch_size=1,
-                    dtype="float32", shard_size=100)
-    bf = run_probe(pool, images=images, model=model, out=root / "bf16_b8", signals=names, batch_size=8,
-                   dtype="bfloat16", shard_size=100)
+    ref = run_probe(pool, ProbeConfig(images=images, model=model, out=root / "fp32_b1", signals=names, batch_size=1,
+                                      dtype="float32", shard_size=100))
+    bf = run_probe(pool, ProbeConfig(images=images, model=model, out=root / "bf16_b8", signals=names, batch_size=8,
+                                     dtype="bfloat16", shard_size=100))
     assert bf.store.manifest["dtype"] == "bfloat16"
     _, a = load_all(ref.store)
     _, b = load_all(bf.store)
@@ -267,10 +270,11 @@ def test_a_model_retrained_in_place_is_never_reused(setup, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(model, copy)
     out = tmp_path / "run"
-    run_probe(pool, images=images, model=copy, out=out, signals=["loss"], shard_size=100)
+    run_probe(pool, ProbeConfig(images=images, model=copy, out=out, signals=["loss"], shard_size=100))
     weights = next(copy.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes())  # rewritten (as a retrain would): new modification time
     with pytest.raises(StoreError, match="other settings"):
-        run_probe(pool, images=images, model=copy, out=out, signals=["loss"], shard_size=100)
-    res = run_probe(pool, images=images, model=copy, out=out, signals=["loss"], shard_size=100, overwrite=True)
+        run_probe(pool, ProbeConfig(images=images, model=copy, out=out, signals=["loss"], shard_size=100))
+    res = run_probe(pool, ProbeConfig(images=images, model=copy, out=out, signals=["loss"], shard_size=100,
+                                      overwrite=True))
     assert res.resumed_shards == 0 and len(res.store) == 18

@@ -91,7 +91,7 @@ def reference(model, enc, *, layer=-2, feature_layers=None):
 
 @pytest.fixture(scope="module")
 def eager(probe_setup):  # noqa: F811
-    from mmsift.probe.models import load_model
+    from mmsift.models.loading import load_model
 
     return load_model(probe_setup[2], attn_implementation="eager").model
 

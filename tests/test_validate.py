@@ -12,7 +12,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from mmsift.data.command import validate_command
+from mmsift.cli.data import validate_command
 from mmsift.data.io import read_pool
 from mmsift.data.paths import UnsafePathError, resolve_image
 from mmsift.data.validate import KINDS, validate_pool

@@ -19,7 +19,8 @@ def pool(tmp_path_factory):
 
 
 def mean_answer_loss(lm, records, images):
-    from mmsift.probe.warmup import batch_answer_loss, encode_records
+    from mmsift.models.encode import encode_records
+    from mmsift.models.losses import batch_answer_loss
 
     encs, failed = encode_records(lm.adapter, records, images)
     assert not failed
@@ -29,33 +30,33 @@ def mean_answer_loss(lm, records, images):
 
 def test_train_proxy_lowers_answer_loss(pool):
     from mmsift.data.io import read_pool
-    from mmsift.probe.models import load_model
-    from mmsift.probe.proxy import build_proxy
-    from mmsift.probe.warmup import train_proxy
+    from mmsift.models.loading import load_model
+    from mmsift.models.proxy import build_proxy
+    from mmsift.train.loop import TrainConfig, train_model
 
     path, images, raw, root = pool
     records = read_pool(path).records
     model_dir = build_proxy(root / "scratch", texts=pool_texts(raw), seed=1)
     before = mean_answer_loss(load_model(model_dir), records, images)
-    result = train_proxy(model_dir, records, images, steps=20, lr=5e-3, batch_size=10, seed=0)
+    result = train_model(model_dir, records, images, TrainConfig(steps=20, lr=5e-3, batch_size=10, seed=0))
     assert len(result.losses) == 20 and result.n_samples == 30
     after = mean_answer_loss(result.model, records, images)
     assert after < 0.7 * before, (before, after)
     # Same seed, same curve (the benchmark relies on this to compare subsets fairly).
-    a = train_proxy(model_dir, records[:12], images, steps=3, lr=5e-3, batch_size=6, seed=3)
-    b = train_proxy(model_dir, records[:12], images, steps=3, lr=5e-3, batch_size=6, seed=3)
+    a = train_model(model_dir, records[:12], images, TrainConfig(steps=3, lr=5e-3, batch_size=6, seed=3))
+    b = train_model(model_dir, records[:12], images, TrainConfig(steps=3, lr=5e-3, batch_size=6, seed=3))
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6)
     assert a.losses[0] != pytest.approx(result.losses[0])  # another seed draws another first batch
 
 
 def test_warmup_writes_reloadable_model_with_loss_curve(pool):
-    from mmsift.probe.models import load_model
-    from mmsift.probe.pretrain import ensure_base
-    from mmsift.probe.warmup import warmup
+    from mmsift.models.loading import load_model
+    from mmsift.train.pretrain import ensure_base
+    from mmsift.train.warmup import WarmupConfig, warmup
 
     path, images, raw, root = pool
-    out = warmup(path, images=images, out=root / "proxy", n_samples=24, epochs=4, seed=0, lr=5e-3, batch_size=8,
-                 min_steps=1)
+    out = warmup(path, WarmupConfig(images=images, out=root / "proxy", n_samples=24, epochs=4, seed=0, lr=5e-3,
+                                    batch_size=8, min_steps=1))
     info = json.loads((out / "warmup.json").read_text())
     assert info["n_samples"] == 24 and len(info["epoch_losses"]) == 4
     assert info["vision_frozen"] and info["base"]["key"] == ensure_base().name
@@ -76,12 +77,12 @@ def test_warmup_writes_reloadable_model_with_loss_curve(pool):
 
 
 def test_warmup_whole_pool_by_default_and_base_none(pool):
-    from mmsift.probe.warmup import warmup
+    from mmsift.train.warmup import WarmupConfig, warmup
 
     path, images, raw, root = pool
     good = [r for r in raw if r.get("conversations")]
-    out = warmup(path, images=images, out=root / "scratch_proxy", epochs=1, batch_size=8, base="none", min_steps=1,
-                 progress=False)
+    out = warmup(path, WarmupConfig(images=images, out=root / "scratch_proxy", epochs=1, batch_size=8, base="none",
+                                    min_steps=1, progress=False))
     info = json.loads((out / "warmup.json").read_text())
     assert info["n_samples"] + info["n_failed"] == len(good) and info["base"] == "none"
     assert info["lr"] == 3e-3
@@ -90,15 +91,18 @@ def test_warmup_whole_pool_by_default_and_base_none(pool):
     assert not perception["skipped"] and perception["vocabulary"] > 0 and info["vision_frozen"]
     assert perception["steps"] == 100 and perception["heldout_loss"] >= 0 and perception["base_rate_loss"] >= 0
     with pytest.raises(ValueError, match="--base"):
-        warmup(path, images=images, out=root / "x", base="mine")
+        warmup(path, WarmupConfig(images=images, out=root / "x", base="mine"))
 
 
 def test_image_shuffle_test_by_hand(pool):
     """loss_own / loss_shuffled equal the answer loss with own images and with images moved one place along."""
     from mmsift.data.io import read_pool
-    from mmsift.probe.models import Encoded, load_model
-    from mmsift.probe.pretrain import ensure_base
-    from mmsift.probe.warmup import batch_answer_loss, encode_records, image_shuffle_test
+    from mmsift.models.base import Encoded
+    from mmsift.models.loading import load_model
+    from mmsift.train.pretrain import ensure_base
+    from mmsift.models.encode import encode_records
+    from mmsift.models.losses import batch_answer_loss
+    from mmsift.train.warmup import image_shuffle_test
 
     path, images, _, _ = pool
     lm = load_model(ensure_base())
@@ -122,7 +126,7 @@ def test_warmup_command_prints_curve(pool):
     import typer
     from typer.testing import CliRunner
 
-    from mmsift.probe.command import warmup_command
+    from mmsift.cli.warmup import warmup_command
 
     path, images, _, root = pool
     app = typer.Typer()
@@ -137,7 +141,7 @@ def test_warmup_command_prints_curve(pool):
 
 
 def test_small_models_use_one_cpu_thread_and_restore_it(pool):
-    from mmsift.probe.models import cpu_threads_for
+    from mmsift.models.loading import cpu_threads_for
 
     model = torch.nn.Linear(4, 4)
     before = torch.get_num_threads()
@@ -154,7 +158,7 @@ def test_small_models_use_one_cpu_thread_and_restore_it(pool):
 
 def test_answer_words_and_vocabulary_by_hand():
     from mmsift.data.records import Record, Turn
-    from mmsift.probe.pool_perception import answer_vocabulary, answer_words
+    from mmsift.train.perception import answer_vocabulary, answer_words
 
     def rec(*answers):
         turns = [t for a in answers for t in (Turn("user", "q?"), Turn("assistant", a))]

@@ -1,8 +1,8 @@
 """mmsift: select the training samples worth keeping from visual-instruction-tuning pools."""
 
-__version__ = "0.1.0"
+from mmsift.version import __version__
 
-__all__ = ["__version__", "load", "probe", "select"]
+__all__ = ["__version__", "load", "probe", "ProbeConfig", "select"]
 
 
 def __getattr__(name):
@@ -13,6 +13,9 @@ def __getattr__(name):
     if name == "probe":
         from mmsift.probe.runner import run_probe as probe
         return probe
+    if name == "ProbeConfig":
+        from mmsift.probe.config import ProbeConfig
+        return ProbeConfig
     if name == "select":
         from mmsift.select import select_run as select
         return select

@@ -52,9 +52,9 @@ def installed_versions() -> dict[str, str]:
     """mmsift, Python and the recorded libraries, as installed (a library that is not installed is left out)."""
     import sys
 
-    import mmsift
+    from mmsift.version import __version__
 
-    out = {"mmsift": mmsift.__version__, "python": sys.version.split()[0]}
+    out = {"mmsift": __version__, "python": sys.version.split()[0]}
     out.update({p: v for p in RECORDED if (v := installed_version(p))})
     return out
 

@@ -47,9 +47,10 @@ def run_demo(
     from mmsift.data.easyvqa import build_easyvqa_pool
     from mmsift.data.io import read_pool
     from mmsift.data.validate import validate_pool
-    from mmsift.probe.runner import run_probe
     from mmsift.explain import describe_components, rerun_commands, score_meaning, task_notes
-    from mmsift.probe.warmup import read_warmup_log, shuffle_line, warmup
+    from mmsift.probe.config import ProbeConfig
+    from mmsift.probe.runner import run_probe
+    from mmsift.train.warmup import WarmupConfig, read_warmup_log, shuffle_line, warmup
     from mmsift.report import selection_settings, write_selection
     from mmsift.scorers import get_scorer_class
     from mmsift.select import select_run
@@ -69,8 +70,8 @@ def run_demo(
     say(f"   validate: {report.n_errors} errors, {len(report.problems) - report.n_errors} warnings")
 
     t = time.perf_counter()
-    model = warmup(pool_path, images=images, out=out / "proxy", n_samples=warmup_samples,
-                   epochs=warmup_epochs, seed=seed, device=device)
+    model = warmup(pool_path, WarmupConfig(out=str(out / "proxy"), images=str(images), n_samples=warmup_samples,
+                                           epochs=warmup_epochs, seed=seed, device=device))
     info = read_warmup_log(model) or {}
     say(f"2. warmup: the bundled small LLaVA proxy (pretrained base, vision frozen) trained on "
         f"{info.get('n_samples', '?')} samples ({time.perf_counter() - t:.0f} s) -> {model}")
@@ -78,8 +79,8 @@ def run_demo(
 
     t = time.perf_counter()
     # overwrite: the demo rebuilds the pool and retrains the proxy each time, so an older run in `out` is stale.
-    probe = run_probe(pool_path, images=images, model=model, out=out / "run", methods=list(methods),
-                      device=device, overwrite=True)
+    probe = run_probe(pool_path, ProbeConfig(model=str(model), out=str(out / "run"), images=str(images),
+                                             methods=tuple(methods), device=device, overwrite=True))
     store = probe.store
     say(f"3. probe: {len(store)} samples, signals {', '.join(store.signal_names)} "
         f"({time.perf_counter() - t:.0f} s, {probe.n_skipped} skipped) -> {out / 'run'}")

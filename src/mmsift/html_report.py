@@ -89,7 +89,7 @@ def map_chart(vectors: np.ndarray, kept: np.ndarray, name: str, *, seed: int = 0
 
 
 def _thumbnail(record, images_dir) -> str:
-    from mmsift.probe.dataset import load_images
+    from mmsift.data.images import load_images
 
     if not record.images:
         return "<div>(text only)</div>"

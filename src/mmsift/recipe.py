@@ -280,6 +280,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
     from mmsift.data.io import read_pool
     from mmsift.compat import installed_versions
     from mmsift.explain import score_meaning, task_notes
+    from mmsift.probe.config import ProbeConfig
     from mmsift.probe.runner import run_probe
     from mmsift.report import write_scores, write_selection
 
@@ -295,15 +296,18 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
     pool_path, images = recipe.path("pool"), recipe.path("images")
     seed, probe = data["seed"], data["probe"]
     if "warmup" in data["proxy"]:
-        from mmsift.probe.warmup import warmup
+        from mmsift.train.warmup import WarmupConfig, warmup
 
-        model = warmup(pool_path, images=images, out=out / "proxy", seed=seed, device=probe["device"],
-                       task_field=data["task_field"], **data["proxy"]["warmup"])
+        model = warmup(pool_path, WarmupConfig(out=str(out / "proxy"), images=None if images is None else str(images),
+                                               seed=seed, device=probe["device"], task_field=data["task_field"],
+                                               **data["proxy"]["warmup"]))
         lines.append(f"warmup: trained the bundled proxy -> {model}")
     else:
         model = recipe.base / data["proxy"]["model"]
-    result = run_probe(pool_path, images=images, model=model, out=out / "run", methods=recipe.methods, seed=seed,
-                       task_field=data["task_field"], overwrite=True, **probe)
+    config = ProbeConfig(model=str(model), out=str(out / "run"), images=None if images is None else str(images),
+                         methods=tuple(recipe.methods), seed=seed, task_field=data["task_field"], overwrite=True,
+                         **probe)
+    result = run_probe(pool_path, config)
     lines.append(f"probe: {result.n_probed} of {result.n_records} records -> {out / 'run'}")
     chain = run_chain(out / "run", data["stages"], seed=seed)
     for s in chain.stages:

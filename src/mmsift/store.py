@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmsift import __version__
+from mmsift.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mmsift.bench.pool import ocr_items
-from mmsift.bench.train import deterministic
+from mmsift.train.loop import deterministic
 from mmsift.data.easyvqa import LETTERS, OCR_QUESTION, OCR_WORDS, make_mc_options, mc_prompt, question_type
 from mmsift.data.records import Turn
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmsift.bench.train import Recipe
+from mmsift.train.target import TargetRecipe
 
 
 @dataclass
 class TrainJob:
     kept: np.ndarray  # pool positions to train on
     seed: int
-    recipe: Recipe
+    recipe: TargetRecipe
     all_items: bool = False  # evaluate every item (reference rows); False: the score columns' items only
     then: list = field(default_factory=list)  # TrainJobs trained on top of this job's model (post-training)
 
@@ -55,7 +55,7 @@ def init_worker(ctx: JobContext) -> None:
     """Load the base once in this process; later jobs copy it."""
     import torch
 
-    from mmsift.probe.models import load_model
+    from mmsift.models.loading import load_model
 
     torch.set_num_threads(ctx.threads)
     _CONTEXT.clear()
@@ -73,7 +73,7 @@ def run_job(job: TrainJob) -> JobResult:
 
 def _train_and_evaluate(init, job: TrainJob, ctx: JobContext) -> JobResult:
     from mmsift.bench.evaluate import evaluate_items
-    from mmsift.bench.train import train_target
+    from mmsift.train.target import train_target
 
     encs = [ctx.encoded_pool[i] for i in job.kept]
     trained = train_target(init, None, None, recipe=job.recipe, seed=job.seed, device=ctx.device, encoded=encs)

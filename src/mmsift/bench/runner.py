@@ -1,7 +1,7 @@
 """The benchmark run: pool with known defects -> probe -> every method x budget x seed -> train the target -> evaluate.
 
 Stages (each timed): build the pool and the evaluation set; load the pretrained base (built once and cached,
-:mod:`mmsift.probe.pretrain`) and encode the evaluation items and the pool once with it; warm up the probe's proxy
+:mod:`mmsift.train.pretrain`) and encode the evaluation items and the pool once with it; warm up the probe's proxy
 on the whole pool (from the base, as ``mmsift warmup`` does) and probe it for the signals the methods need; then
 for each seed pair (selection seed = training seed = s), each method and budget: select, train the target from
 the base on the subset with the vision tower frozen, evaluate it on the easy-vqa *test* split.
@@ -25,7 +25,7 @@ import numpy as np
 from mmsift.bench.calibration import CALIBRATION
 from mmsift.bench.jobs import JobContext, TrainJob, init_worker, run_job
 from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET
-from mmsift.bench.train import Recipe
+from mmsift.train.target import TargetRecipe
 from mmsift.exec.processes import available_cores, run_in_processes
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,9 @@ DUPLICATES = ("duplicate", "near_duplicate")
 SCORE_COLUMNS = ("shape", "color", "ocr")
 
 
-def post_recipe() -> Recipe:
+def post_recipe() -> TargetRecipe:
     """Post-training on 1-2% of the pool: a few passes at a lower learning rate, on top of the ``full`` model."""
-    return Recipe(epochs=5.0, min_steps=10, max_steps=60, batch_size=16, lr=1e-3)
+    return TargetRecipe(epochs=5.0, min_steps=10, max_steps=60, batch_size=16, lr=1e-3)
 
 
 @dataclass
@@ -68,13 +68,13 @@ class BenchConfig:
     open_types: tuple = ("shape", "color", "yesno")  # open question types of the evaluation set
     warmup_epochs: int = 3
     warmup_min_steps: int = 300
-    recipe: Recipe = field(default_factory=Recipe)
+    recipe: TargetRecipe = field(default_factory=TargetRecipe)
     post_fraction: float = 0.02  # 0: no post-training rows
     score_columns: tuple = SCORE_COLUMNS
     n_boot: int = 2000
     threads: int = 1  # torch threads per training job
     workers: int = 0  # training jobs at once, each in its own process; 0: one per `threads` CPU cores (1 on GPU)
-    base_recipe: object = None  # mmsift.probe.pretrain.BaseRecipe; None = the default (cached) base
+    base_recipe: object = None  # mmsift.train.pretrain.BaseRecipe; None = the default (cached) base
 
     @classmethod
     def quick_config(cls, out: str, **overrides) -> "BenchConfig":
@@ -214,13 +214,15 @@ def run_bench(cfg: BenchConfig) -> dict:
     from mmsift.bench.evaluate import build_eval_set, chance_table, encode_items, load_eval_set
     from mmsift.bench.pool import build_bench_pool
     from mmsift.bench.report import summarise, write_results
-    from mmsift.bench.train import deterministic
     from mmsift.data.io import read_pool, write_subset
     from mmsift.data.tasks import task_of
-    from mmsift.probe.models import load_model
-    from mmsift.probe.pretrain import ensure_base
+    from mmsift.models.encode import encode_records
+    from mmsift.models.loading import load_model
+    from mmsift.probe.config import ProbeConfig
     from mmsift.probe.runner import run_probe
-    from mmsift.probe.warmup import encode_records, warmup
+    from mmsift.train.loop import deterministic
+    from mmsift.train.pretrain import ensure_base
+    from mmsift.train.warmup import WarmupConfig, warmup
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,14 +272,15 @@ def run_bench(cfg: BenchConfig) -> dict:
     t0 = time.perf_counter()
     probe_methods = sorted(set(m for m in methods if m != "random") | ({"selfcheck"} if post else set()))
     with deterministic(cfg.threads):
-        proxy = warmup(pool_path, images=images, out=out / "proxy", epochs=cfg.warmup_epochs, seed=cfg.seed,
-                       device=cfg.device, base_recipe=cfg.base_recipe, progress=False,
-                       min_steps=cfg.warmup_min_steps)
+        proxy = warmup(pool_path, WarmupConfig(out=str(out / "proxy"), images=str(images), epochs=cfg.warmup_epochs,
+                                               seed=cfg.seed, device=cfg.device, base_recipe=cfg.base_recipe,
+                                               progress=False, min_steps=cfg.warmup_min_steps))
     stage("probe_warmup", t0)
     t0 = time.perf_counter()
     with deterministic(cfg.threads):
-        probe = run_probe(pool_path, images=images, model=proxy, out=out / "run", methods=probe_methods,
-                          device=cfg.device, seed=cfg.seed, overwrite=True)
+        probe = run_probe(pool_path, ProbeConfig(model=str(proxy), out=str(out / "run"), images=str(images),
+                                                 methods=tuple(probe_methods), device=cfg.device, seed=cfg.seed,
+                                                 overwrite=True))
     signals = probe.store.load(mmap=False)
     if cfg.judge_run:
         signals = merge_judge(signals, cfg.judge_run)
@@ -393,13 +396,13 @@ def _kind_counts(items) -> dict:
 
 
 def _base_info(base_dir) -> dict:
-    from mmsift.probe.pretrain import read_base_info
+    from mmsift.train.pretrain import read_base_info
 
     return read_base_info(base_dir)
 
 
 def _warmup_summary(proxy) -> dict:
-    from mmsift.probe.warmup import read_warmup_log
+    from mmsift.train.warmup import read_warmup_log
 
     info = read_warmup_log(proxy) or {}
     return {k: info.get(k) for k in ("n_samples", "epochs", "lr", "image_shuffle", "seconds")}

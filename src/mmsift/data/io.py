@@ -29,8 +29,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmsift.data.formats import Layout, layout_for_pool
-from mmsift.data.records import ERROR, WARNING, Problem, Record, parse_record
+from mmsift.data.formats import Layout, layout_for_pool, parse_record
+from mmsift.data.records import ERROR, WARNING, EmbeddedImage, Problem, Record
 from mmsift.data.tasks import task_of
 
 log = logging.getLogger(__name__)
@@ -254,8 +254,6 @@ def _copy_jsonl_lines(pool: Pool, chosen: list[int], tmp: Path) -> None:
 
 def _json_default(obj):
     # Parquet rows can hold values JSON has no form for (bytes, timestamps): say which, instead of guessing.
-    from mmsift.data.records import EmbeddedImage
-
     what = "embedded image bytes" if isinstance(obj, EmbeddedImage) else f"a {type(obj).__name__} value"
     raise TypeError(f"{what} cannot be written as JSON; write this subset as .parquet")
 

@@ -152,29 +152,6 @@ def open_embedded(ref: EmbeddedImage):
         return im.convert("RGB")
 
 
-def check_embedded(refs: list[EmbeddedImage], *, decode: bool = False) -> list[tuple[str, str] | None]:
-    """Per reference: None for a good image, else ``(kind, message)`` (the checks of image files, on the bytes).
-
-    References are visited in file order, so each row group's image column is read once.
-    """
-    import io
-
-    from tqdm.auto import tqdm
-
-    from mmsift.data.validate import check_image_data
-
-    order = sorted(range(len(refs)), key=lambda k: (refs[k].source, refs[k].row_group, refs[k].row))
-    out: list = [None] * len(refs)
-    for k in tqdm(order, desc="checking embedded images", unit="img", disable=None, leave=False):
-        try:
-            data = read_embedded(refs[k])
-        except ValueError as e:
-            out[k] = ("unreadable_image", str(e))
-            continue
-        out[k] = check_image_data(io.BytesIO(data), len(data), "the image data", decode=decode)
-    return out
-
-
 def write_rows(sources: list[str], chosen: list[int], out: Path) -> None:
     """Write the rows at global positions ``chosen`` (sorted) of ``sources`` to ``out``, schema and bytes kept."""
     import numpy as np

@@ -74,13 +74,6 @@ class Problem:
         return ", ".join(parts) or "pool"
 
 
-def image_field(raw: dict, layout=None):
-    """The raw image value of a record (see :func:`mmsift.data.formats.image_value`); None for text-only."""
-    from mmsift.data.formats import LLAVA, image_value
-
-    return image_value(raw, layout or LLAVA)
-
-
 @dataclass(frozen=True)
 class EmbeddedImage:
     """Where the bytes of an image stored inside a Parquet file are: read on demand, never kept with the record.
@@ -98,76 +91,3 @@ class EmbeddedImage:
 
     def __repr__(self) -> str:
         return f"<embedded image, {self.nbytes} bytes, crc32 {self.crc32:08x}>"
-
-
-def image_refs(value) -> tuple[list[str], list]:
-    """``(names, embedded)`` of an image value: a path, an ``{"bytes", "path"}`` struct, or a list of these.
-
-    ``names`` are the paths (for an embedded image: its ``path`` field, often just a file name, or ""), and
-    ``embedded`` holds an :class:`EmbeddedImage` per embedded image (None for a path), or is empty when no image
-    is embedded. Lenient on purpose: the typed view keeps what is usable; validate.py reports the rest.
-    """
-    names: list[str] = []
-    embedded: list = []
-    items = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
-    for item in items:
-        if isinstance(item, str):
-            if item:
-                names.append(item)
-                embedded.append(None)
-        elif isinstance(item, dict):
-            data, path = item.get("bytes"), item.get("path")
-            if isinstance(data, EmbeddedImage):
-                names.append(path if isinstance(path, str) else "")
-                embedded.append(data)
-            elif data is None and isinstance(path, str) and path:
-                names.append(path)
-                embedded.append(None)
-    return names, (embedded if any(e is not None for e in embedded) else [])
-
-
-def record_id(raw: dict, index: int) -> str:
-    """The id downstream code uses: ``raw["id"]`` as a string (ints accepted), else ``str(index)``."""
-    value = raw.get("id")
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return str(index)
-
-
-def parse_record(raw: dict, index: int, *, line: int | None = None, layout=None) -> Record:
-    """The typed view of one raw record (never raises; structural defects are reported by ``validate``).
-
-    ``layout``: a :class:`mmsift.data.formats.Layout` every record must follow; None detects it per record.
-    """
-    from mmsift.data.formats import LLAVA, TurnError, detect, image_value, read_turn
-
-    found = detect(raw, layout)
-    turns: list[Turn] = []
-    part_images: list[str] = []
-    if found is not None:
-        conv = raw.get(found.messages)
-        for item in conv if isinstance(conv, (list, tuple)) else []:
-            try:
-                speaker, text, paths = read_turn(item, found)
-            except TurnError:
-                continue
-            turns.append(Turn(role=found.role_of(speaker) or speaker, text=text))
-            part_images.extend(paths)
-    # A record of no known layout still gets its images (its task comes from their folders).
-    names, embedded = image_refs(image_value(raw, found or LLAVA))
-    if not names and part_images:
-        names = part_images
-    known = KNOWN_KEYS + ((found.messages,) + ((found.images,) if found.images else ()) if found else ())
-    return Record(
-        id=record_id(raw, index),
-        index=index,
-        images=names,
-        turns=turns,
-        raw=raw,
-        line=line,
-        extra={k: v for k, v in raw.items() if k not in known},
-        layout=found,
-        embedded=embedded,
-    )

@@ -46,19 +46,19 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mmsift.data.formats import BUILTIN, CANDIDATES, TurnError, image_field, read_turn
+from mmsift.data.images import check_embedded, check_image_file
 from mmsift.data.io import Pool, read_pool
 from mmsift.data.paths import ImageResolver, UnsafePathError, check_images_dir, check_relative
-from mmsift.data.formats import BUILTIN, CANDIDATES, TurnError, read_turn
-from mmsift.data.records import ERROR, IMAGE_PLACEHOLDER, WARNING, EmbeddedImage, Problem, Record, image_field
+from mmsift.data.records import ERROR, IMAGE_PLACEHOLDER, WARNING, EmbeddedImage, Problem, Record
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KINDS", "Problem", "ValidationReport", "validate_pool", "check_image_file"]
+__all__ = ["KINDS", "Problem", "ValidationReport", "validate_pool"]
 
 # Display order of the kinds in reports.
 KINDS = (
@@ -226,8 +226,6 @@ def validate_pool(
         for rec in recs:
             problems.append(_problem(kind, ERROR, rec, message))
     if embedded:
-        from mmsift.data.parquet import check_embedded
-
         for (ref, rec), found in zip(embedded, check_embedded([ref for ref, _ in embedded], decode=decode_images)):
             if found is not None:
                 problems.append(_problem(found[0], ERROR, rec, f"embedded image ({ref.column}): {found[1]}"))
@@ -402,57 +400,3 @@ def _check_paths(relpaths: list[str], images_dir, do_files: bool, decode: bool,
             if found is not None:
                 out[relpath] = found
     return out
-
-
-def check_image_file(path: str | os.PathLike, *, decode: bool = False) -> tuple[str, str] | None:
-    """``None`` for a good image file, else ``(kind, message)``. See the module docstring for what is checked."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "missing_image", f"not found at {path}"
-    except OSError as e:
-        return "unreadable_image", f"cannot stat {path}: {e.strerror or e}"
-    if not stat.S_ISREG(st.st_mode):  # checked before opening: opening a FIFO would block
-        return "unreadable_image", f"{path} is not a regular file"
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        return "unreadable_image", f"cannot open {path}: {e.strerror or e}"
-    with f:  # one open per file: PIL reads from it, and so does the JPEG end-marker check
-        return check_image_data(f, st.st_size, str(path), decode=decode)
-
-
-def check_image_data(f, size: int, path: str, *, decode: bool = False) -> tuple[str, str] | None:
-    """The image checks of :func:`check_image_file` on an open binary file object of ``size`` bytes; ``path``
-    names it in messages."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        im = Image.open(f)
-    except UnidentifiedImageError:
-        return "unreadable_image", f"{path} is not an image format PIL can read"
-    except Image.DecompressionBombError as e:
-        return "unreadable_image", f"{path}: {e}"
-    except OSError as e:
-        if e.errno is not None:  # the OS refused (I/O error)
-            return "unreadable_image", f"cannot read {path}: {e.strerror or e}"
-        return "corrupt_image", f"{path} has a broken header: {e}"
-    fmt = im.format
-    try:
-        if decode:
-            im.load()
-        elif fmt == "PNG":
-            im.verify()
-        elif fmt == "JPEG":
-            f.seek(max(0, size - 64))
-            if b"\xff\xd9" not in f.read():
-                # No end marker: often truncated, sometimes only trailing padding; decoding decides.
-                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-                im.load()
-        else:
-            im.load()
-    except Exception as e:  # PIL raises many types here (OSError, SyntaxError, ValueError, struct.error...)
-        return "corrupt_image", f"{path} ({fmt}) is broken: {e}"
-    finally:
-        im.close()
-    return None

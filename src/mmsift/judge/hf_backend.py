@@ -31,7 +31,7 @@ class HFBackend(JudgeBackend):
             raise FileNotFoundError(f"judge model folder not found: {self.model_dir} (a local model directory)")
         if not (self.model_dir / "config.json").is_file():
             raise ValueError(f"{self.model_dir} is not a model directory (no config.json)")
-        from mmsift.probe.models import check_device
+        from mmsift.models.loading import check_device
 
         check_device(device)
         self.model_id = self.model_dir.name

@@ -1,7 +1,7 @@
-"""The probe: the only part of mmsift that touches a model (torch, transformers).
+"""The probe: one pass of a model over a pool, into a signal store.
 
-``proxy`` builds the bundled small LLaVA, ``warmup`` trains it, ``models`` loads any supported vision-language
-model with a family adapter (inputs, answer masks), ``signals`` turns one forward pass into per-sample signals,
-``perturb`` makes the ARDS attacks, ``runner`` runs a pool shard by shard into a signal store.
-Nothing here is imported by ``import mmsift``; the submodules import torch lazily on use.
+``config`` (what a run is asked to do), ``runner`` (``run_probe``: validation, shards, resume, merge), ``shard``
+(one shard: batching, failures, writing), ``dataset`` (per-record input work, DataLoader-ready), ``signals``
+(what is computed from a forward pass), ``perturb`` (the ARDS attacks). Models come from :mod:`mmsift.models`;
+nothing here trains. Nothing here is imported by ``import mmsift``; torch is imported on use.
 """

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from mmsift.data.records import Record, Turn
 from mmsift.failures import traceback_text
-from mmsift.probe.models import EncodeError, FamilyAdapter
+from mmsift.models.base import EncodeError, FamilyAdapter
+from mmsift.models.encode import RecordError, decode_images, encode_record
 from mmsift.probe.perturb import find_mc_rounds, noise_image, permutation_attack, stable_seed, symbol_attack
 
 VARIANTS = ("loss_noq", "loss_mc", "loss_sym", "loss_perm", "loss_imgnoise")
@@ -30,28 +31,6 @@ def variants_for(signals) -> tuple[str, ...]:
 def as_list(items):
     """DataLoader collate that keeps items as they are (the model side collates after dropping failures)."""
     return list(items)
-
-
-def load_images(record: Record, images_dir) -> list:
-    """The record's images decoded to RGB PIL images (paths resolved safely inside ``images_dir``, embedded
-    Parquet images read from their file)."""
-    from PIL import Image
-
-    from mmsift.data.paths import resolve_image
-
-    out = []
-    refs = record.embedded or [None] * len(record.images)
-    for rel, ref in zip(record.images, refs):
-        if ref is not None:  # bytes inside a Parquet pool, read on demand
-            from mmsift.data.parquet import open_embedded
-
-            out.append(open_embedded(ref))
-            continue
-        path = resolve_image(images_dir, rel)
-        with Image.open(path) as im:
-            im.load()
-            out.append(im.convert("RGB"))
-    return out
 
 
 def without_question(turns: list[Turn]) -> list[Turn]:
@@ -101,30 +80,31 @@ class ProbeDataset:
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
         try:
-            images = load_images(rec, self.images_dir) if rec.images else []
-        except Exception as e:  # missing/corrupt file found only now (validation may have been skipped)
-            return {"pos": i, "error": ("image_error", f"{type(e).__name__}: {e}"), "traceback": traceback_text(e)}
+            images = decode_images(rec, self.images_dir)
+            enc = encode_record(self.adapter, rec, images, max_length=self.max_length)
+        except RecordError as e:
+            return {"pos": i, "error": (e.kind, e.message), "traceback": e.traceback}
         try:
-            enc = self.adapter.encode(rec.turns, images)
-            if self.max_length and len(enc) > self.max_length:
-                raise EncodeError(f"{len(enc)} tokens, longer than the model's context of {self.max_length}")
-            variants = {}
-            wants_mc = set(MC_VARIANTS) & set(self.variants)
-            mc_turns = [r.assistant for r in find_mc_rounds(rec.turns)] if wants_mc else []
-            for name in self.variants:
-                if name in MC_VARIANTS and not mc_turns:
-                    continue  # not a multiple-choice record: NaN
-                v = self._variant(name, rec, images, enc)
-                if v is not None and name in MC_VARIANTS:
-                    v = keep_rounds(v, rec.turns, mc_turns)
-                if v is not None:
-                    variants[name] = v
+            variants = self._variants(rec, images, enc)
         except EncodeError as e:
-            kind = "too_long" if "longer than" in str(e) else "encode_error"
-            return {"pos": i, "error": (kind, str(e)), "traceback": traceback_text(e)}
+            return {"pos": i, "error": ("encode_error", str(e)), "traceback": traceback_text(e)}
         except Exception as e:
             return {"pos": i, "error": ("encode_error", f"{type(e).__name__}: {e}"), "traceback": traceback_text(e)}
         return {"pos": i, "enc": enc, "variants": variants}
+
+    def _variants(self, rec: Record, images, enc) -> dict:
+        variants = {}
+        wants_mc = set(MC_VARIANTS) & set(self.variants)
+        mc_turns = [r.assistant for r in find_mc_rounds(rec.turns)] if wants_mc else []
+        for name in self.variants:
+            if name in MC_VARIANTS and not mc_turns:
+                continue  # not a multiple-choice record: NaN
+            v = self._variant(name, rec, images, enc)
+            if v is not None and name in MC_VARIANTS:
+                v = keep_rounds(v, rec.turns, mc_turns)
+            if v is not None:
+                variants[name] = v
+        return variants
 
     def _variant(self, name: str, rec: Record, images, enc):
         import torch

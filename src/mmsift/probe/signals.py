@@ -40,8 +40,9 @@ import numpy as np
 import torch
 
 from mmsift import signals as names_
-from mmsift.probe.capture import record_inputs
-from mmsift.probe.models import Batch, FamilyAdapter
+from mmsift.models.base import Batch, FamilyAdapter
+from mmsift.models.capture import record_inputs
+from mmsift.models.losses import segment_mean, token_losses
 from mmsift.probe.perturb import stable_seed
 
 FORWARD_SCALARS = ("loss", "el2n", "tok_loss_max", "tok_loss_std", "sv_entropy", "sv_tau")
@@ -126,38 +127,6 @@ def hidden_layers_needed(names, n_layers: int, opts: SignalOptions) -> list[int]
     return sorted(need)
 
 
-def token_losses(adapter: FamilyAdapter, model, last_hidden: torch.Tensor, batch: Batch, *, want_el2n: bool):
-    """Per answer token: (sample row, CE loss, ||p - onehot||_2 or None), all float32 on the model device."""
-    target_mask = batch.answer_mask[:, 1:] & batch.attention_mask[:, 1:].bool()
-    rows, cols = target_mask.nonzero(as_tuple=True)
-    h = last_hidden[rows, cols]  # predicts token cols + 1
-    targets = batch.input_ids[rows, cols + 1]
-    logits = adapter.lm_head(model, h).float()
-    logp = torch.log_softmax(logits, dim=-1)
-    lp_y = logp.gather(1, targets[:, None]).squeeze(1)
-    ce = -lp_y
-    el2n = None
-    if want_el2n:
-        p = logp.exp()
-        el2n = (p.pow(2).sum(-1) - 2 * lp_y.exp() + 1.0).clamp(min=0).sqrt()
-    return rows, ce, el2n
-
-
-def _segment_mean(rows, values, b):
-    s = torch.zeros(b, dtype=torch.float64, device=values.device).index_add_(0, rows, values.double())
-    n = torch.zeros(b, dtype=torch.float64, device=values.device).index_add_(
-        0, rows, torch.ones_like(values, dtype=torch.float64))
-    return s / n, n  # 0/0 -> NaN for samples without answer tokens
-
-
-def answer_loss(adapter, model, batch: Batch) -> np.ndarray:
-    """Mean answer CE per sample from a forward pass without hidden states (the attacks' second passes)."""
-    last_hidden, _ = adapter.forward(model, batch)
-    rows, ce, _ = token_losses(adapter, model, last_hidden, batch, want_el2n=False)
-    mean, _ = _segment_mean(rows, ce, len(batch))
-    return mean.cpu().numpy()
-
-
 def spectrum_stats(h: torch.Tensor, valid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(sv_entropy, sv_tau) per sample from hidden states h (B, T, D) and the non-pad mask (B, T)."""
     x = h.double() * valid[..., None].double()
@@ -218,17 +187,17 @@ def batch_signals(adapter: FamilyAdapter, model, batch: Batch, names, opts: Sign
     out: dict[str, np.ndarray] = {}
 
     rows, ce, el2n = token_losses(adapter, model, last_hidden, batch, want_el2n="el2n" in names)
-    mean, count = _segment_mean(rows, ce, b)
+    mean, count = segment_mean(rows, ce, b)
     out["loss"] = mean.cpu().numpy()
     out["n_answer_tokens"] = count.cpu().numpy().astype(np.int64)
     if "el2n" in names:
-        out["el2n"] = _segment_mean(rows, el2n, b)[0].cpu().numpy()
+        out["el2n"] = segment_mean(rows, el2n, b)[0].cpu().numpy()
     if "tok_loss_max" in names:
         mx = torch.full((b,), float("nan"), dtype=torch.float64, device=ce.device)
         mx = mx.scatter_reduce(0, rows, ce.double(), reduce="amax", include_self=False)
         out["tok_loss_max"] = mx.cpu().numpy()
     if "tok_loss_std" in names:
-        sq, _ = _segment_mean(rows, ce.double().pow(2), b)
+        sq, _ = segment_mean(rows, ce.double().pow(2), b)
         out["tok_loss_std"] = (sq - mean.pow(2)).clamp(min=0).sqrt().cpu().numpy()
     out["n_tokens"] = (valid & ~batch.image_mask).sum(1).cpu().numpy().astype(np.int64)
 

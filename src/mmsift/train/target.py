@@ -1,12 +1,12 @@
 """The benchmark's target model: the pretrained base of the bundled proxy, instruction-tuned on each subset.
 
-Every subset starts from the same checkpoint, the cached base (:mod:`mmsift.probe.pretrain`: a perception-trained
+Every subset starts from the same checkpoint, the cached base (:mod:`mmsift.train.pretrain`: a perception-trained
 vision tower and caption alignment on easy-vqa images that no pool uses), and is trained with the vision tower
-frozen, as LLaVA-1.5 instruction-tunes. Training reuses the probe's loop (:func:`mmsift.probe.warmup.train_proxy`:
+frozen, as LLaVA-1.5 instruction-tunes. Training is the project's one loop (:func:`mmsift.train.loop.train_model`:
 AdamW, linear warm-up then cosine decay, gradient clipping at 1.0, loss = mean answer-token cross-entropy with the
 probe's own answer masks and chat template), so the target sees exactly the inputs the probe scores.
 
-One fixed recipe (:class:`Recipe`) for every subset:
+One fixed recipe (:class:`TargetRecipe`) for every subset:
 ``steps = clip(ceil(epochs * n_samples / batch_size), min_steps, max_steps)``: large subsets get ``epochs``
 passes; small ones at least ``min_steps`` updates (more passes), so a 5% subset is not judged on an undertrained
 model. Training is seeded and deterministic on CPU (``torch.use_deterministic_algorithms`` and a fixed thread
@@ -19,16 +19,16 @@ import copy
 import dataclasses
 import logging
 import math
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-import torch
+from mmsift.models.loading import LoadedModel
+from mmsift.train.loop import TrainConfig, deterministic, train_model
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Recipe:
+class TargetRecipe:
     epochs: float = 4.0
     min_steps: int = 120  # 60 left colour unlearned on small subsets (validation: mean 0.45 vs 0.82, docs)
     max_steps: int = 400
@@ -44,40 +44,24 @@ class Recipe:
         return asdict(self)
 
 
-@contextmanager
-def deterministic(threads: int):
-    """Deterministic torch ops and a fixed CPU thread count for the block; restores the previous settings."""
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
-
-
-def train_target(init, records, images_dir, *, recipe: Recipe, seed: int, device: str = "cpu",
+def train_target(init, records, images_dir, *, recipe: TargetRecipe, seed: int, device: str = "cpu",
                  encoded: list | None = None, steps: int | None = None):
     """Train a fresh copy of ``init`` (a model directory, or a ``LoadedModel`` that is copied, not changed) on
     ``records`` (``mmsift.data.records.Record``), vision tower frozen.
 
-    Returns the probe's ``TrainResult`` (``.model`` is a ``LoadedModel``; ``.losses``, ``.seconds``,
+    Returns the loop's ``TrainResult`` (``.model`` is a ``LoadedModel``; ``.losses``, ``.seconds``,
     ``.n_failed``). Records the loop cannot encode are logged and counted there, never silently dropped.
-    ``encoded``: the records already encoded (see ``train_proxy``; ``records`` may then be None);
+    ``encoded``: the records already encoded (see ``train_model``; ``records`` may then be None);
     ``steps`` overrides the recipe's count.
     """
-    from mmsift.probe.warmup import train_proxy
-
     n_samples = len(encoded) if encoded is not None else len(records or ())
     if not n_samples:
         raise ValueError("cannot train the target on an empty subset")
     steps = recipe.steps_for(n_samples) if steps is None else steps
     with deterministic(recipe.threads):
-        result = train_proxy(_fresh(init), list(records or ()), images_dir, steps=steps, lr=recipe.lr,
-                             batch_size=recipe.batch_size, seed=seed, device=device, freeze_vision=True,
-                             encoded=encoded)
+        config = TrainConfig(steps=steps, lr=recipe.lr, batch_size=recipe.batch_size, seed=seed, device=device,
+                             freeze_vision=True)
+        result = train_model(_fresh(init), list(records or ()), images_dir, config, encoded=encoded)
     log.info("trained target on %d samples: %d steps, %.1fs, final loss %.3f", result.n_samples, steps,
              result.seconds, sum(result.losses[-10:]) / max(1, len(result.losses[-10:])))
     return result
@@ -85,8 +69,6 @@ def train_target(init, records, images_dir, *, recipe: Recipe, seed: int, device
 
 def _fresh(init):
     """A directory as is (loaded fresh by the loop); a loaded model as a deep copy, so the caller's is kept."""
-    from mmsift.probe.models import LoadedModel
-
     if isinstance(init, LoadedModel):
         return dataclasses.replace(init, model=copy.deepcopy(init.model))
     return init

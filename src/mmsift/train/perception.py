@@ -1,12 +1,16 @@
-"""A perception stage on a pool's own images, for a proxy that cannot start from the pretrained base.
+"""Perception stages: a vision tower trained directly on image labels, before any instruction tuning.
 
-``mmsift warmup --base none`` builds the proxy with random weights. Trained on answer tokens alone, its vision
+:func:`train_perception` trains a tower with one linear head per label set; the pretrained base's stage 0 uses it
+on easy-vqa shapes, colours and rendered words (:mod:`mmsift.train.pretrain`), and :func:`train_pool_perception`
+on a pool's own images, for a proxy that cannot start from the pretrained base.
+
+The pool stage: ``mmsift warmup --base none`` builds the proxy with random weights. Trained on answer tokens alone, its vision
 tower rarely learns to see (the image-shuffle test stays near 0). This stage gives the tower a direct signal from
 the pool itself: each record's short answers (three words or fewer) are bags of words, and the tower, mean-pooled
 into one linear head, learns to predict which of the pool's ``top_k`` most frequent short-answer words the
-record's answers contain (cross-entropy against the uniform distribution over the record's words). Answers that name what is in the image (a colour, a
-shape, an object, a word written) are learnable from the image; answers that are not (yes/no, letters) only teach
-their base rate. The tower is then frozen and the language model instruction-tuned on the pool, as with the
+record's answers contain (cross-entropy against the uniform distribution over the record's words). Answers
+that name what is in the image (a colour, a shape, an object, a word written) are learnable from the image;
+answers that are not (yes/no, letters) only teach their base rate. The tower is then frozen and the language model instruction-tuned on the pool, as with the
 base. Pools without short answers (long free-text only) get no labels and skip the stage, with a warning.
 """
 
@@ -18,6 +22,8 @@ import re
 from collections import Counter
 
 import numpy as np
+
+from mmsift.train.loop import optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,6 @@ def train_pool_perception(lm, records, images_dir, *, steps: int | None = None, 
     from PIL import Image
 
     from mmsift.data.paths import resolve_image
-    from mmsift.probe.pretrain import train_perception
 
     vocab = answer_vocabulary(records, top_k=top_k)
     # Single-image records with the image on disk (embedded images are left to the instruction-tuning stage).
@@ -83,7 +88,7 @@ def train_pool_perception(lm, records, images_dir, *, steps: int | None = None, 
     order = torch.as_tensor(np.random.default_rng(seed).permutation(len(usable)))
     n_val = max(1, len(usable) // 10)
     val, train = order[:n_val], order[n_val:]
-    tower = lm.model.model.vision_tower
+    tower = lm.adapter.vision_tower(lm.model)
     with torch.random.fork_rng():
         heads, final = train_perception(tower, pixels[train], {"words": y[train]}, steps=steps, batch=batch,
                                         lr=lr, seed=seed, n_classes={"words": len(vocab)}, progress=progress)
@@ -101,3 +106,59 @@ def train_pool_perception(lm, records, images_dir, *, steps: int | None = None, 
     return {"skipped": False, "vocabulary": len(vocab), "n_records": len(usable), "steps": steps,
             "final_loss": round(final, 4),
             "heldout_loss": round(float(model_ce), 4), "base_rate_loss": round(float(prior_ce), 4)}
+
+
+def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr: float, seed: int,
+                     n_classes: dict, progress: str | None = "perception"):
+    """Stage 0: train ``tower`` (a CLIP vision model) with one linear head per label on mean-pooled patch tokens.
+
+    ``labels``: name -> (N,) long tensor, -1 where unknown (cross-entropy), or (N, K) float tensor of 0/1
+    (a set of labels per item: cross-entropy against the uniform distribution over the item's labels; items
+    with none are skipped). Returns (heads, mean loss of the last 50 steps).
+    """
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    dim = tower.config.hidden_size
+    heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in n_classes.items()})
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    ce = torch.nn.CrossEntropyLoss(ignore_index=-1)
+
+    def head_loss(k, feats, idx):
+        y = labels[k][idx]
+        if y.ndim == 2:
+            # Soft targets: binary cross-entropy over dozens of rare words let the head predict "none" and stop.
+            has = y.sum(1) > 0
+            return ce(heads[k](feats[has]), y[has] / y[has].sum(1, keepdim=True)) if bool(has.any()) else None
+        return ce(heads[k](feats), y) if bool((y >= 0).any()) else None
+    tower.train()
+    recent: list[float] = []
+    for step in tqdm(range(steps), desc=progress, unit="step", disable=progress is None, leave=False):
+        idx = torch.randint(len(pixels), (batch,), generator=gen)
+        feats = tower(pixel_values=pixels[idx].float()).last_hidden_state[:, 1:].mean(1)
+        loss = sum(x for x in (head_loss(k, feats, idx) for k in heads) if x is not None)
+        recent.append(optimizer_step(loss, params, opt, sched))
+    tower.eval()
+    return heads, float(np.mean(recent[-50:]))
+
+
+def evaluate_perception(tower, heads, pixels, labels: dict, *, batch: int = 256) -> dict[str, float]:
+    """Accuracy of each head on the items whose label is known."""
+    import torch
+
+    preds = {k: [] for k in heads}
+    with torch.no_grad():
+        for s in range(0, len(pixels), batch):
+            feats = tower(pixel_values=pixels[s:s + batch].float()).last_hidden_state[:, 1:].mean(1)
+            for k in heads:
+                preds[k].append(heads[k](feats).argmax(-1))
+    out = {}
+    for k in heads:
+        p, y = torch.cat(preds[k]), labels[k]
+        known = y >= 0
+        out[k] = float((p[known] == y[known]).float().mean()) if bool(known.any()) else float("nan")
+    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mmsift.probe.models import FAMILIES, Batch, Encoded, FamilyAdapter
+from mmsift.models.base import Batch, Encoded, FamilyAdapter
 
 
 def pad_cat(tensors: list[torch.Tensor], *, pad_dims: tuple[int, ...]) -> torch.Tensor:
@@ -45,4 +45,3 @@ class LlavaNextAdapter(FamilyAdapter):
             batch.extra["pixel_values"] = pad_cat(pixels, pad_dims=(1,))
         return batch
 
-FAMILIES.update(llava_next=LlavaNextAdapter)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mmsift.probe.models import FAMILIES, Batch, Encoded, EncodeError, FamilyAdapter
+from mmsift.models.base import Batch, Encoded, EncodeError, FamilyAdapter, rotate_half
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +157,10 @@ class Qwen2VLAdapter(FamilyAdapter):
         q = attn.q_proj(x[rows, last_pos]).view(b, 1, -1, hd).transpose(1, 2)  # (B, H, 1, hd)
         k = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)  # (B, KV, T, hd)
         cos, sin = lm.rotary_emb(x, positions.to(x.device))  # (B, T, hd), sections already interleaved
-        q = _rotate(q, cos[rows, last_pos][:, None, None, :], sin[rows, last_pos][:, None, None, :])
-        k = _rotate(k, cos[:, None], sin[:, None])
+        q = rotate_half(q, cos[rows, last_pos][:, None, None, :], sin[rows, last_pos][:, None, None, :])
+        k = rotate_half(k, cos[:, None], sin[:, None])
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         scores = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) * attn.scaling  # (B, H, T)
         allowed = attention_mask.bool() & (torch.arange(t, device=x.device)[None, :] <= last_pos[:, None])
         scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
         return torch.softmax(scores, dim=-1)
-
-def _rotate(x, cos, sin):
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-FAMILIES.update(qwen2_vl=Qwen2VLAdapter, qwen2_5_vl=Qwen2VLAdapter)

@@ -43,6 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsift.models.loading import load_model
+from mmsift.models.proxy import ProxySize, build_proxy, train_tokenizer
+from mmsift.train.loop import TrainConfig, train_model
+from mmsift.train.perception import evaluate_perception, train_perception
+
 log = logging.getLogger(__name__)
 
 BASE_INFO = "base.json"
@@ -92,15 +97,15 @@ class BaseRecipe:
     format_caption_share: float = 0.3  # share of the stage-1 captions (shapes and words) repeated in stage 2
     seed: int = 0
 
-    def size(self) -> dict:
-        """Keyword arguments of :func:`mmsift.probe.proxy.build_proxy`."""
-        return dict(image_size=self.image_size, patch_size=self.patch_size,
-                    vision_hidden_size=self.vision_hidden_size, vision_layers=self.vision_layers,
-                    vision_heads=self.vision_heads, hidden_size=self.hidden_size, num_layers=self.num_layers,
-                    num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
-                    intermediate_size=self.intermediate_size, vocab_size=self.vocab_size,
-                    # The tower's last layer is the one the perception heads train, so the projector reads it.
-                    vision_feature_layer=-1)
+    def size(self) -> ProxySize:
+        """The proxy's shape (:func:`mmsift.models.proxy.build_proxy`)."""
+        return ProxySize(image_size=self.image_size, patch_size=self.patch_size,
+                         vision_hidden_size=self.vision_hidden_size, vision_layers=self.vision_layers,
+                         vision_heads=self.vision_heads, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                         num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+                         intermediate_size=self.intermediate_size, vocab_size=self.vocab_size,
+                         # The tower's last layer is the one the perception heads train, so the projector reads it.
+                         vision_feature_layer=-1)
 
     def key(self) -> str:
         import easy_vqa
@@ -257,73 +262,12 @@ def _pixels(processor, work: Path, items: list[dict], batch: int = 256):
     return torch.cat(out).to(torch.float16)  # half the memory; batches go back to float32 in training
 
 
-def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr: float, seed: int,
-                     n_classes: dict, progress: str | None = "perception"):
-    """Stage 0: train ``tower`` (a CLIP vision model) with one linear head per label on mean-pooled patch tokens.
-
-    ``labels``: name -> (N,) long tensor, -1 where unknown (cross-entropy), or (N, K) float tensor of 0/1
-    (a set of labels per item: cross-entropy against the uniform distribution over the item's labels; items
-    with none are skipped). Returns (heads, mean loss of the last 50 steps).
-    """
-    import torch
-    from tqdm import tqdm
-
-    from mmsift.probe.warmup import optimizer_step
-
-    torch.manual_seed(seed)
-    dim = tower.config.hidden_size
-    heads = torch.nn.ModuleDict({k: torch.nn.Linear(dim, n) for k, n in n_classes.items()})
-    params = list(tower.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    ce = torch.nn.CrossEntropyLoss(ignore_index=-1)
-
-    def head_loss(k, feats, idx):
-        y = labels[k][idx]
-        if y.ndim == 2:
-            # Soft targets: binary cross-entropy over dozens of rare words let the head predict "none" and stop.
-            has = y.sum(1) > 0
-            return ce(heads[k](feats[has]), y[has] / y[has].sum(1, keepdim=True)) if bool(has.any()) else None
-        return ce(heads[k](feats), y) if bool((y >= 0).any()) else None
-    tower.train()
-    recent: list[float] = []
-    for step in tqdm(range(steps), desc=progress, unit="step", disable=progress is None, leave=False):
-        idx = torch.randint(len(pixels), (batch,), generator=gen)
-        feats = tower(pixel_values=pixels[idx].float()).last_hidden_state[:, 1:].mean(1)
-        loss = sum(x for x in (head_loss(k, feats, idx) for k in heads) if x is not None)
-        recent.append(optimizer_step(loss, params, opt, sched))
-    tower.eval()
-    return heads, float(np.mean(recent[-50:]))
-
-
-def evaluate_perception(tower, heads, pixels, labels: dict, *, batch: int = 256) -> dict[str, float]:
-    """Accuracy of each head on the items whose label is known."""
-    import torch
-
-    preds = {k: [] for k in heads}
-    with torch.no_grad():
-        for s in range(0, len(pixels), batch):
-            feats = tower(pixel_values=pixels[s:s + batch].float()).last_hidden_state[:, 1:].mean(1)
-            for k in heads:
-                preds[k].append(heads[k](feats).argmax(-1))
-    out = {}
-    for k in heads:
-        p, y = torch.cat(preds[k]), labels[k]
-        known = y >= 0
-        out[k] = float((p[known] == y[known]).float().mean()) if bool(known.any()) else float("nan")
-    return out
-
-
 def build_base(out_dir, recipe: BaseRecipe, *, device: str = "cpu") -> Path:
     """Build the base into ``out_dir`` (stage 0 perception, stage 1 alignment); see the module docstring."""
     import torch
 
     from mmsift.data.easyvqa import COLORS, SHAPES
     from mmsift.data.io import read_pool
-    from mmsift.probe.models import load_model
-    from mmsift.probe.proxy import build_proxy, train_tokenizer
-    from mmsift.probe.warmup import train_proxy
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -331,7 +275,7 @@ def build_base(out_dir, recipe: BaseRecipe, *, device: str = "cpu") -> Path:
     try:
         items, captions, formats = _base_data(work, recipe)
         tokenizer = train_tokenizer(tokenizer_texts(), vocab_size=recipe.vocab_size)
-        build_proxy(out, tokenizer=tokenizer, seed=recipe.seed, **recipe.size())
+        build_proxy(out, tokenizer=tokenizer, seed=recipe.seed, size=recipe.size())
         lm = load_model(out, device=device, dtype="float32")
         t_data = time.perf_counter() - t0
 
@@ -343,7 +287,7 @@ def build_base(out_dir, recipe: BaseRecipe, *, device: str = "cpu") -> Path:
         order = np.random.default_rng(recipe.seed).permutation(len(items))
         n_val = len(items) // 10
         val, train = torch.as_tensor(order[:n_val]), torch.as_tensor(order[n_val:])
-        tower = lm.model.model.vision_tower
+        tower = lm.adapter.vision_tower(lm.model)
         n_classes = {"shape": len(SHAPES), "color": len(COLORS), "word": len(base_words())}
         with torch.random.fork_rng():
             heads, final_loss = train_perception(tower, pixels[train], {k: v[train] for k, v in labels.items()},
@@ -357,9 +301,9 @@ def build_base(out_dir, recipe: BaseRecipe, *, device: str = "cpu") -> Path:
         t2 = time.perf_counter()
         (work / "captions.json").write_text(json.dumps(captions), encoding="utf-8")
         caption_pool = read_pool(work / "captions.json")
-        result = train_proxy(lm, caption_pool.records, work / "images", steps=recipe.align_steps,
-                             lr=recipe.align_lr, batch_size=recipe.align_batch, seed=recipe.seed, device=device,
-                             freeze_vision=True, progress="alignment")
+        align = TrainConfig(steps=recipe.align_steps, lr=recipe.align_lr, batch_size=recipe.align_batch,
+                            seed=recipe.seed, device=device, freeze_vision=True)
+        result = train_model(lm, caption_pool.records, work / "images", align, progress="alignment")
         t_align = time.perf_counter() - t2
 
         # Stage 2 (off by default): answer formats (yes/no, option letters), the tower still frozen.
@@ -368,9 +312,9 @@ def build_base(out_dir, recipe: BaseRecipe, *, device: str = "cpu") -> Path:
         if formats:
             (work / "formats.json").write_text(json.dumps(formats), encoding="utf-8")
             format_pool = read_pool(work / "formats.json")
-            formatted = train_proxy(lm, format_pool.records, work / "images", steps=recipe.format_steps,
-                                    lr=recipe.format_lr, batch_size=recipe.format_batch, seed=recipe.seed,
-                                    device=device, freeze_vision=True, progress="answer formats")
+            fmt = TrainConfig(steps=recipe.format_steps, lr=recipe.format_lr, batch_size=recipe.format_batch,
+                              seed=recipe.seed, device=device, freeze_vision=True)
+            formatted = train_model(lm, format_pool.records, work / "images", fmt, progress="answer formats")
             format_loss = [float(np.mean(formatted.losses[:10])), float(np.mean(formatted.losses[-10:]))]
         lm.model.save_pretrained(out)
         t_format = time.perf_counter() - t3

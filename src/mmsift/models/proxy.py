@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -66,31 +67,35 @@ def train_tokenizer(texts, *, vocab_size: int = 2048, min_frequency: int = 2):
     )
 
 
-def build_proxy(
-    out_dir: str | os.PathLike,
-    *,
-    texts=(),
-    tokenizer=None,
-    seed: int = 0,
-    hidden_size: int = 64,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 128,
-    image_size: int = 32,
-    patch_size: int = 8,
-    vision_hidden_size: int = 32,
-    vision_layers: int = 2,
-    vision_heads: int = 2,
-    vision_feature_layer: int = -2,
-    vocab_size: int = 2048,
-    max_positions: int = 2048,
-) -> Path:
-    """Build the small proxy with a tokenizer trained on ``texts`` (or the given ``tokenizer``), save it under
-    ``out_dir``.
+@dataclass(frozen=True)
+class ProxySize:
+    """The bundled proxy's shape: a CLIP vision tower and a Llama language model, LLaVA-1.5 style.
 
-    Weights are random (seeded); :mod:`mmsift.probe.pretrain` and ``warmup`` train them. Returns ``out_dir``. The defaults give a model of
-    ~0.4M parameters that runs a few hundred samples per second on one CPU core.
+    The defaults give a model of ~0.4M parameters that runs a few hundred samples per second on one CPU core;
+    the pretrained base uses a larger one (:meth:`mmsift.train.pretrain.BaseRecipe.size`).
+    """
+
+    hidden_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    image_size: int = 32
+    patch_size: int = 8
+    vision_hidden_size: int = 32
+    vision_layers: int = 2
+    vision_heads: int = 2
+    vision_feature_layer: int = -2
+    vocab_size: int = 2048
+    max_positions: int = 2048
+
+
+def build_proxy(out_dir: str | os.PathLike, *, texts=(), tokenizer=None, seed: int = 0,
+                size: ProxySize = ProxySize()) -> Path:
+    """Build the small proxy of ``size`` with a tokenizer trained on ``texts`` (or the given ``tokenizer``), save it
+    under ``out_dir`` and return ``out_dir``.
+
+    Weights are random (seeded); :mod:`mmsift.train.pretrain` and ``warmup`` train them.
     """
     import torch
     from transformers import (
@@ -105,24 +110,24 @@ def build_proxy(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer is None:
-        tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+        tokenizer = train_tokenizer(texts, vocab_size=size.vocab_size)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
     vision = CLIPVisionConfig(
-        hidden_size=vision_hidden_size,
-        intermediate_size=2 * vision_hidden_size,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=vision_heads,
-        image_size=image_size,
-        patch_size=patch_size,
+        hidden_size=size.vision_hidden_size,
+        intermediate_size=2 * size.vision_hidden_size,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.vision_heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_positions,
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_layers,
+        num_attention_heads=size.num_heads,
+        num_key_value_heads=size.num_kv_heads,
+        max_position_embeddings=size.max_positions,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -132,7 +137,7 @@ def build_proxy(
         vision_config=vision,
         text_config=text,
         image_token_index=image_token_id,
-        vision_feature_layer=vision_feature_layer,
+        vision_feature_layer=size.vision_feature_layer,
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)
@@ -146,12 +151,12 @@ def build_proxy(
             module.reset_parameters()
     # The PIL backend directly: the default class would look for torchvision (never installed) and warn.
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        size={"shortest_edge": size.image_size}, crop_size={"height": size.image_size, "width": size.image_size}
     )
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=patch_size,
+        patch_size=size.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=PROXY_CHAT_TEMPLATE,
@@ -160,5 +165,5 @@ def build_proxy(
     processor.save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built proxy at %s: %d parameters, vocab %d, %d image tokens per image",
-             out, n_params, len(tokenizer), (image_size // patch_size) ** 2)
+             out, n_params, len(tokenizer), (size.image_size // size.patch_size) ** 2)
     return out

@@ -1,58 +1,11 @@
-"""The `mmsift` command line. Each command is a thin wrapper: the work happens in the library."""
+"""``mmsift select`` and ``mmsift methods``."""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
-from typer.core import TyperCommand, TyperGroup
-
-from mmsift import __version__
-
-
-def _no_flag_values(command, ctx):
-    # On/off flags take no value, so --help must not show one (typer prints "<bool>" by default).
-    for param in command.get_params(ctx):
-        if getattr(param, "is_flag", False) and param.metavar is None:
-            param.metavar = ""
-
-
-class _Command(TyperCommand):
-    def format_help(self, ctx, formatter):
-        _no_flag_values(self, ctx)
-        return super().format_help(ctx, formatter)
-
-
-class _Group(TyperGroup):
-    def format_help(self, ctx, formatter):
-        _no_flag_values(self, ctx)
-        return super().format_help(ctx, formatter)
-
-
-app = typer.Typer(
-    help="Select the training samples worth keeping from visual-instruction-tuning pools.",
-    no_args_is_help=True,
-    add_completion=False,
-    cls=_Group,
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"mmsift {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def main(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_print_version,
-                                 is_eager=True),
-) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _parse_params(params: list[str]) -> dict:
@@ -69,7 +22,6 @@ def _parse_params(params: list[str]) -> dict:
     return out
 
 
-@app.command("select", cls=_Command)
 def select_command(
     run: Path = typer.Argument(..., help="Run directory written by `mmsift probe` (or built from your own arrays)."),
     method: str = typer.Option(..., "--method", "-m", help="Selection method (see `mmsift methods`)."),
@@ -173,34 +125,6 @@ def select_command(
         typer.echo(f"HTML report -> {html}")
 
 
-@app.command("run", cls=_Command)
-def run_command(
-    recipe: Path = typer.Argument(..., help="Recipe YAML: pool, images, proxy, probe settings and stages."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: the recipe's 'out', else mmsift-run)."),
-    check: bool = typer.Option(False, "--check", help="Only check the recipe (keys, methods, budgets, paths)."),
-) -> None:
-    """Run a whole recipe: warm-up or model -> probe -> clean/dedup/select stages -> subset, scores, report."""
-    from mmsift.recipe import RecipeError, load_recipe, run_recipe
-    from mmsift.store import StoreError
-
-    try:
-        loaded = load_recipe(recipe)
-    except RecipeError as e:
-        typer.echo(f"error: {recipe}: {e}", err=True)
-        raise typer.Exit(2) from None
-    if check:
-        typer.echo(f"{recipe}: OK ({len(loaded.data['stages'])} stages, methods {', '.join(loaded.methods)})")
-        return
-    try:
-        result = run_recipe(loaded, out=out)
-    except (RecipeError, StoreError, ValueError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    for line in result.lines:
-        typer.echo(line)
-
-
-@app.command("methods", cls=_Command)
 def methods_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
@@ -234,48 +158,3 @@ def _compact_signals(names: list[str]) -> str:
     folded = [f"{p}* ({sum(n.startswith(p) for n in names)})" for p in _JUDGE_PREFIXES
               if any(n.startswith(p) for n in names)]
     return ", ".join(plain + folded)
-
-
-def _wire_commands() -> None:
-    """Commands whose options live beside the code they drive."""
-    from mmsift.bench.command import bench_command
-    from mmsift.data.command import validate_command
-    from mmsift.judge.command import judge_command
-    from mmsift.probe.command import probe_command, warmup_command
-
-    app.command("validate", cls=_Command)(validate_command)
-    app.command("warmup", cls=_Command)(warmup_command)
-    app.command("probe", cls=_Command)(probe_command)
-    app.command("judge", cls=_Command)(judge_command)
-    app.command("bench", cls=_Command)(bench_command)
-
-
-_wire_commands()
-
-
-@app.command("demo", cls=_Command)
-def demo_command(
-    out: Path = typer.Option(Path("mmsift-demo"), "--out", "-o", help="Folder for the pool, model, run and subsets."),
-    n_images: int = typer.Option(300, "--n-images", help="easy-vqa images to build the pool from."),
-    budget: float = typer.Option(0.15, "--budget", help="Fraction of the pool to keep."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    warmup_samples: Optional[int] = typer.Option(None, "--warmup-samples",
-                                                 help="Pool samples the proxy is warmed up on (default: all)."),
-    warmup_epochs: int = typer.Option(2, "--warmup-epochs"),
-) -> None:
-    """End to end on the bundled easy-vqa pool: build, validate, warm up a proxy, probe, select, explain."""
-    from mmsift.cli_common import fail_systematic
-    from mmsift.demo import run_demo
-    from mmsift.failures import SystematicFailure
-
-    try:
-        result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device,
-                          warmup_samples=warmup_samples, warmup_epochs=warmup_epochs)
-    except SystematicFailure as e:
-        fail_systematic(e)
-    except (OSError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    for line in result.lines:
-        typer.echo(line)

@@ -1,4 +1,4 @@
-"""Loading vision-language models from local disk, and the family adapters that feed them.
+"""The family adapter: how a vision-language model family is fed, and which of its tokens are answer tokens.
 
 A :class:`FamilyAdapter` knows how one model family turns a record's turns and images into model inputs, and which
 input tokens are *answer tokens* (the only ones the loss counts).
@@ -14,21 +14,19 @@ each image placeholder into the model's image tokens; :meth:`FamilyAdapter.expan
 aligning runs of the image token (families whose expansion inserts other tokens override it).
 
 The adapter holds the processor only (it is picklable for DataLoader workers); methods that run the model take
-it as an argument. Register a family with one line in :data:`FAMILIES`, keyed by ``config.model_type``.
+it as an argument. A family is registered with one line in :data:`mmsift.models.registry.FAMILIES`, keyed by
+``config.model_type``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from mmsift.data.records import IMAGE_PLACEHOLDER, Turn
-from mmsift.probe.capture import hidden_state_taps, record_inputs
+from mmsift.models.capture import hidden_state_taps, record_inputs
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +309,12 @@ class FamilyAdapter:
         return out.last_hidden_state, hidden
 
     @staticmethod
+    def vision_tower(model):
+        """The model's vision tower (frozen in instruction tuning), or None where it is not at
+        ``model.model.vision_tower``."""
+        return getattr(getattr(model, "model", None), "vision_tower", None)
+
+    @staticmethod
     def lm_head(model, hidden: torch.Tensor) -> torch.Tensor:
         return model.get_output_embeddings()(hidden)
 
@@ -339,8 +343,8 @@ class FamilyAdapter:
             q, k = attn.q_norm(q), attn.k_norm(k)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         cos, sin = lm.rotary_emb(x, positions)
-        q, k = _rotate(q, cos[rows, last_pos].unsqueeze(1).unsqueeze(1), sin[rows, last_pos].unsqueeze(1).unsqueeze(1)), \
-            _rotate(k, cos.unsqueeze(1), sin.unsqueeze(1))
+        q, k = rotate_half(q, cos[rows, last_pos].unsqueeze(1).unsqueeze(1), sin[rows, last_pos].unsqueeze(1).unsqueeze(1)), \
+            rotate_half(k, cos.unsqueeze(1), sin.unsqueeze(1))
         groups = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(groups, dim=1)
         scores = (q.float() @ k.float().transpose(-1, -2)).squeeze(2) * attn.scaling  # (B, H, T)
@@ -348,7 +352,9 @@ class FamilyAdapter:
         scores = scores.masked_fill(~allowed[:, None, :], float("-inf"))
         return torch.softmax(scores, dim=-1)
 
-def _rotate(x, cos, sin):
+
+def rotate_half(x, cos, sin):
+    """RoPE applied to ``x`` with the given cos/sin tables (the rotate-half convention of Llama-style models)."""
     half = x.shape[-1] // 2
     rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rot * sin
@@ -356,109 +362,3 @@ def _rotate(x, cos, sin):
 
 class LlavaAdapter(FamilyAdapter):
     """LLaVA-1.5 and the bundled proxy (``LlavaForConditionalGeneration``)."""
-
-
-FAMILIES: dict[str, type[FamilyAdapter]] = {
-    "llava": LlavaAdapter,
-}
-
-
-@dataclass
-class LoadedModel:
-    model: object
-    processor: object
-    adapter: FamilyAdapter
-    path: str
-    model_type: str
-    device: str
-    dtype: str
-
-
-# Below this many parameters a model's matmuls are too small to split across CPU threads.
-SMALL_MODEL_PARAMS = 20_000_000
-
-
-@contextmanager
-def cpu_threads_for(model, device):
-    """Run a small model on CPU with one intra-op thread (restored afterwards); larger models are left alone.
-
-    Extra threads only spin on matmuls this small. Measured on the shared 2-core dev machine (load average ~5):
-    ``train_proxy(proxy, 128 easy-vqa records, steps=16, batch_size=16)`` took 6.2 s and 7.5 s of wall time after
-    ``torch.set_num_threads(1)``, 35.8 s and 17.5 s after ``torch.set_num_threads(2)`` (two runs each).
-    """
-    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
-    if str(device) != "cpu" or not small or torch.get_num_threads() == 1:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def check_device(device: str) -> None:
-    """Raise a ValueError naming the problem when ``device`` is not a usable torch device on this machine."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...): {e}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
-def resolve_dtype(dtype, device: str) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    try:
-        return names[str(dtype)]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}") from None
-
-
-def family_class(model_type: str) -> type[FamilyAdapter]:
-    try:
-        return FAMILIES[model_type]
-    except KeyError:
-        raise ValueError(f"model type {model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}") \
-            from None
-
-
-def adapter_for(processor, config) -> FamilyAdapter:
-    return family_class(config.model_type)(processor, config)
-
-
-def load_model(path: str | os.PathLike, *, device: str = "cpu", dtype=None,
-               attn_implementation: str = "sdpa") -> LoadedModel:
-    """Load a vision-language model and its own processor from a local directory (never from a hub)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
-    from mmsift.compat import warn_outside_window
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model directory (no config.json); models are loaded from local "
-                                "disk only (build one with `mmsift warmup`)")
-    check_device(device)
-    warn_outside_window()
-    torch_dtype = resolve_dtype(dtype, device)
-    cls = family_class(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
-    processor = cls.load_processor(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch_dtype,
-                                                        attn_implementation=attn_implementation)
-    model.to(device).eval()
-    adapter = cls(processor, model.config)
-    return LoadedModel(model, processor, adapter, str(path), model.config.model_type, str(device),
-                       str(torch_dtype).replace("torch.", ""))
-
-
-# Other families register themselves in FAMILIES when imported (an import at the bottom works in any import order).
-from mmsift.probe import family_idefics3, family_llava_next, family_qwen2vl  # noqa: E402,F401

@@ -17,8 +17,8 @@ The chat template writes ``<|im_start|>`` (the BOS) itself and then ``User:`` / 
 
 from __future__ import annotations
 
-from mmsift.probe.family_llava_next import pad_cat
-from mmsift.probe.models import FAMILIES, Batch, Encoded, EncodeError, FamilyAdapter
+from mmsift.models.base import Batch, Encoded, EncodeError, FamilyAdapter
+from mmsift.models.llava_next import pad_cat
 
 
 class Idefics3Adapter(FamilyAdapter):
@@ -80,4 +80,3 @@ class Idefics3Adapter(FamilyAdapter):
         lm = model.model.text_model
         return lm, lm.layers
 
-FAMILIES.update(idefics3=Idefics3Adapter)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmsift.cli_common import fail_systematic
+from mmsift.cli.common import fail_systematic
 from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, SystematicFailure
 from mmsift.judge.runner import run_judge
 

@@ -1,0 +1,108 @@
+"""Image files and embedded image bytes: the checks ``validate`` runs on them, and decoding a record's images.
+
+:func:`check_image_file` / :func:`check_image_data` say whether a file (or the bytes of an image embedded in a
+Parquet pool, :func:`check_embedded`) is an image PIL can read and whether its data is whole (see
+``validate.py`` for the problem kinds); :func:`load_images` decodes a record's images for a model.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from mmsift.data.parquet import open_embedded, read_embedded
+from mmsift.data.paths import resolve_image
+from mmsift.data.records import EmbeddedImage, Record
+
+
+def check_image_file(path: str | os.PathLike, *, decode: bool = False) -> tuple[str, str] | None:
+    """``None`` for a good image file, else ``(kind, message)``. See the module docstring for what is checked."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "missing_image", f"not found at {path}"
+    except OSError as e:
+        return "unreadable_image", f"cannot stat {path}: {e.strerror or e}"
+    if not stat.S_ISREG(st.st_mode):  # checked before opening: opening a FIFO would block
+        return "unreadable_image", f"{path} is not a regular file"
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        return "unreadable_image", f"cannot open {path}: {e.strerror or e}"
+    with f:  # one open per file: PIL reads from it, and so does the JPEG end-marker check
+        return check_image_data(f, st.st_size, str(path), decode=decode)
+
+
+def check_image_data(f, size: int, path: str, *, decode: bool = False) -> tuple[str, str] | None:
+    """The image checks of :func:`check_image_file` on an open binary file object of ``size`` bytes; ``path``
+    names it in messages."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        im = Image.open(f)
+    except UnidentifiedImageError:
+        return "unreadable_image", f"{path} is not an image format PIL can read"
+    except Image.DecompressionBombError as e:
+        return "unreadable_image", f"{path}: {e}"
+    except OSError as e:
+        if e.errno is not None:  # the OS refused (I/O error)
+            return "unreadable_image", f"cannot read {path}: {e.strerror or e}"
+        return "corrupt_image", f"{path} has a broken header: {e}"
+    fmt = im.format
+    try:
+        if decode:
+            im.load()
+        elif fmt == "PNG":
+            im.verify()
+        elif fmt == "JPEG":
+            f.seek(max(0, size - 64))
+            if b"\xff\xd9" not in f.read():
+                # No end marker: often truncated, sometimes only trailing padding; decoding decides.
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+        else:
+            im.load()
+    except Exception as e:  # PIL raises many types here (OSError, SyntaxError, ValueError, struct.error...)
+        return "corrupt_image", f"{path} ({fmt}) is broken: {e}"
+    finally:
+        im.close()
+    return None
+
+
+def check_embedded(refs: list[EmbeddedImage], *, decode: bool = False) -> list[tuple[str, str] | None]:
+    """Per reference: None for a good image, else ``(kind, message)`` (the checks of image files, on the bytes).
+
+    References are visited in file order, so each row group's image column is read once.
+    """
+    import io
+
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(refs)), key=lambda k: (refs[k].source, refs[k].row_group, refs[k].row))
+    out: list = [None] * len(refs)
+    for k in tqdm(order, desc="checking embedded images", unit="img", disable=None, leave=False):
+        try:
+            data = read_embedded(refs[k])
+        except ValueError as e:
+            out[k] = ("unreadable_image", str(e))
+            continue
+        out[k] = check_image_data(io.BytesIO(data), len(data), "the image data", decode=decode)
+    return out
+
+
+def load_images(record: Record, images_dir) -> list:
+    """The record's images decoded to RGB PIL images (paths resolved safely inside ``images_dir``, embedded
+    Parquet images read from their file)."""
+    from PIL import Image
+
+    out = []
+    refs = record.embedded or [None] * len(record.images)
+    for rel, ref in zip(record.images, refs):
+        if ref is not None:  # bytes inside a Parquet pool, read on demand
+            out.append(open_embedded(ref))
+            continue
+        path = resolve_image(images_dir, rel)
+        with Image.open(path) as im:
+            im.load()
+            out.append(im.convert("RGB"))
+    return out
