@@ -1,5 +1,6 @@
-"""DS2: transition-matrix estimate, posterior correction and long-tail tie-break, against hand computations
-and on a table with a known corruption."""
+"""DS2's posterior mode (mmsift's earlier estimator: consensus transition matrix, posterior correction) and the
+parts both modes share (rating levels, long-tail tie-break, unrated rows), against hand computations and on a
+table with a known corruption. The default mode (HOC + SimiFeat, the authors' code) is in test_scorers_ds2.py."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_matches_loop_transcription_on_tiny_table():
     rng = np.random.default_rng(3)
     emb = rng.normal(size=(14, 3))
     rating = [0, 1, 2, 3, 4, 5, 5, 4, 3.4, 2.6, float("nan"), 1, 0, 5]
-    m = DS2(column="score", k=3, alpha=0.5)
+    m = DS2(column="score", curation="posterior", k=3, alpha=0.5)
     s = m.score(signals(emb, rating))
     t, corrected, rarity, r = reference(emb, rating, 3, 0.5)
     np.testing.assert_allclose(m.transition_, t, rtol=1e-10)
@@ -91,7 +92,7 @@ def test_recovers_known_corruption(exact_max, dim):
         t_true[a, a] += 0.7
         t_true[a, max(a - 1, 0)] += 0.15
         t_true[a, min(a + 1, 5)] += 0.15
-    m = DS2(column="score", k=10, alpha=1.0, exact_max=exact_max)
+    m = DS2(column="score", curation="posterior", k=10, alpha=1.0, exact_max=exact_max)
     m.score(signals(emb, rated.astype(float)))
     assert ("approximate" in m.notes_[0]) == (exact_max < len(true))
     assert np.abs(m.transition_ - t_true).max() < 0.1
@@ -100,12 +101,13 @@ def test_recovers_known_corruption(exact_max, dim):
     assert acc_raw < 0.8 and acc_fixed > 0.97, (acc_raw, acc_fixed)  # expected raw: 0.7 + 2 * 0.15 / 6 = 0.75
 
 
-def test_long_tail_breaks_ties_and_unrated_are_imputed():
+@pytest.mark.parametrize("curation", ["simifeat", "posterior"])
+def test_long_tail_breaks_ties_and_unrated_are_imputed(curation):
     # Two tight groups (rated 5 and 1), a point off group 1 rated 5, and an unrated point inside group 1.
     emb = np.array([[1, 0, 0], [1, 0.01, 0], [1, 0, 0.01], [1, 0.01, 0.01],
                     [0, 1, 0], [0.01, 1, 0], [0, 1, 0.01], [1, 0.3, 0.3], [1, 0.005, 0.005]])
     rating = [5, 5, 5, 5, 1, 1, 1, 5, float("nan")]
-    m = DS2(column="score", k=3)
+    m = DS2(column="score", k=3, curation=curation)
     s = m.score(signals(emb, rating))
     top = np.argsort(-s, kind="stable")
     assert top[0] == 7  # the far-away 5 is the rarest of the 5s
@@ -127,5 +129,7 @@ def test_default_column_is_mean_of_capabilities(tmp_path):
     from_arrays(tmp_path / "run", ids=sig.ids, columns={"last": cols["last"], "myscore": np.arange(n) % 6})
     sel = select_run(str(tmp_path / "run"), "ds2", 10, params={"column": "myscore", "k": 5})
     assert len(sel.ids) == 10 and not np.isnan(sel.scores).any()
-    with pytest.raises(ValueError):
-        DS2(k=0)
+    for bad in ({"k": 0}, {"k": 1}, {"curation": "vote"}, {"sample_frac": 0.0}, {"rounds": 0}):
+        with pytest.raises(ValueError):
+            DS2(**bad)
+    DS2(k=1, curation="posterior")  # the posterior needs one neighbour only

@@ -1,11 +1,14 @@
-"""ARDS against a loop transcription on a hand-made 12-row table (two formats + text-only)."""
+"""ARDS against a loop transcription on a hand-made 12-row table (two formats + text-only), and its format
+detection against a transcription of the authors' cluster_subgroup.py."""
 
 import math
+from collections import namedtuple
 
 import numpy as np
 import pytest
 
 from mmsift.scorers import make_scorer
+from mmsift.scorers.ards import first_turn_format
 from mmsift.select import select_rows
 from mmsift.store import Signals
 
@@ -96,7 +99,7 @@ def test_scores_match_loop_transcription(agg, n_worst):
     scorer = make_scorer("ards", {"agg": agg, "n_worst": n_worst, "n_subgroups": 1})
     got = scorer.score(_signals())
     np.testing.assert_allclose(got, _expected(agg, n_worst), rtol=1e-5, atol=1e-6)
-    assert f"{sum(1 for v in got if v == -np.inf)} worst-case" in scorer.notes_[0]
+    assert any(f"{sum(1 for v in got if v == -np.inf)} worst-case" in n for n in scorer.notes_)
 
 
 def test_worst_case_members_are_the_attack_sensitive_ones():
@@ -162,3 +165,82 @@ def test_mc_gap_is_measured_on_the_multiple_choice_rounds():
     assert scorer.details_["gap"][11] == pytest.approx(1.0)
     mc_worst = {i for i in np.flatnonzero(s == -np.inf).tolist() if FMT[i] == "mc"}
     assert mc_worst == {1, 2, 3, 11}
+
+
+# ---- format detection (ARDS's cluster_subgroup.py) ------------------------------------------------------------
+CODE_POOL = [
+    "Answer the question using a single word or phrase.",
+    "Answer with the option's letter from the given choices directly.",
+    "Provide a one-sentence caption for the provided image",
+    "Provide a short description for this region",
+    "Provide the bounding box coordinate of the region this sentence describes",
+]
+CODE_ABBR = dict(zip(CODE_POOL, ["fmt_phrase", "fmt_choice", "fmt_one_img_caption", "fmt_desc_region",
+                                 "fmt_bbox_region"]))
+Turn = namedtuple("Turn", "role text")  # the fields of a record's turns that first_turn_format reads
+MMSIFT_NAME = {"fmt_phrase": "phrase", "fmt_choice": "mc", "fmt_one_img_caption": "img_caption",
+               "fmt_desc_region": "region_desc", "fmt_bbox_region": "region_bbox",
+               "fmt_other_has_img": "other_image", "fmt_other_plain_text": "text_only"}
+
+
+def code_format(conversations, has_image):
+    """The code's loop: the first pool string inside the first turn's value (both lower-cased)."""
+    first = conversations[0]["value"]
+    for fmt in CODE_POOL:
+        if fmt.lower() in first.lower():
+            return CODE_ABBR[fmt]
+    return "fmt_other_has_img" if has_image else "fmt_other_plain_text"
+
+
+CONVERSATIONS = [
+    (["<image>\nWhat is the dog doing?\nAnswer the question using a single word or phrase.", "Running"], 1),
+    (["<image>\nWhich animal?\nA. cat\nB. dog\nAnswer with the option's letter from the given choices directly.",
+      "B"], 1),
+    (["<image>\nPROVIDE A ONE-SENTENCE CAPTION FOR THE PROVIDED IMAGE.", "A dog on grass."], 1),
+    (["<image>\nPlease provide a short description for this region: [0.1, 0.2, 0.5, 0.6]", "A red car."], 1),
+    (["<image>\nPlease provide the bounding box coordinate of the region this sentence describes: a red car.",
+      "[0.1, 0.2, 0.5, 0.6]"], 1),
+    # the instruction only in a later turn: the code looks at the first turn only
+    (["<image>\nDescribe the scene.", "A street.", "What colour is the car?\nAnswer the question using a single "
+      "word or phrase.", "Red"], 1),
+    # a region instruction and a phrase instruction: the pool order decides (phrase first)
+    (["<image>\nProvide a short description for this region. Answer the question using a single word or "
+      "phrase.", "Car"], 1),
+    (["What is 2 + 2?\nAnswer the question using a single word or phrase.", "4"], 0),  # text-only, instructed
+    (["Write a poem about the sea.", "Waves..."], 0),
+    (["<image>\nWhy is the man running?", "He is late."], 1),
+]
+
+
+@pytest.mark.parametrize("texts,n_images", CONVERSATIONS)
+def test_first_turn_format_matches_the_code(texts, n_images):
+    conv = [{"from": "human" if i % 2 == 0 else "gpt", "value": t} for i, t in enumerate(texts)]
+    turns = [Turn("user" if c["from"] == "human" else "assistant", c["value"]) for c in conv]
+    want = MMSIFT_NAME[code_format(conv, n_images > 0)]
+    assert first_turn_format(turns, n_images) == want
+    # a system turn before the conversation does not count as the first turn
+    assert first_turn_format([Turn("system", CODE_POOL[3])] + turns, n_images) == want
+
+
+def test_the_two_region_formats_are_separate_subgroups():
+    """Description and bounding-box regions are different formats in the code; with first-turn labels the scorer
+    clusters them apart (n_subgroups=1: one subgroup per format), even where their vectors coincide."""
+    sig = _signals()
+    fmt = np.array(FMT, dtype=object)
+    fmt[[4, 5, 6]], fmt[[7, 8]] = "region_desc", "region_bbox"
+    sig.columns["fmt"] = fmt
+    sig.columns["last_final"] = sig.columns["last_final"].copy()
+    sig.columns["last_final"][7] = sig.columns["last_final"][4]
+    sig.columns["attn_pool"] = sig.columns["attn_pool"].copy()
+    sig.columns["attn_pool"][7] = sig.columns["attn_pool"][4]
+    scorer = make_scorer("ards", {"n_subgroups": 1, "n_worst": 1})
+    s = scorer.score(sig)
+    g = scorer.details_["subgroup"]
+    assert g[4] == g[5] == g[6] and g[7] == g[8] and g[4] != g[7]
+    assert (s == -np.inf).sum() == 3  # one evaluation item per format: mc, region_desc, region_bbox
+    assert not any("all-turn" in n for n in scorer.notes_)
+    merged = make_scorer("ards", {"n_subgroups": 1, "n_worst": 1})
+    sig.columns["fmt"] = np.where(np.isin(fmt, ["region_desc", "region_bbox"]), "region", fmt).astype(object)
+    merged.score(sig)
+    assert merged.details_["subgroup"][4] == merged.details_["subgroup"][7]
+    assert any("all-turn patterns" in n for n in merged.notes_)

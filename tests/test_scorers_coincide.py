@@ -1,4 +1,5 @@
-"""COINCIDE against a loop transcription (T, D, softmax shares, greedy MMD picks) on a hand-made table."""
+"""COINCIDE against a loop transcription of the authors' code (features, T, D, softmax shares, greedy MMD picks,
+text-only placement, cluster count) on hand-made tables."""
 
 import math
 
@@ -19,19 +20,27 @@ TXT = [[1, 0], [1, 0.05], [1, 0.3], [0.9, -0.2], [1, 0.1],
 CLUSTERS = [[0, 1, 2, 3, 4], [5, 6, 7], [8, 9]]
 
 
-def _signals():
-    n = len(IMG)
+def _signals(img=IMG, txt=TXT):
+    n = len(img)
     return Signals(ids=np.array([f"c{i}" for i in range(n)], dtype=object), index=np.arange(n),
                    tasks=np.array(["all"] * n, dtype=object),
-                   columns={"attn_img": np.array(IMG, np.float16), "attn_txt": np.array(TXT, np.float16)})
+                   columns={"attn_img": np.array(img, np.float16), "attn_txt": np.array(txt, np.float16)})
 
 
-def _features():
+def _features(img=IMG, txt=TXT, text_only="image"):
+    """The code's features: each part L2-normalised and divided by sqrt(2) (its per-layer, per-modality
+    normalisation and 1/sqrt(2 x layers) scaling), a text-only record's text read as its image part.
+    ``text_only="text"``: mmsift's earlier rule, the whole concatenated row L2-normalised."""
     out = []
-    for a, b in zip(IMG, TXT):
-        v = [float(np.float16(t)) for t in a + b]
-        s = math.sqrt(sum(t * t for t in v))
-        out.append([t / s for t in v])
+    for a, b in zip(img, txt):
+        a = [float(np.float16(t)) for t in a]
+        b = [float(np.float16(t)) for t in b]
+        if text_only == "text":
+            out.append(_unit(a + b))
+        elif not any(a):
+            out.append([t / math.sqrt(2) for t in _unit(b)] + [0.0] * len(b))
+        else:
+            out.append([t / math.sqrt(2) for t in _unit(a) + _unit(b)])
     return out
 
 
@@ -48,17 +57,17 @@ def _unit(v):
     return [t / s for t in v]
 
 
-def _expected_shares(temperature=0.1, cap=0.9, transfer_on="text"):
+def _expected_shares(temperature=0.1, cap=0.9, transfer_on="text", x=None, clusters=CLUSTERS):
     """The authors' code: T on the text half of the centroids (cosine, pairs above ``cap`` and the centroid itself
     left out), D = mean kernel over all member pairs *including* each member with itself."""
-    x = _features()
+    x = _features() if x is None else x
     cents = []
-    for members in CLUSTERS:
+    for members in clusters:
         cents.append(_unit([sum(x[i][d] for i in members) / len(members) for d in range(4)]))
     part = [_unit(c[2:]) if transfer_on == "text" else c for c in cents]
     t, d = [], []
-    for c, members in enumerate(CLUSTERS):
-        sims = [_dot(part[c], part[o]) for o in range(len(CLUSTERS)) if o != c]
+    for c, members in enumerate(clusters):
+        sims = [_dot(part[c], part[o]) for o in range(len(clusters)) if o != c]
         kept = [s for s in sims if s <= cap]
         t.append(sum(kept) / len(kept) if kept else 0.0)
         pairs = [_k(x[i], x[j]) for i in members for j in members]
@@ -84,10 +93,11 @@ def _greedy_mmd(members, q):
 
 
 @pytest.mark.parametrize("transfer_on", ["text", "all"])
-def test_scores_are_shares_per_member(transfer_on):
-    scorer = make_scorer("coincide", {"n_clusters": 3, "transfer_on": transfer_on})
+@pytest.mark.parametrize("text_only", ["image", "text"])
+def test_scores_are_shares_per_member(transfer_on, text_only):
+    scorer = make_scorer("coincide", {"n_clusters": 3, "transfer_on": transfer_on, "text_only": text_only})
     got = scorer.score(_signals())
-    w, t, d = _expected_shares(transfer_on=transfer_on)
+    w, t, d = _expected_shares(transfer_on=transfer_on, x=_features(text_only=text_only))
     expected = [0.0] * len(IMG)
     for c, members in enumerate(CLUSTERS):
         for i in members:
@@ -142,3 +152,53 @@ def test_features_choice_reads_the_named_signals():
     np.testing.assert_allclose(hidden.score(sig), make_scorer("coincide", {"n_clusters": 3}).score(_signals()))
     with pytest.raises(ValueError, match="features"):
         make_scorer("coincide", {"features": "pixels"})
+
+
+def test_text_only_records_fill_the_image_half_as_in_the_code():
+    """Two text-only records (zero image part) whose text points along -x: with the code's placement their
+    features are [text / sqrt(2); 0], closest to the third group (image -x); T, D and shares follow the loop
+    transcription on those features and that partition."""
+    img = IMG + [[0, 0], [0, 0]]
+    txt = TXT + [[-1, 0.05], [-1, -0.05]]
+    clusters = [CLUSTERS[0], CLUSTERS[1], CLUSTERS[2] + [10, 11]]
+    scorer = make_scorer("coincide", {"n_clusters": 3})
+    got = scorer.score(_signals(img, txt))
+    labels = scorer.details_["cluster"]
+    assert [sorted(np.flatnonzero(labels == labels[c[0]]).tolist()) for c in clusters] == clusters
+    x = _features(img, txt)
+    h = math.hypot(1, 0.05)
+    assert x[10][:2] == pytest.approx([-1 / math.sqrt(2) / h, 0.05 / math.sqrt(2) / h], abs=1e-4)  # float16 input
+    assert x[10][2:] == [0.0, 0.0]
+    w, t, d = _expected_shares(x=x, clusters=clusters)
+    for c, members in enumerate(clusters):
+        np.testing.assert_allclose(got[members], w[c] / len(members), rtol=1e-5)
+        assert scorer.details_["D"][members[0]] == pytest.approx(d[c], rel=1e-5)
+        assert scorer.details_["T"][members[0]] == pytest.approx(t[c], rel=1e-5, abs=1e-7)
+    assert any("2 text-only" in n for n in scorer.notes_)
+    # mmsift's earlier placement keeps them in the text half: unit rows [0; text]
+    old = make_scorer("coincide", {"n_clusters": 3, "text_only": "text"})
+    old.score(_signals(img, txt))
+    assert not any("text-only" in n for n in old.notes_)
+    with pytest.raises(ValueError, match="text_only"):
+        make_scorer("coincide", {"text_only": "both"})
+
+
+def test_default_cluster_count_and_iterations_follow_the_code(monkeypatch):
+    """K = round(N / 70) (the code: 10 000 clusters on 665k, 2 500 on ~186k) and 50 Lloyd iterations."""
+    import mmsift.scorers.coincide as mod
+
+    seen = []
+
+    def spy(x, k, **kw):
+        seen.append((k, kw["niter"]))
+        return real(x, k, **kw)
+
+    real = mod.kmeans
+    monkeypatch.setattr(mod, "kmeans", spy)
+    rng = np.random.default_rng(0)
+    for n in (35, 700, 1000):
+        img = rng.normal(size=(n, 4))
+        make_scorer("coincide").score(_signals(img.tolist(), rng.normal(size=(n, 4)).tolist()))
+    make_scorer("coincide", {"n_clusters": 7, "niter": 10}).score(_signals())
+    make_scorer("coincide", {"cluster_size": 20}).score(_signals(img.tolist(), img.tolist()))
+    assert seen == [(1, 50), (10, 50), (14, 50), (7, 10), (50, 50)]

@@ -115,12 +115,43 @@ def test_ifd_default_follows_cherry_llm():
     loss = [3.0, 2.5, 2.2, 0.9, 0.8, 0.32, 0.62, 0.44, 0.2, 0.1]
     noq = [1.0, 1.0, 1.5, 1.0, 2.0, 0.35, 0.7, 0.5, 1.0, 0.9]
     sig = _signals(loss=loss, loss_noq=noq)
-    want = _cherry_reference(loss, noq, 3 / 7)  # 7 ratios <= 1, keep 3
-    assert want == [3, 5, 6]
-    got = select_rows(sig, make_scorer("ifd"), 3)
+    # --sample_rate 0.3: 30% of the 7 rows left after dropping ratios > 1, int(2.1) = 2 rows
+    want = _cherry_reference(loss, noq, 0.3)
+    assert want == [3, 5]
+    got = select_rows(sig, make_scorer("ifd"), 0.3)
     assert [int(i[1:]) for i in got.ids] == want
+    assert any("kept 2" in n for n in got.notes)
+    # budget_of="pool": the budget counts rows (the script's --sample_number 3)
+    pool = select_rows(sig, make_scorer("ifd", {"budget_of": "pool"}), 3)
+    assert [int(i[1:]) for i in pool.ids] == [3, 5, 6]
     old = np.exp(np.array(loss) - np.array(noq))
     assert set(np.argsort(-old, kind="stable")[:3].tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.25, 0.5, 0.7, 1.0])
+def test_ifd_rate_is_of_the_rows_left(rate):
+    """On a 40-row pool where 10 ratios exceed 1, the kept rows are data_by_IFD.py's for --sample_rate ``rate``
+    (the budget ``rate`` resolves to a whole number of the 40 rows)."""
+    rng = np.random.default_rng(3)
+    loss = np.round(rng.uniform(0.2, 2.0, 40), 3).tolist()
+    noq = np.round(rng.uniform(0.5, 2.5, 40), 3).tolist()
+    got = select_rows(_signals(loss=loss, loss_noq=noq), make_scorer("ifd"), rate)
+    want = _cherry_reference(loss, noq, rate)
+    assert sum(a / b > 1 for a, b in zip(loss, noq)) == 10
+    assert [int(i[1:]) for i in got.ids] == want
+
+
+def test_ifd_budget_beyond_the_rows_left_keeps_them_all():
+    """Budget 0.9 of 40 = 36 rows, more than the 30 left: the selector caps it at 30 before IFD sees it, so IFD
+    keeps all 30 (the script would keep int(0.9 x 30) = 27); the notes say so."""
+    rng = np.random.default_rng(3)
+    loss = np.round(rng.uniform(0.2, 2.0, 40), 3).tolist()
+    noq = np.round(rng.uniform(0.5, 2.5, 40), 3).tolist()
+    got = select_rows(_signals(loss=loss, loss_noq=noq), make_scorer("ifd"), 0.9)
+    assert len(got.ids) == 30 == len(_cherry_reference(loss, noq, 1.0))
+    assert any("reached the 30 rows left" in n for n in got.notes)
+    with pytest.raises(ValueError, match="budget_of"):
+        make_scorer("ifd", {"budget_of": "all"})
 
 
 def test_ifd_nonpositive_noq_is_excluded():

@@ -55,6 +55,15 @@ def concat_float32(parts: list[np.ndarray], *, normalize_parts: bool, normalize:
     return out
 
 
+def unit_halves(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[a_i / ||a_i|| ; b_i / ||b_i||] / sqrt(2)`` in float32: each half of a row has norm 1/sqrt(2), so a row
+    with both halves is a unit vector and its dot product with another is the mean of the halves' cosines. A zero
+    half stays zero (the row then has norm 1/sqrt(2))."""
+    r = concat_float32([a, b], normalize_parts=True, normalize=False)
+    r *= np.float32(1.0 / np.sqrt(2.0))
+    return r
+
+
 def check_finite(x: np.ndarray, name: str, ids) -> None:
     """Raise a clear error naming records whose vector holds NaN/inf (checked in chunks: no N x d temporary)."""
     bad = np.zeros(len(x), dtype=bool)

@@ -4,21 +4,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmsift.scorers._cluster import check_finite, concat_float32, kmeans
+from mmsift.scorers._cluster import check_finite, kmeans, unit_halves
 from mmsift.scorers._rank import scalar
 from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
 
 AGGS = ("mean", "max")
 TEXT_ONLY = "text_only"
+# ARDS's format pool (cluster_subgroup.py), in its order: the first of these instructions found in a record's
+# first turn (case-insensitive substring) names its format.
+FIRST_TURN_FORMATS = (
+    ("Answer the question using a single word or phrase.", "phrase"),
+    ("Answer with the option's letter from the given choices directly.", "mc"),
+    ("Provide a one-sentence caption for the provided image", "img_caption"),
+    ("Provide a short description for this region", "region_desc"),
+    ("Provide the bounding box coordinate of the region this sentence describes", "region_bbox"),
+)
+# Labels only mmsift's earlier all-turn patterns (probe.perturb.instruction_format) give.
+ALL_TURN_ONLY = ("region", "short", "caption")
 
 
-def conversation_vectors(last: np.ndarray, attn_pool: np.ndarray) -> np.ndarray:
-    """``r_i = [last_i / ||last_i|| ; attn_pool_i / ||attn_pool_i||] / sqrt(2)``: unit rows, so ``r_i . r_j`` is
-    the cosine of the concatenated vectors (the average of the two halves' cosines)."""
-    r = concat_float32([last, attn_pool], normalize_parts=True, normalize=False)
-    r *= np.float32(1.0 / np.sqrt(2.0))
-    return r
+def first_turn_format(turns, n_images: int) -> str:
+    """ARDS's instruction format of a record, as its code detects it: the first instruction of
+    :data:`FIRST_TURN_FORMATS` contained in the first turn's text (case-insensitive), else ``other_image`` when
+    the record has an image and ``text_only`` when not. ``turns`` are objects with ``role`` and ``text`` (a
+    record's turns); the first turn is the first ``user`` turn (the code reads ``conversations[0]``, which in
+    LLaVA-style data is the human's; system turns are skipped). A text-only record that carries one of the
+    instructions takes that format, as in the code.
+
+    This is the value the probe should store as ``fmt`` for ARDS (it lives here because the probe is being
+    restructured; ``probe.perturb.instruction_format`` still applies mmsift's own patterns to every turn and
+    merges the two region formats)."""
+    first = next((t.text for t in turns if t.role == "user"), "")
+    low = first.lower()
+    for instruction, name in FIRST_TURN_FORMATS:
+        if instruction.lower() in low:
+            return name
+    return "other_image" if n_images else TEXT_ONLY
 
 
 def perturbation_gap(fmt: np.ndarray, loss, loss_mc, loss_sym, loss_perm,
@@ -47,7 +69,14 @@ class ARDS(Scorer):
        mmsift took the first half from ``last`` at ``--layer``, by default the residual stream before the final
        norm, where a few outlier dimensions dominate cosine similarity.)
     2. The pool is split by instruction format (``fmt``); each format except ``text_only`` is clustered into
-       ``n_subgroups`` subgroups by spherical k-means of r.
+       ``n_subgroups`` subgroups by spherical k-means of r. ARDS's code takes the format from the first turn:
+       the first of five instruction strings it contains (short phrase, option letter, one-sentence caption,
+       region description, region bounding box), else "other with image" / "plain text";
+       :func:`first_turn_format` is that rule, labels ``phrase``, ``mc``, ``img_caption``, ``region_desc``,
+       ``region_bbox``, ``other_image``, ``text_only``. The scorer splits by whatever labels the run's ``fmt``
+       holds (only ``mc`` and ``text_only`` are special); a run whose ``fmt`` came from mmsift's earlier
+       all-turn patterns (``mc``, ``region``, ``short``, ``caption``, ``other_image``, ``text_only``: one merged
+       region format) is used as it is and ``notes_`` says so.
     3. Worst-case evaluation set: in each subgroup, the B members with the largest perturbation gap
        ``|loss(perturbed) - loss|`` — for ``fmt == "mc"`` the larger of the symbol (``loss_sym``) and permutation
        (``loss_perm``) attacks against ``loss_mc``, all three over the multiple-choice rounds' answer tokens only
@@ -66,11 +95,13 @@ class ARDS(Scorer):
     ``loss``, ``loss_mc``, ``loss_sym``, ``loss_perm``, ``loss_imgnoise``. Deviations from the code, and why: the
     evaluation items of a multiple-choice subgroup are chosen by loss gap, not by whether a generated answer flips
     (that needs generation, which the one-pass probe does not do); several multiple-choice rounds of one record
-    are attacked and scored together (mean over their answer tokens), not one query each; the attacked copies' vectors are not added to the
-    target set (the probe embeds each record once); the copy's loss is that of one attack, not of the code's
-    combined symbol-and-permutation copy. Memory O(N d): the mean aggregation reduces to one dot product per
-    sample, the max aggregation works in row chunks against the |S| evaluation vectors. Paper: Yang, Liu & Wei,
-    "Data Selection Matters: Towards Robust Instruction Tuning of Large Multimodal Models", NeurIPS 2025.
+    are attacked and scored together (mean over their answer tokens), not one query each; the attacked copies'
+    vectors are not added to the target set (the probe embeds each record once); the copy's loss is that of one
+    attack, not of the code's combined symbol-and-permutation copy; every subgroup member is a candidate (the
+    code first draws a random n // subgroups members per subgroup and skips subgroups of two members or fewer).
+    Memory O(N d): the mean aggregation reduces to one dot product per sample, the max aggregation works in row
+    chunks against the |S| evaluation vectors. Paper: Yang, Liu & Wei, "Data Selection Matters: Towards Robust
+    Instruction Tuning of Large Multimodal Models", NeurIPS 2025.
     """
 
     name = "ards"
@@ -93,11 +124,16 @@ class ARDS(Scorer):
         self.notes_ = []
         n = len(signals)
         fmt = np.asarray(signals["fmt"]).astype(str)
+        old = sorted(set(fmt.tolist()) & set(ALL_TURN_ONLY))
+        if old:
+            self.notes_.append(f"ards: this run's fmt has {', '.join(old)}: formats from mmsift's all-turn patterns "
+                               "(one merged region format), not ARDS's first-turn instructions "
+                               "(mmsift.scorers.ards.first_turn_format)")
         loss = scalar(signals, "loss")
         gap, perturbed = perturbation_gap(fmt, loss, scalar(signals, "loss_mc"), scalar(signals, "loss_sym"),
                                           scalar(signals, "loss_perm"), scalar(signals, "loss_imgnoise"))
         gap[~np.isfinite(loss)] = np.nan
-        r = conversation_vectors(signals["last_final"], signals["attn_pool"])
+        r = unit_halves(signals["last_final"], signals["attn_pool"])
         check_finite(r, "last_final/attn_pool", signals.ids)
         subgroup = np.full(n, -1, np.int64)
         worst: list[np.ndarray] = []

@@ -6,18 +6,29 @@ from __future__ import annotations
 import numpy as np
 
 from mmsift.budget import apportion
-from mmsift.scorers._cluster import check_finite, concat_float32, kmeans, one_blas_thread
+from mmsift.scorers._cluster import check_finite, concat_float32, kmeans, one_blas_thread, unit_halves
 from mmsift.scorers.base import Scorer
 from mmsift.store import Signals
 
 
 # Which (image, text) vector signals make the features.
 FEATURES = {"attn": ("attn_img", "attn_txt"), "hidden": ("img_mean", "txt_mean")}
+TEXT_ONLY = ("image", "text")
 
 
 def _kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
-    """Gaussian kernel exp(-||a - b||^2 / (2 sigma^2)) between unit rows: ||a - b||^2 = 2 - 2 cos."""
-    return np.exp((a @ b.T - 1.0) / bandwidth**2)
+    """Gaussian kernel exp(-||a - b||^2 / (2 sigma^2)) between rows of any norm (text-only rows have norm
+    1/sqrt(2)), computed as |a|^2 + |b|^2 - 2 a.b and clipped at 0."""
+    sq = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (a @ b.T)
+    return np.exp(-np.maximum(sq, 0.0) / (2.0 * bandwidth**2))
+
+
+def zero_rows(x: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Rows of a (possibly memory-mapped) vector signal that are all zero: the probe's mark for "no image"."""
+    out = np.empty(len(x), dtype=bool)
+    for s in range(0, len(x), chunk):
+        out[s:s + chunk] = ~np.any(np.asarray(x[s:s + chunk]) != 0, axis=1)
+    return out
 
 
 def transferability(cent: np.ndarray, sim_cap: float, chunk: int = 2048) -> np.ndarray:
@@ -64,8 +75,10 @@ def herd(x: np.ndarray, q: int, bandwidth: float, ref: np.ndarray, chunk: int = 
 
 
 class Coincide(Scorer):
-    """COINCIDE: features ``x_i`` = L2-normalised concatenation of an image part and a text part; spherical
-    k-means into K clusters (``n_clusters``; default min(10000, N // 20), at least 1); for each cluster c
+    """COINCIDE: features ``x_i = [img_i / ||img_i|| ; txt_i / ||txt_i||] / sqrt(2)`` (each half of norm
+    1/sqrt(2), as the code normalises each layer's image and text parts and divides by sqrt(2 x layers));
+    spherical k-means into K clusters (``n_clusters``; default round(N / ``cluster_size``), ``cluster_size`` = 70,
+    at least 1; ``niter`` = 50 Lloyd iterations); for each cluster c
 
     - transferability ``T_c`` = mean cosine of its centroid to the other centroids, ignoring pairs above ``sim_cap``
       (0.9). With ``transfer_on="text"`` (default, the authors' code) the cosine is taken on the text half of the
@@ -75,6 +88,18 @@ class Coincide(Scorer):
       sampled members for larger clusters, noted in ``notes_``);
     - budget share ``w_c = softmax_c(T_c / D_c / temperature)``, temperature 0.1: clusters that transfer to
       the rest of the pool and are not dense get more of the budget.
+
+    Text-only records (an all-zero image part, the probe's mark for "no image"): with ``text_only="image"``
+    (default) their text vector fills the *image* half and the text half is zero, as in the code, whose fixed
+    token offsets (image = the 729 positions after the system prompt) read a text-only record's text as its
+    image part; ``"text"`` keeps it in the text half (mmsift's earlier placement, whole rows then L2-normalised).
+    Under the default such a row has norm 1/sqrt(2), as in the code; the kernel takes norms into account.
+
+    Cluster count and iterations follow the code's runs: 10 000 clusters on LLaVA-665k (N/66.5) and 2 500 on
+    Vision-Flan (~186k, N/74), ``niter 50``, seed fixed (here ``random_state``). (mmsift's earlier default was
+    min(10 000, N // 20) clusters and 10 iterations; pass ``n_clusters`` and ``niter`` for it.) Problems with
+    N x K x d up to 2e7 use scikit-learn's k-means++ (up to 100 iterations) rather than faiss, very large ones a
+    two-level k-means (see ``_cluster.kmeans``); the run's notes say which.
 
     :meth:`choose` turns the shares into per-cluster counts (largest remainder, capped at the cluster size; the
     code visits clusters by share and hands a capped cluster's remainder to the next, which gives the same counts
@@ -88,6 +113,9 @@ class Coincide(Scorer):
     per layer at COINCIDE's relative depths (see mmsift.probe.signals). ``features="hidden"`` reads ``img_mean``
     and ``txt_mean`` (residual hidden states, every text token) as an earlier mmsift did; those include the BOS and
     system prompt, a component every sample shares, which raises every cosine and flattens transferability.
+    Deviation: for a text-only record the code's image half averages the first 729 tokens after the system prompt
+    and its text half the rest; the probe's ``attn_txt`` averages every token of the record, so mmsift moves that
+    one mean (the probe would need a positional split to do more).
     Paper: Lee, Li & Hwang 2024, "Concept-skill Transferability-based Data Selection for Large
     Vision-Language Models" (COINCIDE), arXiv:2406.10995.
     """
@@ -97,8 +125,9 @@ class Coincide(Scorer):
     paper = "Lee, Li & Hwang 2024, Concept-skill Transferability-based Data Selection (COINCIDE), arXiv:2406.10995"
     summary = "cluster shares from transferability/density, MMD-greedy picks inside clusters"
 
-    def __init__(self, *, n_clusters: int | None = None, temperature: float = 0.1, sim_cap: float = 0.9,
-                 bandwidth: float = 1.0, max_members: int = 2000, transfer_on: str = "text", features: str = "attn",
+    def __init__(self, *, n_clusters: int | None = None, cluster_size: float = 70.0, niter: int = 50,
+                 temperature: float = 0.1, sim_cap: float = 0.9, bandwidth: float = 1.0, max_members: int = 2000,
+                 transfer_on: str = "text", text_only: str = "image", features: str = "attn",
                  random_state: int = 0):
         super().__init__(random_state=random_state)
         if features not in FEATURES:
@@ -112,6 +141,13 @@ class Coincide(Scorer):
             raise ValueError("temperature and bandwidth must be > 0")
         if n_clusters is not None and n_clusters < 1:
             raise ValueError("n_clusters must be >= 1")
+        if cluster_size <= 0 or niter < 1:
+            raise ValueError("cluster_size must be > 0 and niter >= 1")
+        if text_only not in TEXT_ONLY:
+            raise ValueError(f"text_only must be one of {TEXT_ONLY}, got {text_only!r}")
+        self.cluster_size = float(cluster_size)
+        self.niter = int(niter)
+        self.text_only = text_only
         if max_members < 2:
             raise ValueError("max_members must be >= 2")
         self.n_clusters = n_clusters
@@ -123,7 +159,20 @@ class Coincide(Scorer):
 
     def _features(self, signals: Signals) -> np.ndarray:
         img, txt = self.requires
-        x = concat_float32([signals[img], signals[txt]], normalize_parts=False, normalize=True)
+        if self.text_only == "text":
+            x = concat_float32([signals[img], signals[txt]], normalize_parts=False, normalize=True)
+        else:
+            d_img, d_txt = signals[img].shape[1], signals[txt].shape[1]
+            if d_img != d_txt:
+                raise ValueError(f"text_only='image' puts a text-only record's {txt} in the {img} half, which "
+                                 f"needs equal widths (got {d_img} and {d_txt}); use text_only='text'")
+            x = unit_halves(signals[img], signals[txt])
+            rows = np.flatnonzero(zero_rows(signals[img]))
+            if len(rows):
+                x[rows, :d_img] = x[rows, d_img:]
+                x[rows, d_img:] = 0.0
+                self.notes_.append(f"coincide: {len(rows)} text-only records: text features in the image half "
+                                   "(the code's placement)")
         check_finite(x, f"{img}/{txt}", signals.ids)
         return x
 
@@ -137,9 +186,8 @@ class Coincide(Scorer):
         self.notes_ = []
         n = len(signals)
         x = self._features(signals)
-        k = self.n_clusters or max(1, min(10000, n // 20))
-        # 10 Lloyd iterations: COINCIDE needs many small, roughly even clusters, not a converged partition
-        cent, labels, how = kmeans(x, k, spherical=True, random_state=self.random_state, niter=10)
+        k = self.n_clusters or max(1, int(round(n / self.cluster_size)))
+        cent, labels, how = kmeans(x, k, spherical=True, random_state=self.random_state, niter=self.niter)
         cent = cent / np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
         kk = len(cent)
         # the text half: the text part's columns, after the image part's (see _features)

@@ -1,7 +1,7 @@
 """DS2: diversity-aware score curation (Pang et al. 2025, "Improving Data Efficiency via Curating LLM-Driven
-Rating Systems", ICLR 2025, arXiv:2410.10877): correct noisy judge ratings with a
-score-transition matrix estimated from k-NN agreement of embeddings, then prefer high corrected scores and
-long-tail samples.
+Rating Systems", ICLR 2025, arXiv:2410.10877): estimate a score-transition matrix from k-NN agreement of
+embeddings (HOC), detect the ratings their neighbours disagree with (SimiFeat) and replace the confident ones,
+then prefer high curated scores and long-tail samples. The estimators themselves are in ``_hoc.py``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import logging
 
 import numpy as np
 
+from mmsift.scorers._hoc import Neighbours, consensus_counts, curate, noise_rates, simifeat, solve_hoc
 from mmsift.scorers.base import Scorer
 from mmsift.scorers.mmssr import CAP_COLUMNS
 from mmsift.store import Signals
@@ -39,8 +40,9 @@ def rated_levels(signals: Signals, column: str | None, cap_columns=CAP_COLUMNS) 
 
 
 def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int, nprobe: int = 8
-        ) -> tuple[np.ndarray, np.ndarray, str]:
-    """The k nearest other rows by cosine similarity: (neighbour ids (N, k), cosine distances (N, k), note).
+        ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
+    """The k nearest other rows by cosine similarity: (neighbour ids (N, k), cosine distances (N, k), note, the
+    unit float32 vectors searched (N, d')).
 
     Exact (faiss ``IndexFlatIP`` on L2-normalised float32) up to ``exact_max`` rows. Above that, approximate:
     vectors wider than 64 are PCA-projected to 64 dims and re-normalised, then an IVF index (nlist = 2 sqrt(N),
@@ -81,7 +83,7 @@ def knn(emb: np.ndarray, k: int, *, exact_max: int, random_state: int, nprobe: i
     ids = np.take_along_axis(ids, order, axis=1)[:, :k]
     sim = np.take_along_axis(sim, order, axis=1)[:, :k]
     dist = np.where(ids >= 0, 1.0 - sim.astype(np.float64), np.nan)
-    return ids, dist, note
+    return ids, dist, note, x
 
 
 def consensus_labels(rated: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
@@ -124,44 +126,95 @@ def posterior(rated: np.ndarray, nbrs: np.ndarray, t: np.ndarray, prior: np.ndar
     return post / post.sum(axis=1, keepdims=True)
 
 
+CURATIONS = ("simifeat", "posterior")
+
+
 class DS2(Scorer):
     """DS2 score curation on any judge rating column, then a long-tail tie-break.
 
     Reads ``last`` (embedding, from the probe) and the rating: ``column`` (any 0-5 score column, e.g.
     ``cap_stem_knowledge`` or ``scale_alignment``) or, by default, the mean of the ``cap_*`` columns of
     ``capabilities`` (default all 14, NaN ignored). Ratings are rounded half up to integer levels r_i in 0..5;
-    NaN = unrated.
+    NaN = unrated. Neighbours: cosine of ``last``, the row itself excluded (exact faiss search up to
+    ``exact_max`` rows, IVF with PCA to 64 dims above it).
 
-    Estimator (the k-NN clusterability assumption of DS2: a sample and its k nearest neighbours by cosine of
-    ``last`` share one true score, and every rating is an independent noisy draw from row ``T[true]``):
+    ``curation="simifeat"`` (default) follows the authors' code (``score_curation/`` and
+    ``subset_generation.py`` of ``UCSC-REAL/DS2``), on the rated rows:
 
-    1. consensus c_i = the most frequent rating among i's k neighbours (ties: r_i if tied, else the lowest);
-    2. ``T[a, b] = (#{c_i = a, r_i = b} + alpha) / (#{c_i = a} + 6 alpha)`` (rows of T: consensus, columns:
-       rating), prior ``p[a] = (#{c_i = a} + alpha) / (n + 6 alpha)``;
-    3. posterior ``P(true = a | r_i, r_N(i)) ∝ p[a] · T[a, r_i] · Π_{j in N(i)} T[a, r_j]``;
-    4. corrected score ``s_i = Σ_a a · P(true = a | ...)`` (an unrated row is imputed from its neighbours);
-    5. rarity ``ρ_i`` = mean cosine distance to the k neighbours (long tail = far from everything).
+    1. HOC: in each of ``rounds`` (50) rounds draw ``int(sample_frac * R)`` of the R rated rows (0.9) and count
+       the patterns (r_i, r of i's nearest sampled row, r of its 2nd nearest); the averaged frequencies estimate
+       ``c1[a] = Σ_t p_t T[t, a]``, ``c2[a, b] = Σ_t p_t T[t, a] T[t, b]`` and ``c3[a, b, c] = Σ_t p_t T[t, a]
+       T[t, b] T[t, c]``. T (rows: true level, columns: rating) and the clean prior p are the softmaxes of
+       logits fitted by Adam (lr ``lr`` 0.1, ``steps`` 1501 evaluations, from ``5 I - 1`` and ``1/6 + U(0,
+       0.1)``) to minimise ``Σ_j ||c_j(T, p) - ĉ_j||_F``; the last iterate is kept (the code's "best" record
+       is a view of the live parameters, so the code returns the last iterate too).
+    2. SimiFeat (rank variant): in each of ``epochs`` (51) new subsamples, every sampled row i votes with
+       itself and its k nearest sampled rows (``k`` = 9: the code's 10 hits, i included), weight 1 - cosine
+       distance (i's own weight uses 2 v_1 - v_2 in place of its zero distance); ``score_i = -log(cnt[r_i] /
+       ||cnt||_2 + 1e-8)``. Within each level a, the rows at or above the percentile ``100 (1 - rate_a)`` of
+       that score are flagged, ``rate_a = 1 - T[a, a] p[a] / p̃[a]`` (p̃: the share of ratings at a; clipped
+       to 0.05..0.95), and the neighbours' argmax level is counted as a suggestion.
+    3. A rating is *detected* when (times flagged + 1) / (times sampled + 2) > 1/2; its suggestion is the other
+       level most often suggested ((count + 1) / (total + 6)), its confidence that share x the noisy frequency.
+       Detected ratings with confidence >= ``confidence`` (0.5) are replaced by the suggestion; every other
+       rating stays as the judge gave it.
 
-    ``score_i = round(s_i) + q_i`` where q_i in [0, 1) is ρ_i's rank among all rows divided by N, so the
-    ranking is by rounded corrected score, then rarer first. Higher = keep. ``details_`` holds
-    ``ds2_rated``, ``ds2_corrected`` and ``ds2_rarity``; ``transition_`` the estimated T.
+    ``curation="posterior"`` is mmsift's earlier estimator, kept because it is deterministic and corrects
+    every rating smoothly: consensus c_i = most frequent rating among i's k neighbours; ``T[a, b] = (#{c = a,
+    r = b} + alpha) / (#{c = a} + 6 alpha)``; posterior ``P(a) ∝ p[a] T[a, r_i] Π_j T[a, r_j]``; level =
+    round(Σ_a a P(a)) for every row (the earlier default was ``k=10`` with this mode).
+
+    Unrated rows (either mode) take the level their k nearest rated rows vote for (weights 1 - distance; the
+    posterior mode: the posterior mean) — the code has no unrated rows. Rarity ``ρ_i`` = mean cosine distance
+    to the k nearest rows (the code's long-tail score is a monotone map of the same mean over its 10 hits, the
+    row itself at distance 0 included, so it ranks identically).
+
+    ``score_i = level_i + q_i``, q_i = rank of ρ_i / N in [0, 1): the curated level first, then rarer first, as
+    ``subset_generation.py`` sorts. Higher = keep. ``transition_`` holds T, ``prior_`` p (simifeat mode);
+    ``details_``: ``ds2_rated``, ``ds2_corrected`` (curated level; the posterior mean in posterior mode),
+    ``ds2_rarity``, and in simifeat mode ``ds2_noisy`` (the noisy frequency) and ``ds2_confidence`` (NaN for
+    unrated rows).
+
+    Deviations from the code, and why: its loader holds every record twice (``load_embedding(duplicate=True)``),
+    so a record's nearest "neighbour" in HOC and SimiFeat is mostly its own copy; mmsift holds each record once,
+    as the HOC and SimiFeat papers assume. Its subsamples are capped at 50 000 rows (GPU memory), which thins
+    the neighbourhoods of pools above 55 556 rows; mmsift samples ``sample_frac`` of any pool. Neighbours inside
+    a subsample come from one pool-wide search filtered to the subsample's members (identical to searching the
+    subsample; rows whose list runs short are searched again by brute force, counted in ``notes_``). Distances
+    in float64 rather than the code's float16. Random draws: one ``numpy.random.default_rng(random_state)``,
+    in this order: the HOC rounds' subsamples, the prior's starting logits, the SimiFeat epochs' subsamples.
+    Papers: Pang et al. 2025, "Improving Data Efficiency via Curating LLM-Driven Rating Systems" (DS2, ICLR
+    2025, arXiv:2410.10877); HOC: Zhu, Song & Liu, ICML 2021; SimiFeat: Zhu, Dong & Liu, ICML 2022.
     """
 
     name = "ds2"
     requires = ("last",) + CAP_COLUMNS
     paper = ("Pang et al. 2025, Improving Data Efficiency via Curating LLM-Driven Rating Systems (DS2), "
              "arXiv:2410.10877")
-    summary = "judge ratings corrected by a k-NN score-transition matrix, long-tail tie-break"
+    summary = "judge ratings curated by HOC transition matrix + SimiFeat detection, long-tail tie-break"
 
-    def __init__(self, *, column: str | None = None, capabilities=None, k: int = 10, alpha: float = 1.0,
-                 exact_max: int = 50_000, nprobe: int = 8, random_state: int = 0):
+    def __init__(self, *, column: str | None = None, capabilities=None, curation: str = "simifeat", k: int = 9,
+                 rounds: int = 50, epochs: int = 51, sample_frac: float = 0.9, steps: int = 1501,
+                 lr: float = 0.1, confidence: float = 0.5, alpha: float = 1.0, exact_max: int = 50_000,
+                 nprobe: int = 8, random_state: int = 0):
         super().__init__(random_state=random_state)
+        if curation not in CURATIONS:
+            raise ValueError(f"curation must be one of {CURATIONS}, got {curation!r}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if curation == "simifeat" and k < 2:
+            raise ValueError(f"curation='simifeat' needs k >= 2 (a row's own weight uses its 2 nearest), got {k}")
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0 (it keeps every T entry positive), got {alpha}")
+        if not 0.0 < sample_frac <= 1.0:
+            raise ValueError(f"sample_frac must be in (0, 1], got {sample_frac}")
+        if rounds < 1 or epochs < 1 or steps < 1 or lr <= 0:
+            raise ValueError("rounds, epochs and steps must be >= 1 and lr > 0")
         self.column = column
+        self.curation = curation
         self.k = int(k)
+        self.rounds, self.epochs, self.steps = int(rounds), int(epochs), int(steps)
+        self.sample_frac, self.lr, self.confidence = float(sample_frac), float(lr), float(confidence)
         self.alpha = float(alpha)
         self.exact_max = int(exact_max)
         self.nprobe = int(nprobe)
@@ -173,32 +226,97 @@ class DS2(Scorer):
             raise ValueError(f"unknown capabilities {[c[4:] for c in unknown]}")
         self.requires = ("last", column) if column is not None else ("last",) + self.cap_columns
         self.transition_: np.ndarray | None = None
+        self.prior_: np.ndarray | None = None
+
+    def _list_length(self, n: int, n_rated: int, k: int) -> int:
+        """Neighbours to fetch per row: enough that a subsample of the rated rows almost always leaves k of them
+        in the list (about twice the expected need, at most 256; the rest is the brute-force fallback)."""
+        if self.curation == "posterior":
+            return k
+        need = int(np.ceil(2 * k / (self.sample_frac * n_rated / n))) + 10
+        return int(min(n - 1, max(k, min(256, need))))
 
     def score(self, signals: Signals) -> np.ndarray:
+        self.notes_ = []
         rated = rated_levels(signals, self.column, self.cap_columns)
         n = len(rated)
-        if not (rated >= 0).any():
+        rated_pos = np.flatnonzero(rated >= 0)
+        if not len(rated_pos):
             raise ValueError("ds2: no sample has a usable rating")
-        emb = np.asarray(signals["last"])
         k = min(self.k, n - 1)
         if k < 1:
             return rated.astype(np.float64)
-        nbrs, dist, note = knn(emb, k, exact_max=self.exact_max, random_state=self.random_state,
-                               nprobe=self.nprobe)
-        cons = consensus_labels(rated, nbrs)
-        t, prior = transition_matrix(rated, cons, alpha=self.alpha)
-        post = posterior(rated, nbrs, t, prior)
-        corrected = post @ np.arange(N_LEVELS, dtype=np.float64)
-        found = np.isfinite(dist)
+        ids, dist, note, vec = knn(np.asarray(signals["last"]), self._list_length(n, len(rated_pos), k),
+                                   exact_max=self.exact_max, random_state=self.random_state, nprobe=self.nprobe)
+        self.notes_.append(note)
+        nb_ids, nb_dist = ids[:, :k], dist[:, :k]
+        found = np.isfinite(nb_dist)
         # A row the (approximate) index found no neighbour for counts as maximally rare (cosine distance 2).
-        mean_dist = np.where(found, dist, 0.0).sum(axis=1) / np.maximum(found.sum(axis=1), 1)
+        mean_dist = np.where(found, nb_dist, 0.0).sum(axis=1) / np.maximum(found.sum(axis=1), 1)
         rarity = np.where(found.any(axis=1), mean_dist, 2.0)
+        self.details_ = {"ds2_rated": rated.astype(np.float64), "ds2_rarity": rarity}
+        if self.curation == "posterior":
+            level = self._posterior(rated, nb_ids)
+        else:
+            level = self._simifeat(rated, rated_pos, Neighbours(ids, dist, vec), k)
         q = np.empty(n)
         q[np.argsort(rarity, kind="stable")] = np.arange(n) / n
+        return level + q
+
+    def _posterior(self, rated: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
+        cons = consensus_labels(rated, nbrs)
+        t, prior = transition_matrix(rated, cons, alpha=self.alpha)
+        corrected = posterior(rated, nbrs, t, prior) @ np.arange(N_LEVELS, dtype=np.float64)
         self.transition_ = t
-        self.details_ = {"ds2_rated": rated.astype(np.float64), "ds2_corrected": corrected, "ds2_rarity": rarity}
-        changed = int(((rated >= 0) & (np.floor(corrected + 0.5) != rated)).sum())
-        self.notes_ += [note, f"ds2: {changed} of {int((rated >= 0).sum())} rated samples change level after "
-                        f"correction; {int((rated < 0).sum())} unrated samples imputed from neighbours"]
+        self.details_["ds2_corrected"] = corrected
+        level = np.floor(corrected + 0.5)
+        changed = int(((rated >= 0) & (level != rated)).sum())
+        self.notes_.append(f"ds2 (posterior): {changed} of {int((rated >= 0).sum())} rated samples change level; "
+                           f"{int((rated < 0).sum())} unrated samples imputed from neighbours")
         log.info("ds2 transition matrix (rows: consensus, cols: rating):\n%s", np.array2string(t, precision=3))
-        return np.floor(corrected + 0.5) + q
+        return level
+
+    def _simifeat(self, rated: np.ndarray, rated_pos: np.ndarray, nb: Neighbours, k: int) -> np.ndarray:
+        n, n_rated = len(rated), len(rated_pos)
+        rng = np.random.default_rng(self.random_state)
+        level = rated.copy()
+        noisy = np.full(n, np.nan)
+        conf = np.full(n, np.nan)
+        size = int(self.sample_frac * n_rated)
+        if size < 3:
+            self.notes_.append(f"ds2: {n_rated} rated samples are too few for HOC (a subsample needs 3): "
+                               "ratings kept as given")
+        else:
+            est = consensus_counts(rated, nb, rated_pos, rounds=self.rounds, frac=self.sample_frac, rng=rng,
+                                   n_levels=N_LEVELS)
+            p0 = 1.0 / N_LEVELS + 0.1 * rng.random(N_LEVELS)
+            t, p_clean, loss = solve_hoc(est, p0=p0, steps=self.steps, lr=self.lr)
+            p_noisy = np.bincount(rated[rated_pos], minlength=N_LEVELS) / n_rated
+            rates = noise_rates(t, p_clean, p_noisy)
+            flagged, times, suggest = simifeat(rated, nb, rated_pos, rates, epochs=self.epochs,
+                                               frac=self.sample_frac, k=min(k, size - 1), rng=rng,
+                                               n_levels=N_LEVELS)
+            cur = curate(rated, flagged, times, suggest, confidence=self.confidence, n_levels=N_LEVELS)
+            level = cur["curated"]
+            noisy[rated_pos], conf[rated_pos] = cur["noisy"][rated_pos], cur["confidence"][rated_pos]
+            self.transition_, self.prior_ = t, p_clean
+            self.notes_.append(
+                f"ds2: HOC transition matrix from {self.rounds} rounds of 2-NN patterns on {size}-row subsamples "
+                f"(fit loss {loss:.4f}); SimiFeat over {self.epochs} epochs detected {int(cur['detected'].sum())} "
+                f"of {n_rated} ratings as likely wrong and replaced the {int(cur['replaced'].sum())} with "
+                f"confidence >= {self.confidence:g}")
+            log.info("ds2 HOC transition matrix (rows: true level, cols: rating):\n%s",
+                     np.array2string(t, precision=3))
+        unrated = np.flatnonzero(rated < 0)
+        if len(unrated):
+            nbi, nbd = nb.within(unrated, rated >= 0, min(k, n_rated))
+            votes = np.stack([((1.0 - nbd) * (level[nbi] == a)).sum(axis=1) for a in range(N_LEVELS)], axis=1)
+            level[unrated] = np.argmax(votes, axis=1)
+            self.notes_.append(f"ds2: {len(unrated)} unrated samples take the level their nearest rated "
+                               "neighbours vote for")
+        if nb.n_fallback:
+            self.notes_.append(f"ds2: {nb.n_fallback} neighbour lookups ran past the fetched lists and were "
+                               "searched by brute force")
+        self.details_.update({"ds2_corrected": level.astype(np.float64), "ds2_noisy": noisy,
+                              "ds2_confidence": conf})
+        return level.astype(np.float64)
