@@ -10,7 +10,7 @@ import pytest
 from mmsift.data.records import Turn
 from test_probe_helpers import loaded, probe_setup  # noqa: F401  (fixtures)
 from mmsift.probe.perturb import (
-    alpha_bar, find_mc_rounds, instruction_format, is_multiple_choice, permutation_attack, sigmoid_betas,
+    alpha_bar, find_mc_rounds, is_multiple_choice, permutation_attack, sigmoid_betas,
     symbol_attack,
 )
 
@@ -76,16 +76,6 @@ def test_multi_turn_only_mc_round_changes():
     t = [Turn("user", "Hello?"), Turn("assistant", "Hi."), Turn("user", Q), Turn("assistant", "C")]
     out = symbol_attack(t)
     assert out[:2] == t[:2] and out[3].text == "E"
-
-
-def test_instruction_format():
-    assert instruction_format(turns(Q, "B"), 1) == "mc"
-    assert instruction_format(turns(Q, "B"), 0) == "text_only"
-    assert instruction_format(turns("Where is the dog? Give [x1, y1, x2, y2].", "[0.1, 0.2, 0.5, 0.9]"), 1) == "region"
-    assert instruction_format(turns("What colour?\nAnswer the question using a single word or phrase.",
-                                    "Red"), 1) == "short"
-    assert instruction_format(turns("Describe the image in detail.", " ".join(["word"] * 30)), 1) == "caption"
-    assert instruction_format(turns("Why is the man running?", "Because " + "he is late " * 5), 1) == "other_image"
 
 
 def test_sigmoid_schedule_and_alpha_bar_by_hand():

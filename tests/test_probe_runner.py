@@ -98,8 +98,8 @@ def test_end_to_end_store(setup, full_run):
     np.testing.assert_allclose(c["loss_mc"][is_mc], c["loss"][is_mc], rtol=1e-5)
     assert np.isnan(c["loss_mc"][~is_mc]).all()
     assert (np.abs(c["loss_imgnoise"][has_image] - c["loss"][has_image]) > 1e-6).all()
-    assert list(c["fmt"]) == [{0: "short", 1: "mc", 2: "caption", 3: "text_only", 4: "short", 5: "region"}[k]
-                              for k in kinds]
+    # ARDS's first-turn rule: only the multiple-choice records carry one of its five instructions.
+    assert list(c["fmt"]) == [{1: "mc", 3: "text_only"}.get(k, "other_image") for k in kinds]
     np.testing.assert_array_equal(c["n_images"], [0 if k == 3 else 2 if k == 4 else 1 for k in kinds])
     np.testing.assert_array_equal(c["n_rounds"], [3 if k == 2 else 1 for k in kinds])
     assert list(s.tasks) == ["all" if k == 3 else ("shapes" if (int(i[1:]) % 6) % 2 == 0 else "colors")

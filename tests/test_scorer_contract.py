@@ -19,7 +19,8 @@ from mmsift.store import SignalStore, from_arrays
 
 N_HALF = 150
 DIM = 12
-FORMATS = np.array(["mc", "region", "short", "caption", "other_image", "text_only"], dtype=object)
+FORMATS = np.array(["phrase", "mc", "img_caption", "region_desc", "region_bbox", "other_image", "text_only"],
+                   dtype=object)
 
 
 def _extra_column(name, rng, n):

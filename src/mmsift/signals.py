@@ -23,7 +23,7 @@ SCALARS = {
     "loss_imgnoise": "answer loss with the image noised (image records only; NaN otherwise)",
     "loss_ref": "answer loss under a reference model (selfcheck: the proxy before fine-tuning); from select --reference-run",
     "is_mc": "1 when a turn is multiple-choice with lettered options",
-    "fmt": "instruction format: mc | region | short | caption | other_image | text_only",
+    "fmt": "instruction format, ARDS's first-turn rule: phrase | mc | img_caption | region_desc | region_bbox | other_image | text_only",
 }
 
 VECTORS = {

@@ -169,40 +169,6 @@ def permutation_attack(turns: list[Turn], *, seed: int = 0, key: str = "") -> li
     return out
 
 
-# ---- instruction format ---------------------------------------------------------------------------------------
-_NUM = r"-?\d*\.?\d+"
-_BOX = re.compile(rf"\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\]")
-_REGION_WORDS = re.compile(r"<region>|\bbounding box\b|\bbbox\b", re.IGNORECASE)
-_SHORT_PROMPT = re.compile(r"single word or phrase|one word|short phrase|answer briefly|in a word", re.IGNORECASE)
-_CAPTION = re.compile(r"\b(describe|description|caption|summari[sz]e|narrate|explain (the|this) (image|picture))",
-                      re.IGNORECASE)
-SHORT_ANSWER_WORDS = 5
-
-
-def instruction_format(turns: list[Turn], n_images: int) -> str:
-    """``text_only | mc | region | short | caption | other_image`` (ARDS's format groups), first rule that fits.
-
-    text_only: no image. mc: a multiple-choice round. region: a bounding box ``[x1, y1, x2, y2]`` or region
-    words in any turn. short: the prompt asks for a word/phrase, or every answer has at most 5 words. caption: a
-    user turn asks to describe/caption/summarise. other_image: the rest.
-    """
-    if n_images == 0:
-        return "text_only"
-    if is_multiple_choice(turns):
-        return "mc"
-    texts = [t.text for t in turns]
-    if any(_BOX.search(s) or _REGION_WORDS.search(s) for s in texts):
-        return "region"
-    users = [t.text for t in turns if t.role == "user"]
-    answers = [t.text for t in turns if t.role == "assistant"]
-    if any(_SHORT_PROMPT.search(u) for u in users) or (answers and all(
-            len(a.split()) <= SHORT_ANSWER_WORDS for a in answers)):
-        return "short"
-    if any(_CAPTION.search(u) for u in users):
-        return "caption"
-    return "other_image"
-
-
 # ---- image noise ----------------------------------------------------------------------------------------------
 def sigmoid_betas(n_steps: int = 1000, beta_start: float = 1e-5, beta_end: float = 5e-3) -> np.ndarray:
     """Sigmoid beta schedule: beta_t = sigmoid(linspace(-6, 6, T)) * (end - start) + start."""

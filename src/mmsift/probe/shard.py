@@ -140,7 +140,8 @@ def _loader(spec: ShardSpec, lm, batches: list[list[int]]):
 
 def _write_shard(spec: ShardSpec, rows: dict[int, dict], fail: ShardFailures, lm) -> None:
     """The shard's rows (pool order) with the record-level signals, its failure list, then its marker."""
-    from mmsift.probe.perturb import instruction_format, is_multiple_choice
+    from mmsift.probe.perturb import is_multiple_choice
+    from mmsift.scorers.ards import first_turn_format
 
     cfg = spec.config
     keep = [i for i in range(len(spec.records)) if i in rows]
@@ -153,7 +154,7 @@ def _write_shard(spec: ShardSpec, rows: dict[int, dict], fail: ShardFailures, lm
         if "is_mc" in cfg.signals:
             r["is_mc"] = int(is_multiple_choice(rec.turns))
         if "fmt" in cfg.signals:
-            r["fmt"] = instruction_format(rec.turns, len(rec.images))
+            r["fmt"] = first_turn_format(rec.turns, len(rec.images))
         for k in cfg.signals:
             # Variants that do not apply to a record (loss_sym of a non-MC item...) are NaN.
             columns.setdefault(k, []).append(r.get(k, np.nan))

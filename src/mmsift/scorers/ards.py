@@ -20,7 +20,7 @@ FIRST_TURN_FORMATS = (
     ("Provide a short description for this region", "region_desc"),
     ("Provide the bounding box coordinate of the region this sentence describes", "region_bbox"),
 )
-# Labels only mmsift's earlier all-turn patterns (probe.perturb.instruction_format) give.
+# Labels only runs probed by mmsift 0.1 give (its own all-turn patterns, one merged region format).
 ALL_TURN_ONLY = ("region", "short", "caption")
 
 
@@ -32,9 +32,8 @@ def first_turn_format(turns, n_images: int) -> str:
     LLaVA-style data is the human's; system turns are skipped). A text-only record that carries one of the
     instructions takes that format, as in the code.
 
-    This is the value the probe should store as ``fmt`` for ARDS (it lives here because the probe is being
-    restructured; ``probe.perturb.instruction_format`` still applies mmsift's own patterns to every turn and
-    merges the two region formats)."""
+    This is the value the probe stores as ``fmt`` (``probe/shard.py``); runs probed by mmsift 0.1 hold labels
+    from its own all-turn patterns instead (see :data:`ALL_TURN_ONLY`)."""
     first = next((t.text for t in turns if t.role == "user"), "")
     low = first.lower()
     for instruction, name in FIRST_TURN_FORMATS:
