@@ -1,53 +1,16 @@
-"""Where each answer token's characters are in its assistant turn: the tokenizer-free address of a token.
+"""Where each answer token of a record is in the record's own text, as the adapter renders and tokenizes it.
 
-A token mask for token cleaning is written as character spans of each assistant turn's text (``Turn.text``, the
-text exactly as the record holds it), so it means the same thing for every tokenizer. This module converts between
-a tokenizer's offset mapping over a rendered conversation and those turn-relative character positions.
-
-An *answer placement* ``(begin, lo, hi)`` of assistant turn k says that the characters ``lo:hi`` of the turn's text
-appear verbatim at ``begin:begin + hi - lo`` of the tokenized string (chat templates strip the surrounding
-whitespace of a turn, so ``lo`` is the count of leading whitespace characters the template dropped). A token whose
-offsets overlap a placement gets that turn and its clipped characters, mapped back into the turn's text; a token
-that overlaps no placement (an end-of-turn marker, a role word of the template) has turn -1.
-
-Pure Python and numpy: the probe (which writes the spans of the tokens it scored), the trainer (which turns masked
-spans into label masks) and user code with any Hugging Face tokenizer share this one mapping.
+:func:`answer_token_spans` gives, for every answer token the loss counts (in the order ``token_losses`` lists
+them), its assistant turn and its characters in that turn's text (``mmsift.charspans`` explains the mapping). The
+probe stores these next to the per-token losses; the trainer uses them to turn character masks into label masks
+on the inputs it trains on.
 """
 
 from __future__ import annotations
 
-import bisect
-
 import numpy as np
 
-NO_TURN = -1
-
-
-def turn_positions(offsets, placements: dict[int, tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray,
-                                                                                     np.ndarray]:
-    """Per token of ``offsets`` ((start, end) character offsets in the tokenized string): (turn, start, end) with
-    start/end in that turn's text, or (-1, -1, -1) for a token outside every placement (see the module doc).
-
-    A token that straddles the edge of a turn keeps only its characters inside the turn.
-    """
-    spans = sorted((begin, begin + hi - lo, lo, turn) for turn, (begin, lo, hi) in placements.items())
-    starts = [s[0] for s in spans]
-    n = len(offsets)
-    turn = np.full(n, NO_TURN, dtype=np.int32)
-    start = np.full(n, -1, dtype=np.int32)
-    end = np.full(n, -1, dtype=np.int32)
-    for t, (s, e) in enumerate(offsets):
-        if e <= s:
-            continue
-        # The last placement that begins before the token ends is the only one it can overlap (they are disjoint).
-        k = bisect.bisect_left(starts, e) - 1
-        if k < 0:
-            continue
-        begin, stop, lo, which = spans[k]
-        cs, ce = max(s, begin), min(e, stop)
-        if ce > cs:
-            turn[t], start[t], end[t] = which, cs - begin + lo, ce - begin + lo
-    return turn, start, end
+from mmsift.charspans import turn_positions
 
 
 def adapter_placements(adapter, turns, n_images: int) -> tuple[str, dict[int, tuple[int, int, int]],
@@ -95,30 +58,3 @@ def answer_token_spans(adapter, turns, n_images: int) -> tuple[np.ndarray, np.nd
     is_answer = [e > s and any(s < b and e > a for a, b in spans) for s, e in offsets]
     answer_offsets = [o for o, keep in zip(offsets, is_answer) if keep]
     return turn_positions(answer_offsets, placements)
-
-
-def merge_spans(spans) -> list[tuple[int, int]]:
-    """Sorted, disjoint, non-touching spans covering exactly the characters of ``spans``."""
-    out: list[list[int]] = []
-    for s, e in sorted((int(s), int(e)) for s, e in spans if e > s):
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
-
-
-def covered(start: np.ndarray, end: np.ndarray, turn: np.ndarray, masked: dict[int, list[tuple[int, int]]]
-            ) -> np.ndarray:
-    """Per token: True when it has characters in a turn and every one of them lies in that turn's masked spans."""
-    out = np.zeros(len(turn), dtype=bool)
-    merged = {int(k): merge_spans(v) for k, v in masked.items()}
-    starts = {k: [s for s, _ in v] for k, v in merged.items()}
-    for t in range(len(turn)):
-        spans = merged.get(int(turn[t]))
-        if not spans or turn[t] == NO_TURN:
-            continue
-        # Merged spans are disjoint and do not touch: a token inside their union is inside one of them.
-        k = bisect.bisect_right(starts[int(turn[t])], int(start[t])) - 1
-        out[t] = k >= 0 and spans[k][1] >= int(end[t])
-    return out
