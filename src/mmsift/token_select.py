@@ -260,7 +260,7 @@ def read_sidecar(path) -> dict[str, dict[int, list[tuple[int, int]]]]:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
+            where = f"{path}, line {lineno}"
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as e:
