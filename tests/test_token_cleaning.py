@@ -141,27 +141,33 @@ def test_self_evolving_updates_the_reference_on_the_kept_tokens(toy, monkeypatch
 
     monkeypatch.setattr(loop, "train_model", spy)
     pool = read_pool(toy / "pool.jsonl")
-    config = TokenCleanConfig(keep=0.5, rounds=2, work=str(toy / "evolve"), batch_size=8, update_epochs=2)
+    config = TokenCleanConfig(keep=0.5, rounds=2, work=str(toy / "evolve"), batch_size=8, update_epochs=2, seed=4)
     result = clean_tokens(toy / "run-base", toy / "run-ref", pool.records, config, pool=pool)
-    first, second = pool.records[:12], pool.records[12:]
+    # the parts: a deal of the 24 records by a permutation seeded with the config's seed, each part in data order
+    deal = [sorted(p) for p in np.array_split(np.random.default_rng(4).permutation(24), 2)]
+    first, second = [[pool.records[i] for i in p] for p in deal]
+    assert deal[0] != list(range(12))
     # one update, after part 1, on part 1's records with part 1's masks (the kept tokens only)
     assert len(seen) == 1 and seen[0][0] == [r.id for r in first]
-    part1 = {e["id"]: {t["turn"]: [tuple(s) for s in t["masked"]] for t in e["turns"]} for e in result.entries[:12]}
+    entries = {e["id"]: e for e in result.entries}
+    part1 = {r.id: {t["turn"]: [tuple(s) for s in t["masked"]] for t in entries[r.id]["turns"]} for r in first}
     assert seen[0][1] == part1 and any(part1.values())
     # part 2 is scored with the updated reference: its own probe run, other losses than the fixed reference's
     assert [p["n_records"] for p in result.parts] == [12, 12]
     assert result.parts[1]["reference"].endswith("reference-1")
-    for p in result.parts:
-        assert p["n_kept"] == math.floor(0.5 * p["n_ranked"])
+    # the parts together keep floor(keep * M), each its largest-remainder share
+    assert result.n_kept == math.floor(0.5 * result.n_ranked)
+    assert all(abs(p["n_kept"] - 0.5 * p["n_ranked"]) < 1 for p in result.parts)
     updated = SignalStore(toy / "evolve" / "part-2" / "run")
     assert list(updated.load([]).ids) == [r.id for r in second]
     fixed = SignalStore(toy / "run-ref")
-    off = fixed.load_tokens().offsets(len(fixed))
-    fixed_part2 = fixed.load_tokens().loss[off[12]:]
+    tokens, rows = fixed.load_tokens(), {i: r for r, i in enumerate(fixed.load([]).ids)}
+    off = tokens.offsets(len(fixed))
+    fixed_part2 = np.concatenate([tokens.loss[off[rows[r.id]]:off[rows[r.id] + 1]] for r in second])
     assert not np.allclose(updated.load_tokens().loss, fixed_part2, atol=1e-3)
     # the fixed-model ranking of part 2 alone would differ from what the updated reference kept
     fixed_only = clean_tokens(toy / "run-base", toy / "run-ref", second, TokenCleanConfig(keep=0.5))
-    assert fixed_only.entries != result.entries[12:]
+    assert fixed_only.entries != [entries[r.id] for r in second]
 
 
 def test_training_with_masks_counts_only_the_kept_tokens(toy):

@@ -11,8 +11,8 @@ import pytest
 from mmsift.charspans import covered, merge_spans, subtract_spans, turn_positions
 from mmsift.data.records import Record, Turn
 from mmsift.store import TokenTable
-from mmsift.token_select import (AlignedTokens, align_runs, check_masks, global_keep, rank_tokens, read_sidecar,
-                                 sidecar_path, token_scores, write_sidecar)
+from mmsift.token_select import (AlignedTokens, align_runs, check_masks, global_keep, part_counts, rank_tokens,
+                                 read_sidecar, sidecar_path, token_scores, write_sidecar)
 
 
 def test_scores_and_global_threshold_by_hand():
@@ -29,6 +29,15 @@ def test_scores_and_global_threshold_by_hand():
     assert np.flatnonzero(global_keep(s, 0.6, eligible=eligible)).tolist() == [0, 4, 5]
     assert global_keep(s, 1.0).all()
     assert not global_keep(s, 0.1).any()  # floor(0.6) = 0
+
+
+def test_part_counts_keep_the_total():
+    # 0.6 of 7, 4, 9 = 4.2, 2.4, 5.4 -> floors 4, 2, 5 (11); the total floor(0.6 * 20) = 12 takes one more from
+    # the largest remainder (0.4, a tie between parts 2 and 3: the earlier)
+    assert part_counts([7, 4, 9], 0.6) == [4, 3, 5]
+    assert part_counts([1, 1, 1], 0.6) == [1, 0, 0] and part_counts([0, 5], 1.0) == [0, 5]
+    s = np.array([3.0, 2.0, 1.0, 0.0])
+    assert np.flatnonzero(global_keep(s, 0.5, count=3)).tolist() == [0, 1, 2]
 
 
 def test_nan_ranks_last_and_bad_keep():

@@ -4,14 +4,17 @@ Fixed-model (``rounds=1``): the per-token losses of a *base* run (the model befo
 model after updates on good data) of the same records are ranked together (:mod:`mmsift.token_select`); the top
 ``keep`` share of the answer tokens keeps its labels.
 
-Self-evolving (``rounds=K``): the records are cut into K consecutive parts (in their order in the data, as the
-authors' ``generate_subset.py`` does, but the remainder is spread over the parts instead of dropped). Part 1 is
-ranked with the given reference run; then the reference model is trained on part 1 with its masks (the kept
-tokens only), part 2 is probed with the updated reference and ranked within itself, and so on. The base run stays
-the model before throughout, as in the authors' ``self_evolving_cleaning.sh``. Where the authors train their first
-reference on part 1 (without masks) and clean parts 2..K, mmsift starts from a reference the user already has, so
-every part is cleaned. Each update is a short run of the project's one loop (vision tower frozen, ``update_epochs``
-passes at ``update_lr``; the authors use one epoch of LoRA).
+Self-evolving (``rounds=K``): the records are dealt into K parts of equal size by a seeded permutation (the
+authors' ``generate_subset.py`` cuts the data into consecutive blocks and drops the remainder; pools are often
+grouped by source, and a block of one source would make each update learn one task, so mmsift deals at random and
+drops nothing). Part 1 is ranked with the given reference run; then the reference model is trained on part 1 with
+its masks (the kept tokens only), part 2 is probed with the updated reference and ranked within itself, and so on.
+The base run stays the model before throughout, as in the authors' ``self_evolving_cleaning.sh``. Where the
+authors train their first reference on part 1 (without masks) and clean parts 2..K, mmsift starts from a reference
+the user already has, so every part is cleaned. Each part keeps its share of ``floor(keep * M)`` (largest
+remainder over the parts' token counts), so the parts together keep exactly what was asked, as the fixed-model
+ranking does. Each update is a short run of the project's one loop (vision tower frozen, ``update_epochs`` passes
+at ``update_lr``; the authors use one epoch of LoRA).
 
 Outputs (:func:`write_token_outputs`): the records exactly as read, the sidecar of masks keyed by record id, a
 report, and, on request, the records with their masks inline.
@@ -28,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsift.store import SignalStore
-from mmsift.token_select import align_runs, rank_tokens, sidecar_path, write_sidecar
+from mmsift.token_select import align_runs, part_counts, rank_tokens, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,9 @@ def clean_tokens(base_run, reference_run, records, config: TokenCleanConfig, *, 
     config.check()
     base_ids, base_tokens, _ = _tokens_of(base_run)
     ref_ids, ref_tokens, ref_store = _tokens_of(reference_run)
-    parts = [list(p) for p in np.array_split(np.arange(len(records)), config.rounds)] if records else [[]]
+    parts = _parts(len(records), config)
+    counts = part_counts([_ranked_tokens(base_ids, base_tokens, [records[i].id for i in p]) for p in parts],
+                         config.keep)
     entries: dict[str, dict] = {}
     summaries = []
     reference = str(ref_store.manifest.get("model") or reference_run)
@@ -144,7 +149,7 @@ def clean_tokens(base_run, reference_run, records, config: TokenCleanConfig, *, 
         if k > 0:
             ref_ids, ref_tokens, _ = _tokens_of(_probe_part(pool, part_records, k, reference, ref_store, config))
         aligned = align_runs(base_ids, base_tokens, ref_ids, ref_tokens, [r.id for r in part_records])
-        cleaning = rank_tokens(aligned, config.keep)
+        cleaning = rank_tokens(aligned, config.keep, count=counts[k])
         for e in cleaning.entries:
             entries[e["id"]] = e
         for rid, why in aligned.missing.items():
@@ -158,6 +163,22 @@ def clean_tokens(base_run, reference_run, records, config: TokenCleanConfig, *, 
                      for e in cleaning.entries}
             reference = _update_reference(reference, part_records, masks, k, ref_store, config)
     return TokenCleanResult([entries[r.id] for r in records], summaries, float(config.keep))
+
+
+def _parts(n: int, config: TokenCleanConfig) -> list[list[int]]:
+    """Record positions per part: all in one (fixed-model), else a seeded deal into ``rounds`` equal parts, each
+    in data order."""
+    if config.rounds == 1 or n == 0:
+        return [list(range(n))]
+    perm = np.random.default_rng(config.seed).permutation(n)
+    return [sorted(int(i) for i in p) for p in np.array_split(perm, config.rounds)]
+
+
+def _ranked_tokens(ids, tokens, wanted) -> int:
+    """How many tokens with characters of the text the records ``wanted`` have in a run (the ones ranked)."""
+    rows = {i: r for r, i in enumerate(ids)}
+    per_row = np.bincount(tokens.row[tokens.turn >= 0], minlength=len(ids))
+    return int(sum(per_row[rows[i]] for i in wanted if i in rows))
 
 
 def _probe_part(pool, part_records, k: int, model: str, ref_store: SignalStore, config: TokenCleanConfig) -> Path:

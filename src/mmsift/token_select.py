@@ -49,19 +49,41 @@ def token_scores(base_loss, ref_loss) -> np.ndarray:
     return base - ref
 
 
-def global_keep(scores, keep: float, *, eligible=None) -> np.ndarray:
-    """Boolean keep mask: the top ``floor(keep * M)`` of the M eligible tokens by score, ties to the earlier token.
+def keep_count(n: int, keep: float) -> int:
+    """``floor(keep * n)``, the authors' ``int(len * data_prop)`` (a hair of slack so 0.6 * 10 is 6, not 5)."""
+    if isinstance(keep, bool) or not 0 < float(keep) <= 1:
+        raise ValueError(f"keep must be a share in (0, 1], got {keep!r}")
+    return int(math.floor(float(keep) * n + 1e-9))
+
+
+def part_counts(sizes, keep: float) -> list[int]:
+    """Tokens to keep in each part of sizes ``sizes`` so that the parts together keep ``keep_count(sum, keep)``:
+    ``keep * size`` per part, rounded by largest remainder (ties to the earlier part)."""
+    sizes = [int(x) for x in sizes]
+    total = keep_count(sum(sizes), keep)
+    exact = [float(keep) * x for x in sizes]
+    counts = [min(x, int(math.floor(e + 1e-9))) for x, e in zip(sizes, exact)]
+    order = sorted(range(len(sizes)), key=lambda p: (-(exact[p] - counts[p]), p))
+    for p in order:
+        if sum(counts) >= total:
+            break
+        if counts[p] < sizes[p]:
+            counts[p] += 1
+    return counts
+
+
+def global_keep(scores, keep: float, *, eligible=None, count: int | None = None) -> np.ndarray:
+    """Boolean keep mask: the top ``floor(keep * M)`` of the M eligible tokens by score (or the top ``count``),
+    ties to the earlier token.
 
     Tokens outside ``eligible`` are neither counted nor kept here; NaN scores rank below every number.
     Runs in O(M) (a partition, then the tie at the threshold resolved in token order), so it serves pools of
     hundreds of millions of tokens.
     """
-    if isinstance(keep, bool) or not 0 < float(keep) <= 1:
-        raise ValueError(f"keep must be a share in (0, 1], got {keep!r}")
     scores = np.asarray(scores, dtype=np.float64)
     ok = np.ones(len(scores), dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     where = np.flatnonzero(ok)
-    k = int(math.floor(float(keep) * len(where) + 1e-9))
+    k = keep_count(len(where), keep) if count is None else min(int(count), len(where))
     out = np.zeros(len(scores), dtype=bool)
     if k == 0:
         return out
@@ -195,11 +217,12 @@ class Cleaning:
     n_nan: int = 0
 
 
-def rank_tokens(aligned: AlignedTokens, keep: float) -> Cleaning:
-    """Score every token of ``aligned`` (:func:`token_scores`), keep the global top share, build the masks."""
+def rank_tokens(aligned: AlignedTokens, keep: float, *, count: int | None = None) -> Cleaning:
+    """Score every token of ``aligned`` (:func:`token_scores`), keep the global top share (or the top ``count``),
+    build the masks."""
     scores = token_scores(aligned.base, aligned.ref)
     content = aligned.content
-    kept = global_keep(scores, keep, eligible=content)
+    kept = global_keep(scores, keep, eligible=content, count=count)
     kept_content = kept & content
     threshold = float(scores[kept_content].min()) if kept_content.any() else float("nan")
     kept |= ~content  # template tokens always train

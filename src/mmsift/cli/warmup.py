@@ -36,8 +36,7 @@ def warmup_command(
         "--max-failures", help="Share of records that may fail before the run is stopped as a systematic error "
                                "(broken install or model).")] = DEFAULT_MAX_FAILURE_RATE,
     token_masks: Annotated[Optional[Path], typer.Option(
-        "--token-masks", help="Token cleaning sidecar (mmsift tokens): train without the masked answer tokens.")
-    ] = None,
+        "--token-masks", help="Token cleaning sidecar (mmsift tokens): masked answer tokens leave the loss.")] = None,
 ) -> None:
     """Make the bundled small proxy for a pool: the pretrained base, instruction-tuned on the pool (vision frozen)."""
     from mmsift.train.warmup import WarmupConfig, read_warmup_log, shuffle_line, warmup
