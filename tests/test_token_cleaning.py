@@ -117,6 +117,19 @@ def test_tokens_command_errors(toy, tmp_path):
     res = runner.invoke(app, ["tokens", str(toy / "run-base"), "--reference-run", str(plain.store.root),
                               "--out", str(tmp_path / "s.jsonl")])
     assert res.exit_code == 2 and "--signals token_loss" in res.output
+    # records whose text is not the text probed under their id are refused, by name
+    rows = [json.loads(line) for line in (toy / "pool.jsonl").read_text().splitlines()]
+    rows[2]["conversations"][1]["value"] = "Yes, there is a circle near the middle."
+    (tmp_path / "edited.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = runner.invoke(app, ["tokens", str(toy / "run-base"), "--reference-run", str(toy / "run-ref"),
+                              "--data", str(tmp_path / "edited.jsonl"), "--out", str(tmp_path / "s.jsonl")])
+    assert res.exit_code == 2 and "record 'r02': its answer text differs" in res.output
+    for r in rows:
+        del r["id"]
+    (tmp_path / "no-ids.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = runner.invoke(app, ["tokens", str(toy / "run-base"), "--reference-run", str(toy / "run-ref"), "--rounds",
+                              "2", "--data", str(tmp_path / "no-ids.jsonl"), "--out", str(tmp_path / "s.jsonl")])
+    assert res.exit_code == 2 and "needs records with ids" in res.output
     # a reference whose tokenizer differs cannot be paired token by token
     from mmsift.models.proxy import ProxySize, build_proxy
 

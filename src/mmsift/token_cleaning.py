@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from mmsift.store import SignalStore
-from mmsift.token_select import align_runs, part_counts, rank_tokens, sidecar_path, write_sidecar
+from mmsift.token_select import (align_runs, check_tokens_fit, part_counts, rank_tokens, sidecar_path,
+                                 write_sidecar)
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,10 @@ def clean_tokens(base_run, reference_run, records, config: TokenCleanConfig, *, 
     self-evolving variant, which writes each part as a pool file to probe it).
     """
     config.check()
+    if config.rounds > 1 and any(r.raw.get("id") in (None, "") for r in records):
+        first = next(r for r in records if r.raw.get("id") in (None, ""))
+        raise ValueError(f"the self-evolving variant writes each part as a pool file and needs records with ids; "
+                         f"record at position {first.index} has none")
     base_ids, base_tokens, _ = _tokens_of(base_run)
     ref_ids, ref_tokens, ref_store = _tokens_of(reference_run)
     parts = _parts(len(records), config)
@@ -149,6 +154,7 @@ def clean_tokens(base_run, reference_run, records, config: TokenCleanConfig, *, 
         if k > 0:
             ref_ids, ref_tokens, _ = _tokens_of(_probe_part(pool, part_records, k, reference, ref_store, config))
         aligned = align_runs(base_ids, base_tokens, ref_ids, ref_tokens, [r.id for r in part_records])
+        check_tokens_fit(aligned, part_records)
         cleaning = rank_tokens(aligned, config.keep, count=counts[k])
         for e in cleaning.entries:
             entries[e["id"]] = e

@@ -295,6 +295,25 @@ def read_sidecar(path) -> dict[str, dict[int, list[tuple[int, int]]]]:
     return masks
 
 
+def check_tokens_fit(aligned: AlignedTokens, records) -> None:
+    """Raise ``ValueError`` naming the record when the probed tokens of a record do not cover exactly the text of
+    its assistant turns: the record with that id is not the one probed (an edited pool, or records without ids,
+    whose ids are their positions, matched against another file)."""
+    by_id = {r.id: r for r in records}
+    for k, rid in enumerate(aligned.ids):
+        rec = by_id[rid]
+        sl = slice(int(aligned.offsets[k]), int(aligned.offsets[k + 1]))
+        turn, start, end = aligned.turn[sl], aligned.start[sl], aligned.end[sl]
+        for t, tt in enumerate(rec.turns):
+            if tt.role != "assistant" and not (turn == t).any():
+                continue
+            lo = len(tt.text) - len(tt.text.lstrip())
+            want = [(lo, lo + len(tt.text.strip()))] if tt.role == "assistant" and tt.text.strip() else []
+            if merge_spans(zip(start[turn == t], end[turn == t])) != want:
+                raise ValueError(f"record {rid!r}: its answer text differs from the probed record with that id (an "
+                                 "edited pool, or records without ids matched by position); probe these records")
+
+
 def check_masks(masks: dict[str, dict[int, list[tuple[int, int]]]], records) -> None:
     """Raise ``ValueError`` naming the record when a mask names a turn that is not an assistant turn of it or a
     span beyond the turn's text (a sidecar of another pool, or of an edited one)."""
