@@ -137,6 +137,8 @@ def clean_tokens(base_run, reference_run, records, config: TokenCleanConfig, *, 
     self-evolving variant, which writes each part as a pool file to probe it).
     """
     config.check()
+    if config.rounds > max(1, len(records)):
+        raise ValueError(f"--rounds {config.rounds} is more than the {len(records)} records to clean")
     if config.rounds > 1 and any(r.raw.get("id") in (None, "") for r in records):
         first = next(r for r in records if r.raw.get("id") in (None, ""))
         raise ValueError(f"the self-evolving variant writes each part as a pool file and needs records with ids; "
