@@ -45,10 +45,10 @@ def make_dying_shard_fn(log_dir: str, victim: int):
             f.write(f"{os.getpid()}\n")
         if spec.shard == victim and first:
             class DyingWriter(shard_module.ShardWriter):
-                def write(self, shard, *, ids, index, tasks, columns):
+                def write(self, shard, *, ids, index, tasks, columns, tokens=None):
                     # a partial shard on disk (scalars only, no vectors, no .done marker), then the process dies
                     super().write(shard, ids=ids, index=index, tasks=tasks,
-                                  columns={k: v for k, v in columns.items() if np.ndim(v) == 1})
+                                  columns={k: v for k, v in columns.items() if np.ndim(v) == 1}, tokens=tokens)
                     self._stem(shard).with_suffix(".done").unlink()
                     os._exit(1)
 

@@ -365,7 +365,9 @@ def test_every_signal_on_a_small_pool(family, tiny_llava_pool, tmp_path):
     assert result.n_skipped == 0, result.skipped
     sig = result.store.load()
     assert len(sig) == 6
-    assert set(wanted) <= set(sig.columns)
+    assert set(wanted) - {"token_loss"} <= set(sig.columns)
+    # per-token losses: every answer token placed in the record's text, for every family's template
+    assert np.diff(result.store.load_tokens().offsets(6)).tolist() == sig["n_answer_tokens"].tolist()
     n_img = np.array([1, 1, 1, 1, 2, 0])  # s1, s2, c1, c2, m1, t1 of the fixture, in pool order
     assert sig.ids.tolist() == [r["id"] for r in json.loads(pool.read_text())]
     assert sig["n_images"].tolist() == n_img.tolist()

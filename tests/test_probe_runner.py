@@ -83,7 +83,8 @@ def test_end_to_end_store(setup, full_run):
     assert man["model_type"] == "llava" and man["layer"] == -2 and man["n_skipped"] == 3
     assert man["pool_format"] == "json" and man["n_shards"] == 5 and len(man["skipped"]) == 3
     assert not (root / "full" / "shards").exists()
-    assert set(res.store.signal_names) == set(ALL)
+    # the per-token signal is a table of its own (tokens.parquet), not a column
+    assert set(res.store.signal_names) == set(ALL) - {"token_loss"} and res.store.has_tokens
     kinds = [int(i[1:]) % 6 for i in s.ids]
     is_mc = np.array([k == 1 for k in kinds])
     has_image = np.array([k != 3 for k in kinds])

@@ -2,8 +2,9 @@
 
 Sections: settings and notes; kept vs pool per task; score distribution of kept vs dropped records; a 2-D map
 (PCA) of the probe's vectors coloured kept/dropped; the highest- and lowest-scored records with their image
-thumbnails and conversation. Charts are drawn with matplotlib (``Figure`` objects, no global pyplot state). Every
-piece of dataset text goes through :func:`html.escape`: a pool is untrusted input.
+thumbnails and conversation; after a token cleaning, records with their masked tokens struck through. Charts
+are drawn with matplotlib (``Figure`` objects, no global pyplot state). Every piece of dataset text goes through
+:func:`html.escape`: a pool is untrusted input.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;
 vertical-align:top}.rec{display:flex;gap:12px;border:1px solid #ddd;padding:8px;margin:8px 0}
 .rec img{width:128px;height:auto;border:1px solid #ccc}.turn{white-space:pre-wrap;margin:2px 0}
-.role{font-weight:600}.note{background:#fff4e5;padding:4px 8px;margin:4px 0}.fig{max-width:100%}"""
+.role{font-weight:600}s.masked{color:#b2182b}.note{background:#fff4e5;padding:4px 8px;margin:4px 0}.fig{max-width:100%}"""
 
 
 def _png(fig) -> str:
@@ -103,11 +104,63 @@ def _thumbnail(record, images_dir) -> str:
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}" alt="thumbnail">'
 
 
-def _record_html(record, images_dir, heading: str) -> str:
-    turns = "".join(f'<div class="turn"><span class="role">{html.escape(t.role)}:</span> {html.escape(t.text)}</div>'
-                    for t in record.turns)
+def _record_html(record, images_dir, heading: str, masked: dict | None = None) -> str:
+    turns = "".join(f'<div class="turn"><span class="role">{html.escape(t.role)}:</span> '
+                    f"{_masked_html(t.text, (masked or {}).get(k, ()))}</div>" for k, t in enumerate(record.turns))
     return (f'<div class="rec">{_thumbnail(record, images_dir)}<div><div><b>{html.escape(heading)}</b> '
             f"id {html.escape(record.id)}</div>{turns}</div></div>")
+
+
+def _masked_html(text: str, spans) -> str:
+    """``text`` escaped, with the characters of ``spans`` (sorted, disjoint) struck through."""
+    parts, at = [], 0
+    for start, end in spans:
+        parts.append(html.escape(text[at:start]) + f'<s class="masked">{html.escape(text[start:end])}</s>')
+        at = end
+    return "".join(parts) + html.escape(text[at:])
+
+
+def token_section(records, entries: list[dict], *, images=None, n_examples: int = 5) -> str:
+    """Token cleaning: the records with the most masked tokens (then the first records), masked tokens struck
+    through; ``entries`` are sidecar entries (:mod:`mmsift.token_select`)."""
+    by_id = {r.id: r for r in records}
+    scored = [e for e in entries if "unscored" not in e and e["id"] in by_id]
+    order = sorted(range(len(scored)), key=lambda k: (-scored[k]["n_masked"], k))[:n_examples]
+    n_tok = sum(e["n_tokens"] for e in scored)
+    n_masked = sum(e["n_masked"] for e in scored)
+    parts = ['<h2 id="tokens">Token cleaning</h2>',
+             f"<p>{n_masked} of {n_tok} ranked answer tokens are masked out of the loss "
+             f"({n_masked / max(1, n_tok):.1%}); struck-through text is masked, the rest keeps its labels. "
+             "The end-of-turn marker always keeps its label.</p>"]
+    for k in order:
+        e = scored[k]
+        masked = {t["turn"]: [tuple(s) for s in t["masked"]] for t in e["turns"]}
+        parts.append(_record_html(by_id[e["id"]], images, f"{e['n_masked']} of {e['n_tokens']} tokens masked,",
+                                  masked))
+    return "".join(parts)
+
+
+def write_token_report(path, *, records, result, images=None, n_examples: int = 8) -> Path:
+    """A self-contained HTML page of a token cleaning (``result``: :class:`mmsift.token_cleaning.TokenCleanResult`):
+    the counts per part and per answer length, and records with their masked tokens struck through."""
+    e = html.escape
+    rows = "".join(f"<tr><td>{b['tokens']}</td><td>{b['records']}</td><td>{b['kept_share']:.1%}</td>"
+                   f"<td>{b['fully_masked']}</td></tr>" for b in result.by_answer_length())
+    body = (f"<h1>mmsift token cleaning: kept {result.n_kept} of {result.n_ranked} answer tokens</h1>"
+            + "".join(f"<p>{e(line)}</p>" for line in result.summary_lines()[: len(result.parts)])
+            + "<h2>By answer length</h2><table><tr><th>answer tokens</th><th>records</th><th>kept</th>"
+            + f"<th>fully masked</th></tr>{rows}</table>"
+            + token_section(records, result.entries, images=images, n_examples=n_examples))
+    return _write_page(Path(path), "mmsift token cleaning", body)
+
+
+def _write_page(path: Path, title: str, body: str) -> Path:
+    doc = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+           f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc, encoding="utf-8")
+    log.info("wrote the HTML report to %s", path)
+    return path
 
 
 def _vector_name(store) -> str | None:
@@ -116,11 +169,12 @@ def _vector_name(store) -> str | None:
 
 
 def write_html_report(path, *, selection, store, pool, report: dict, meaning, images=None, n_examples: int = 5,
-                      rows_index=None) -> Path:
+                      rows_index=None, token_entries: list | None = None) -> Path:
     """Write the report of ``selection`` (from ``store``, on ``pool``) to ``path``; returns the path.
 
     ``rows_index``: the pool positions of the rows ``selection`` scored, when it scored only some of the store's
-    rows (a recipe's later stages); by default every store row.
+    rows (a recipe's later stages); by default every store row. ``token_entries``: a token cleaning of the kept
+    records (sidecar entries): a section shows records with their masked tokens struck through.
     """
     from mmsift.explain import describe_components
 
@@ -166,9 +220,6 @@ def write_html_report(path, *, selection, store, pool, report: dict, meaning, im
                 continue
             heading = f"{'kept' if kept[row] else 'dropped'}, {meaning.label} {shown[row]:.4g}"
             parts.append(_record_html(rec, images, heading))
-    doc = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mmsift selection</title>"
-           f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc, encoding="utf-8")
-    log.info("wrote the HTML report to %s", path)
-    return path
+    if token_entries is not None:
+        parts.append(token_section(pool.records, token_entries, images=images, n_examples=n_examples))
+    return _write_page(path, "mmsift selection", "".join(parts))

@@ -11,6 +11,7 @@ stages:
   - clean: {method: selfcheck, drop: 0.10}       # drop the worst-scored 10% of what enters the stage
   - dedup: {method: semdedup, params: {eps: 0.05}}
   - select: {method: datatailor, budget: 0.15}   # keep 15% of what enters the stage (or a count: 5000)
+  - tokens: {keep: 0.6}                          # optional, last: token cleaning of the kept records
 output: {subset: subset.json, scores: scores.csv, html: report.html}
 ```
 
@@ -20,6 +21,11 @@ writes the output folder: ``recipe.resolved.yaml`` (every default filled in, mms
 pool's SHA-256, seeds), the proxy, the probe run and the selection outputs. Running the resolved file again gives
 the same ids; it refuses to run when the pool's hash no longer matches. :func:`run_chain` is the same chain on an
 existing probe run, from Python.
+
+A ``tokens`` stage after ``select`` cleans the kept records' answer tokens (``mmsift tokens``): the probe also
+stores per-token losses (the reference: the proxy), the kept records are probed with ``base`` (default: the
+pretrained base the warm-up started from; required with ``proxy.model``), and the masks go beside the subset in
+``<subset>.tokens.jsonl`` (keys: ``keep``, ``rounds``, ``base``, ``inline``, ``update_epochs``, ``update_lr``).
 """
 
 from __future__ import annotations
@@ -40,7 +46,9 @@ PROBE_DEFAULTS = {"device": "cpu", "dtype": None, "batch_size": 8, "layer": -2, 
                   "vector_dim": None, "max_length": None, "num_workers": None}
 OUTPUT_DEFAULTS = {"subset": "subset.json", "scores": "scores.csv", "html": "report.html"}
 STAGE_KEYS = {"clean": {"method", "drop", "params"}, "dedup": {"method", "params"},
-              "select": {"method", "budget", "params", "balance_tasks"}}
+              "select": {"method", "budget", "params", "balance_tasks"},
+              "tokens": {"keep", "rounds", "base", "inline", "update_epochs", "update_lr"}}
+TOKENS_DEFAULTS = {"keep": 0.6, "rounds": 1, "base": None, "inline": False, "update_epochs": 1, "update_lr": 1e-3}
 TOP_KEYS = {"pool", "images", "task_field", "seed", "out", "proxy", "probe", "stages", "output",
             "resolved"}
 
@@ -98,6 +106,9 @@ def check_stages(stages, seed: int = 0) -> list[dict]:
     stages = copy.deepcopy(stages)
     if not isinstance(stages, list) or not stages:
         raise RecipeError("stages: a non-empty list is required, e.g. [{select: {method: datatailor, budget: 0.15}}]")
+    tokens = _tokens_stage(stages)
+    if tokens is not None:
+        return check_stages(stages[:-1], seed) + [tokens]
     for k, stage in enumerate(stages):
         where = f"stages[{k}]"
         if not isinstance(stage, dict) or len(stage) != 1 or next(iter(stage)) not in STAGE_KEYS:
@@ -123,6 +134,28 @@ def check_stages(stages, seed: int = 0) -> list[dict]:
     return stages
 
 
+def _tokens_stage(stages: list) -> dict | None:
+    """The checked trailing ``tokens`` stage (defaults filled in), or None; a ``tokens`` stage elsewhere is an
+    error."""
+    where = [k for k, st in enumerate(stages) if isinstance(st, dict) and "tokens" in st]
+    if not where:
+        return None
+    if where != [len(stages) - 1] or len(stages) < 2:
+        raise RecipeError("stages: a tokens stage comes once, last, after the select stage")
+    body = stages[-1]["tokens"] or {}
+    where_ = f"stages[{len(stages) - 1}].tokens"
+    if len(stages[-1]) != 1:
+        raise RecipeError(f"{where_}: each stage is one of {sorted(STAGE_KEYS)} with its settings")
+    _check_keys(where_, body, STAGE_KEYS["tokens"])
+    body = {**TOKENS_DEFAULTS, **body}
+    keep, rounds = body["keep"], body["rounds"]
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep <= 1:
+        raise RecipeError(f"{where_}: keep must be a share in (0, 1], got {keep!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise RecipeError(f"{where_}: rounds must be an integer >= 1, got {rounds!r}")
+    return {"tokens": body}
+
+
 @dataclass
 class Recipe:
     """A checked recipe with every default filled in (``data``), and the folder its relative paths start from."""
@@ -136,7 +169,13 @@ class Recipe:
 
     @property
     def methods(self) -> list[str]:
-        return list(dict.fromkeys(next(iter(s.values()))["method"] for s in self.data["stages"]))
+        return list(dict.fromkeys(next(iter(s.values()))["method"] for s in self.data["stages"] if "tokens" not in s))
+
+    @property
+    def tokens(self) -> dict | None:
+        """The token cleaning stage's settings, or None."""
+        last = self.data["stages"][-1]
+        return last.get("tokens")
 
 
 def resolve(raw: dict, base: str | Path = ".") -> Recipe:
@@ -175,6 +214,11 @@ def resolve(raw: dict, base: str | Path = ".") -> Recipe:
         raise RecipeError(f"images: {recipe.path('images')} is not a folder")
     if "model" in proxy and not (base / proxy["model"]).is_dir():
         raise RecipeError(f"proxy.model: {base / proxy['model']} is not a folder")
+    tokens = recipe.tokens
+    if tokens and tokens["base"] is None and "model" in proxy:
+        raise RecipeError("stages: the tokens stage needs 'base' (the model before the updates) with proxy.model")
+    if tokens and tokens["base"] is not None and not (base / tokens["base"]).is_dir():
+        raise RecipeError(f"stages: tokens.base {base / tokens['base']} is not a folder")
     return recipe
 
 
@@ -226,7 +270,7 @@ def run_chain(run: str | Path, stages: list[dict], *, seed: int = 0) -> ChainRes
     from mmsift.select import select_rows
     from mmsift.store import SignalStore
 
-    stages = check_stages(stages, seed)
+    stages = [s for s in check_stages(stages, seed) if "tokens" not in s]  # token cleaning runs after the chain
     store = SignalStore(run)
     scorers = [(kind, body, make_scorer(body["method"], body.get("params"), random_state=seed))
                for kind, body in (next(iter(s.items())) for s in stages)]
@@ -270,6 +314,9 @@ def _absolute(recipe: Recipe) -> dict:
             data[key] = str(recipe.path(key).resolve()) if "*" not in str(data[key]) else str(recipe.path(key))
     if "model" in data["proxy"]:
         data["proxy"]["model"] = str((recipe.base / data["proxy"]["model"]).resolve())
+    tokens = data["stages"][-1].get("tokens")
+    if tokens and tokens["base"] is not None:
+        tokens["base"] = str((recipe.base / tokens["base"]).resolve())
     return data
 
 
@@ -306,13 +353,13 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
         model = recipe.base / data["proxy"]["model"]
     config = ProbeConfig(model=str(model), out=str(out / "run"), images=None if images is None else str(images),
                          methods=tuple(recipe.methods), seed=seed, task_field=data["task_field"], overwrite=True,
-                         **probe)
+                         signals=("token_loss",) if recipe.tokens else None, **probe)
     result = run_probe(pool_path, config)
     lines.append(f"probe: {result.n_probed} of {result.n_records} records -> {out / 'run'}")
     chain = run_chain(out / "run", data["stages"], seed=seed)
     for s in chain.stages:
         lines.append(f"{s['stage']} ({s['method']}): {s['in']} -> {s['out']} records")
-    final = next(iter(data["stages"][-1].values()))
+    final = next(st["select"] for st in data["stages"] if "select" in st)
     pool = read_pool(pool_path, task_field=data["task_field"])
     resolved_path = out / RESOLVED
     settings = {"recipe": str(resolved_path), "stages": data["stages"], "seed": seed, "versions": installed_versions(),
@@ -325,16 +372,19 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
     if outputs.get("scores"):
         write_scores(chain.selection, chain.signals.ids, chain.signals.index, chain.signals.tasks,
                      out / outputs["scores"], meaning=meaning)
+    cleaned = _token_stage(recipe, out, subset, images, lines) if recipe.tokens else None
     if outputs.get("html"):
         from mmsift.html_report import write_html_report
 
         write_html_report(out / outputs["html"], selection=chain.selection, store=result.store, pool=pool,
                           report=report, meaning=meaning, images=result.store.manifest.get("images"),
-                          rows_index=chain.signals.index)
+                          rows_index=chain.signals.index, token_entries=cleaned.entries if cleaned else None)
     resolved = _absolute(recipe)
     resolved["out"] = str(out.resolve())
     resolved["resolved"] = {"pool_sha256": digest, "versions": installed_versions(), "n_kept": len(chain.selection.rows),
                             "stages": chain.stages}
+    if cleaned is not None:
+        resolved["resolved"]["tokens"] = {"n_ranked": cleaned.n_ranked, "n_kept": cleaned.n_kept}
     resolved_path.write_text("# Written by mmsift run: every default filled in. `mmsift run` this file to redo it.\n"
                              + yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8")
     lines.append(f"kept {len(chain.selection.rows)} records ({meaning.sentence}) -> {subset}")
@@ -342,3 +392,35 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
     lines.append(f"resolved recipe -> {resolved_path}")
     return RecipeResult(out=out, resolved=resolved_path, subset=subset, ids=list(chain.selection.ids), report=report,
                         lines=lines)
+
+
+def _token_stage(recipe: Recipe, out: Path, subset: Path, images, lines: list[str]):
+    """The tokens stage: probe the kept records with the base, rank their tokens against the proxy's run, write
+    the sidecar beside the subset (and the masks inline on request). Returns the TokenCleanResult."""
+    from mmsift.data.io import read_pool
+    from mmsift.probe.config import ProbeConfig
+    from mmsift.probe.runner import run_probe
+    from mmsift.token_cleaning import TokenCleanConfig, clean_tokens, write_token_outputs
+
+    data, tokens = recipe.data, recipe.tokens
+    probe = data["probe"]
+    if tokens["base"] is not None:
+        base = recipe.base / tokens["base"]
+    else:
+        from mmsift.train.pretrain import ensure_base
+
+        base = ensure_base(None, device=probe["device"])  # what the warm-up started from
+    base_run = run_probe(subset, ProbeConfig(model=str(base), out=str(out / "run-base"),
+                                             images=None if images is None else str(images), signals=("token_loss",),
+                                             seed=data["seed"], task_field=data["task_field"], overwrite=True, **probe))
+    config = TokenCleanConfig(keep=tokens["keep"], rounds=tokens["rounds"], work=str(out / "tokens-work"),
+                              update_epochs=tokens["update_epochs"], update_lr=tokens["update_lr"],
+                              batch_size=probe["batch_size"], seed=data["seed"], device=probe["device"])
+    pool = read_pool(subset, task_field=data["task_field"])
+    cleaned = clean_tokens(base_run.store.root, out / "run", pool.records, config, pool=pool)
+    paths = write_token_outputs(pool, pool.records, cleaned, subset, inline=bool(tokens["inline"]),
+                                settings={"stage": {"tokens": tokens}, "base_run": str(out / "run-base"),
+                                          "reference_run": str(out / "run")})
+    lines.extend(f"tokens: {line}" for line in cleaned.summary_lines())
+    lines.append(f"tokens: kept {cleaned.n_kept} of {cleaned.n_ranked} answer tokens -> {paths['sidecar']}")
+    return cleaned

@@ -38,12 +38,20 @@ VECTORS = {
     "attn_txt": "COINCIDE: the same over the text tokens after the first image",
 }
 
+# Per token (store.TokenTable, tokens.parquet): one value per answer token, with its characters in its turn.
+TOKENS = {
+    "token_loss": "cross-entropy of each answer token, with the token's characters in its assistant turn "
+                  "(mmsift tokens; probe --signals token_loss)",
+}
+
 
 def describe(name: str) -> str:
     if name in SCALARS:
         return SCALARS[name]
     if name in VECTORS:
         return VECTORS[name]
+    if name in TOKENS:
+        return TOKENS[name]
     if name.startswith("cap_"):
         return f"judge rating 0-5 for capability {name[4:]!r}"
     if name.startswith("style_"):

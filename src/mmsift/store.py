@@ -5,6 +5,8 @@ Layout of a run directory::
     manifest.json              model, layer, signal names/kinds/dims, counts, skipped records, mmsift version
     signals.parquet            scalar signals, one row per sample, plus ``id``, ``index`` and ``task``
     vec_<name>.npy             float16 (N, d) arrays in the same row order, memory-mapped on read
+    tokens.parquet             per-token signal ``token_loss`` (when asked for): one row per answer token, see
+                               :class:`TokenTable`
     shards/shard-00003.*       the probe's partial output; ``shard-00003.done`` marks a finished shard
 
 Scalars live in Parquet and vectors in ``.npy`` so that a million-sample store can be opened without reading
@@ -33,6 +35,8 @@ SCALARS = "signals.parquet"
 SHARDS = "shards"
 # Columns every store carries; they are not signals.
 KEY_COLUMNS = ("id", "index", "task")
+TOKENS = "tokens.parquet"
+TOKEN_SIGNAL = "token_loss"
 
 
 class StoreError(ValueError):
@@ -81,6 +85,66 @@ class Signals:
             tasks=self.tasks[rows],
             columns={k: np.asarray(v[rows]) for k, v in self.columns.items()},
         )
+
+
+@dataclass
+class TokenTable:
+    """The per-token signal ``token_loss``: one entry per answer token, grouped by store row, in token order.
+
+    ``row``: the store row (int32, non-decreasing); ``turn``: the index of the token's assistant turn in the
+    record's turns, -1 for a token with no character of the record's text (the end-of-turn marker the chat
+    template writes); ``start``/``end``: the token's characters in that turn's text (-1 when ``turn`` is -1);
+    ``loss``: the token's cross-entropy (float32). A row without answer tokens, or whose tokens could not be
+    mapped to characters, has no entries. Memory: 20 bytes per answer token, nothing per hidden state.
+    """
+
+    row: np.ndarray
+    turn: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    loss: np.ndarray
+
+    COLUMNS = ("row", "turn", "start", "end", "loss")
+
+    def __post_init__(self) -> None:
+        for name in self.COLUMNS:
+            dtype = np.float32 if name == "loss" else np.int32
+            setattr(self, name, np.asarray(getattr(self, name), dtype=dtype))
+        lengths = {len(getattr(self, name)) for name in self.COLUMNS}
+        if len(lengths) != 1:
+            raise StoreError(f"token columns have different lengths: {sorted(lengths)}")
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @classmethod
+    def empty(cls) -> "TokenTable":
+        return cls(*(np.zeros(0) for _ in cls.COLUMNS))
+
+    @classmethod
+    def concat(cls, tables: list["TokenTable"], row_offsets) -> "TokenTable":
+        """Tables of consecutive row blocks (shards) as one, each block's rows shifted by its offset."""
+        if not tables:
+            return cls.empty()
+        parts = {name: [getattr(t, name) for t in tables] for name in cls.COLUMNS}
+        parts["row"] = [t.row + int(off) for t, off in zip(tables, row_offsets)]
+        return cls(**{name: np.concatenate(v) for name, v in parts.items()})
+
+    def check(self, n_rows: int) -> None:
+        if len(self) and (self.row.min() < 0 or self.row.max() >= n_rows or np.any(np.diff(self.row) < 0)):
+            raise StoreError(f"token rows must be non-decreasing store rows in 0..{n_rows - 1}")
+
+    def offsets(self, n_rows: int) -> np.ndarray:
+        """(n_rows + 1,) int64: the tokens of row r are ``offsets[r]:offsets[r + 1]``."""
+        return np.searchsorted(self.row, np.arange(n_rows + 1), side="left").astype(np.int64)
+
+    def to_arrow(self) -> pa.Table:
+        return pa.table({name: pa.array(getattr(self, name)) for name in self.COLUMNS})
+
+    @classmethod
+    def read(cls, path: Path) -> "TokenTable":
+        table = pq.read_table(path)
+        return cls(**{name: table.column(name).to_numpy() for name in cls.COLUMNS})
 
 
 def _vector_file(root: Path, name: str) -> Path:
@@ -139,8 +203,12 @@ def write_store(
     tasks,
     columns: dict[str, np.ndarray],
     meta: dict | None = None,
+    tokens: "TokenTable | None" = None,
 ) -> "SignalStore":
-    """Write a complete store in one go (used by :func:`from_arrays` and by the probe's final merge)."""
+    """Write a complete store in one go (used by :func:`from_arrays` and by the probe's final merge).
+
+    ``tokens``: the per-token losses (:class:`TokenTable`, rows of this store), written to ``tokens.parquet``.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     scalars, vectors = _split(columns)
@@ -151,6 +219,11 @@ def write_store(
     pq.write_table(_table(ids, index, tasks, scalars), root / SCALARS)
     for name, arr in vectors.items():
         np.save(_vector_file(root, name), np.asarray(arr, dtype=np.float16))
+    # A store rewritten without tokens must not keep those of an earlier run in the same folder.
+    (root / TOKENS).unlink(missing_ok=True)
+    if tokens is not None:
+        tokens.check(n)
+        pq.write_table(tokens.to_arrow(), root / TOKENS)
     manifest = {
         "mmsift_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -158,6 +231,9 @@ def write_store(
         "signals": _signal_spec(scalars, vectors),
         **(meta or {}),
     }
+    if tokens is not None:
+        manifest["tokens"] = {"signal": TOKEN_SIGNAL, "file": TOKENS, "n_tokens": len(tokens),
+                              "n_rows_with_tokens": int(len(np.unique(tokens.row)))}
     _write_json_atomic(root / MANIFEST, manifest)
     return SignalStore(root)
 
@@ -203,6 +279,16 @@ class SignalStore:
 
     def __len__(self) -> int:
         return int(self.manifest["count"])
+
+    @property
+    def has_tokens(self) -> bool:
+        return "tokens" in self.manifest and (self.root / TOKENS).is_file()
+
+    def load_tokens(self) -> TokenTable:
+        """The per-token losses (``token_loss``) of this run, rows in store order."""
+        if not self.has_tokens:
+            raise StoreError(f"{self.root} has no per-token losses: probe the pool again with --signals {TOKEN_SIGNAL}")
+        return TokenTable.read(self.root / TOKENS)
 
     def load(self, names=None, *, mmap: bool = True) -> Signals:
         """Read the key columns and the named signals (all when ``names`` is None).
@@ -253,9 +339,15 @@ class ShardWriter:
     def done_shards(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.shard_dir.glob("shard-*.done"))
 
-    def write(self, shard: int, *, ids, index, tasks, columns: dict[str, np.ndarray]) -> None:
+    def write(self, shard: int, *, ids, index, tasks, columns: dict[str, np.ndarray],
+              tokens: TokenTable | None = None) -> None:
+        """One shard's rows; ``tokens`` (rows counted within the shard) when the per-token signal was computed."""
         stem = self._stem(shard)
         scalars, vectors = _split(columns)
+        if tokens is not None:
+            ttmp = stem.with_suffix(".tokens.tmp")
+            pq.write_table(tokens.to_arrow(), ttmp)
+            os.replace(ttmp, stem.with_suffix(".tokens.parquet"))
         tmp = stem.with_suffix(".parquet.tmp")
         pq.write_table(_table(ids, index, tasks, scalars), tmp)
         os.replace(tmp, stem.with_suffix(".parquet"))
@@ -284,9 +376,21 @@ class ShardWriter:
         ids = table.column("id").to_pylist() if table is not None else []
         index = table.column("index").to_numpy() if table is not None else np.zeros(0, np.int64)
         tasks = table.column("task").to_pylist() if table is not None else []
-        store = write_store(self.root, ids=ids, index=index, tasks=tasks, columns=columns, meta=meta)
+        store = write_store(self.root, ids=ids, index=index, tasks=tasks, columns=columns, meta=meta,
+                            tokens=self._merged_tokens(shards, [t.num_rows for t in tables]))
         if not keep_shards:
             for p in self.shard_dir.iterdir():
                 p.unlink()
             self.shard_dir.rmdir()
         return store
+
+    def _merged_tokens(self, shards: list[int], rows_per_shard: list[int]) -> TokenTable | None:
+        """The shards' token tables as one over the merged rows, or None when no shard wrote one."""
+        files = [self._stem(s).with_suffix(".tokens.parquet") for s in shards]
+        if not any(f.is_file() for f in files):
+            return None
+        missing = [s for s, f in zip(shards, files) if not f.is_file()]
+        if missing:
+            raise StoreError(f"cannot merge: shards {missing} have no per-token losses while others have")
+        offsets = np.concatenate([[0], np.cumsum(rows_per_shard)[:-1]]).astype(np.int64)
+        return TokenTable.concat([TokenTable.read(f) for f in files], offsets)

@@ -41,10 +41,12 @@ def _wire_commands() -> None:
     from mmsift.cli.probe import probe_command
     from mmsift.cli.run import demo_command, run_command
     from mmsift.cli.select import methods_command, select_command
+    from mmsift.cli.tokens import tokens_command
     from mmsift.cli.warmup import warmup_command
 
     for name, command in (("demo", demo_command), ("validate", validate_command), ("warmup", warmup_command),
                           ("probe", probe_command), ("judge", judge_command), ("select", select_command),
+                          ("tokens", tokens_command),
                           ("run", run_command), ("methods", methods_command), ("bench", bench_command)):
         app.command(name, cls=Command)(command)
 

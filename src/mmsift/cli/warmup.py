@@ -35,13 +35,16 @@ def warmup_command(
     max_failures: Annotated[float, typer.Option(
         "--max-failures", help="Share of records that may fail before the run is stopped as a systematic error "
                                "(broken install or model).")] = DEFAULT_MAX_FAILURE_RATE,
+    token_masks: Annotated[Optional[Path], typer.Option(
+        "--token-masks", help="Token cleaning sidecar (mmsift tokens): masked answer tokens leave the loss.")] = None,
 ) -> None:
     """Make the bundled small proxy for a pool: the pretrained base, instruction-tuned on the pool (vision frozen)."""
     from mmsift.train.warmup import WarmupConfig, read_warmup_log, shuffle_line, warmup
 
     config = WarmupConfig(out=str(out), images=None if images is None else str(images), n_samples=n_samples,
                           epochs=epochs, min_steps=min_steps, lr=lr, batch_size=batch_size, seed=seed, device=device,
-                          task_field=task_field, base=base, max_failure_rate=max_failures)
+                          task_field=task_field, base=base, max_failure_rate=max_failures,
+                          token_masks=None if token_masks is None else str(token_masks))
     try:
         path = warmup(data, config)
     except SystematicFailure as e:

@@ -143,8 +143,14 @@ def _write_shard(spec: ShardSpec, rows: dict[int, dict], fail: ShardFailures, lm
     from mmsift.probe.perturb import is_multiple_choice
     from mmsift.scorers.ards import first_turn_format
 
+    from mmsift.probe.tokens import TOKEN_SIGNALS, shard_token_table
+
     cfg = spec.config
     keep = [i for i in range(len(spec.records)) if i in rows]
+    tokens = None
+    if set(TOKEN_SIGNALS) & set(cfg.signals):  # per-token losses go to their own table, not to the columns
+        tokens, _ = shard_token_table(lm.adapter, [spec.records[i] for i in keep],
+                                      [rows[i].pop(TOKEN_SIGNALS[0]) for i in keep])
     columns: dict[str, list] = {}
     for i in keep:
         rec = spec.records[i]
@@ -157,13 +163,14 @@ def _write_shard(spec: ShardSpec, rows: dict[int, dict], fail: ShardFailures, lm
             r["fmt"] = first_turn_format(rec.turns, len(rec.images))
         for k in cfg.signals:
             # Variants that do not apply to a record (loss_sym of a non-MC item...) are NaN.
-            columns.setdefault(k, []).append(r.get(k, np.nan))
+            if k not in TOKEN_SIGNALS:
+                columns.setdefault(k, []).append(r.get(k, np.nan))
     arrays = _to_arrays(columns, cfg, lm.adapter, lm.model)
     recs = [spec.records[i] for i in keep]
     fails = fail.as_rows()
     failure_file(spec.out, spec.shard).write_text(json.dumps(fails, ensure_ascii=False) + "\n", encoding="utf-8")
     ShardWriter(spec.out).write(spec.shard, ids=[r.id for r in recs], index=[r.index for r in recs],
-                                tasks=[r.task or "all" for r in recs], columns=arrays)
+                                tasks=[r.task or "all" for r in recs], columns=arrays, tokens=tokens)
     for f in fails:
         log.warning("record %s (index %d) not probed: %s: %s", f["id"], f["index"], f["kind"], f["message"])
 
@@ -209,8 +216,12 @@ def _batch(adapter, model, items, cfg, opts, device, dtype) -> list[dict]:
 def _to_arrays(columns: dict[str, list], cfg: ShardConfig, adapter, model) -> dict[str, np.ndarray]:
     from mmsift.probe.signals import VECTOR_SIGNALS
 
+    from mmsift.probe.tokens import TOKEN_SIGNALS
+
     arrays: dict[str, np.ndarray] = {}
     for name in cfg.signals:
+        if name in TOKEN_SIGNALS:
+            continue
         vals = columns.get(name)
         if name in VECTOR_SIGNALS:
             d = _vector_dim(name, cfg, adapter, model)

@@ -27,6 +27,8 @@ Conventions (all per sample, padding never counts: every reduction is masked by 
   eigenvalues of the smaller Gram matrix (H H^T or H^T H) in float64 with ``torch.linalg.eigvalsh``, batched on
   the model's device. Eigenvalues below max(eig) * size * eps(float64) are set to zero: padding rows add exact
   zeros in theory and rounding noise in practice, and this keeps batched and single results equal.
+- ``token_loss``: every answer token's CE, kept per sample (not reduced) and stored with the token's characters in
+  its assistant turn (probe/tokens.py, ``store.TokenTable``).
 - Vectors can be reduced to ``vector_dim`` columns with a seeded Gaussian random projection (N(0, 1/k) entries,
   seed from (seed, signal name, width)), identical in every process.
 """
@@ -44,6 +46,7 @@ from mmsift.models.base import Batch, FamilyAdapter
 from mmsift.models.capture import record_inputs
 from mmsift.models.losses import segment_mean, token_losses
 from mmsift.probe.perturb import stable_seed
+from mmsift.probe.tokens import TOKEN_SIGNALS, split_token_losses
 
 FORWARD_SCALARS = ("loss", "el2n", "tok_loss_max", "tok_loss_std", "sv_entropy", "sv_tau")
 BOOK_SCALARS = ("n_tokens", "n_answer_tokens", "n_rounds", "n_images")
@@ -51,7 +54,7 @@ VARIANT_LOSSES = ("loss_noq", "loss_mc", "loss_sym", "loss_perm", "loss_imgnoise
 TEXT_SIGNALS = ("is_mc", "fmt")
 VECTOR_SIGNALS = ("last", "last_final", "mean", "attn_pool", "img_mean", "txt_mean", "attn_img", "attn_txt")
 COINCIDE_VECTORS = ("attn_img", "attn_txt")
-KNOWN = frozenset(FORWARD_SCALARS + BOOK_SCALARS + VARIANT_LOSSES + TEXT_SIGNALS + VECTOR_SIGNALS)
+KNOWN = frozenset(FORWARD_SCALARS + BOOK_SCALARS + VARIANT_LOSSES + TEXT_SIGNALS + VECTOR_SIGNALS + TOKEN_SIGNALS)
 # COINCIDE's feature layers in its reference model (TinyLLaVA-2.0B, whose language model has 24 decoder layers).
 COINCIDE_LAYERS = (3, 7, 11, 15, 19)
 COINCIDE_DEPTH = 24
@@ -190,6 +193,8 @@ def batch_signals(adapter: FamilyAdapter, model, batch: Batch, names, opts: Sign
     mean, count = segment_mean(rows, ce, b)
     out["loss"] = mean.cpu().numpy()
     out["n_answer_tokens"] = count.cpu().numpy().astype(np.int64)
+    if "token_loss" in names:  # per sample, not a column: probe/tokens.py stores it with its characters
+        out["token_loss"] = split_token_losses(rows, ce, b)
     if "el2n" in names:
         out["el2n"] = segment_mean(rows, el2n, b)[0].cpu().numpy()
     if "tok_loss_max" in names:

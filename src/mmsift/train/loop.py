@@ -55,10 +55,11 @@ class TrainResult:
     n_samples: int = 0
     n_failed: int = 0
     seconds: float = 0.0
+    token_masks: dict = field(default_factory=dict)  # counts from train.masks.masked_inputs when masks were given
 
 
 def train_model(model, records, images_dir, config: TrainConfig, *, encoded: list | None = None,
-                progress: str | None = None, log_dir=None) -> TrainResult:
+                progress: str | None = None, log_dir=None, token_masks: dict | None = None) -> TrainResult:
     """Train ``model`` (a model directory, or a :class:`~mmsift.models.loading.LoadedModel` trained in place) on
     ``records`` with ``config``.
 
@@ -66,13 +67,23 @@ def train_model(model, records, images_dir, config: TrainConfig, *, encoded: lis
     the records cannot be encoded, raises :class:`mmsift.failures.SystematicFailure` (traceback log in
     ``log_dir``). ``encoded``: the records' inputs already encoded by this model's adapter
     (:func:`mmsift.models.encode.encode_records`), so a caller that trains many subsets of one pool encodes its
-    images once. ``progress``: a tqdm bar with that label over the steps (None: no bar).
+    images once. ``progress``: a tqdm bar with that label over the steps (None: no bar). ``token_masks``: record
+    id -> assistant turn -> masked character spans (a token cleaning sidecar,
+    :func:`mmsift.token_select.read_sidecar`); the masked answer tokens leave the loss (``train.masks``), records
+    without an entry train on every answer token; with ``encoded``, ``records`` must be the encoded records.
     """
     import torch
 
     t0 = time.perf_counter()
     lm = model if isinstance(model, LoadedModel) else load_model(model, device=config.device, dtype="float32")
-    encs, n_failed = _encoded_inputs(lm, records, images_dir, encoded, config, log_dir)
+    encs, failed = _encoded_inputs(lm, records, images_dir, encoded, config, log_dir)
+    mask_counts: dict = {}
+    if token_masks is not None:
+        from mmsift.train.masks import masked_inputs
+
+        failed_ids = {f[0] for f in failed}
+        encs, mask_counts = masked_inputs(lm.adapter, [r for r in records if r.id not in failed_ids], encs,
+                                          token_masks)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     total = config.steps if config.steps is not None else config.epochs * math.ceil(len(encs) / config.batch_size)
@@ -91,11 +102,12 @@ def train_model(model, records, images_dir, config: TrainConfig, *, encoded: lis
         except Exception as e:  # every batch holds many records: a failing step is not one bad record
             raise step_failure("warmup", f"training step {len(losses) + 1}", e, log_dir) from e
     lm.model.eval()
-    return TrainResult(lm, losses, epoch_losses, len(encs), n_failed, time.perf_counter() - t0)
+    return TrainResult(lm, losses, epoch_losses, len(encs), len(failed), time.perf_counter() - t0, mask_counts)
 
 
-def _encoded_inputs(lm, records, images_dir, encoded, config: TrainConfig, log_dir) -> tuple[list, int]:
-    """The training inputs, and how many records could not be encoded (reported; too many stop the run)."""
+def _encoded_inputs(lm, records, images_dir, encoded, config: TrainConfig, log_dir) -> tuple[list, list]:
+    """The training inputs, and the records that could not be encoded as (id, kind, message, traceback)
+    (reported; too many stop the run)."""
     encs, failed = (list(encoded), []) if encoded is not None else encode_records(lm.adapter, records, images_dir)
     guard = FailureGuard("warmup", log_dir=log_dir, max_failure_rate=config.max_failure_rate)
     guard.ok(len(encs))
@@ -104,7 +116,7 @@ def _encoded_inputs(lm, records, images_dir, encoded, config: TrainConfig, log_d
     guard.check(final=True)
     for rid, kind, msg, _ in failed:
         log.warning("record %s not used for training: %s: %s", rid, kind, msg)
-    return encs, len(failed)
+    return encs, failed
 
 
 def _optimizer(lm, config: TrainConfig, total: int):

@@ -45,14 +45,15 @@ class TargetRecipe:
 
 
 def train_target(init, records, images_dir, *, recipe: TargetRecipe, seed: int, device: str = "cpu",
-                 encoded: list | None = None, steps: int | None = None):
+                 encoded: list | None = None, steps: int | None = None, token_masks: dict | None = None):
     """Train a fresh copy of ``init`` (a model directory, or a ``LoadedModel`` that is copied, not changed) on
     ``records`` (``mmsift.data.records.Record``), vision tower frozen.
 
     Returns the loop's ``TrainResult`` (``.model`` is a ``LoadedModel``; ``.losses``, ``.seconds``,
     ``.n_failed``). Records the loop cannot encode are logged and counted there, never silently dropped.
     ``encoded``: the records already encoded (see ``train_model``; ``records`` may then be None);
-    ``steps`` overrides the recipe's count.
+    ``steps`` overrides the recipe's count. ``token_masks``: token cleaning masks (see ``train_model``; with
+    ``encoded``, pass the encoded records as ``records`` too); the step count still follows the number of records.
     """
     n_samples = len(encoded) if encoded is not None else len(records or ())
     if not n_samples:
@@ -61,7 +62,8 @@ def train_target(init, records, images_dir, *, recipe: TargetRecipe, seed: int, 
     with deterministic(recipe.threads):
         config = TrainConfig(steps=steps, lr=recipe.lr, batch_size=recipe.batch_size, seed=seed, device=device,
                              freeze_vision=True)
-        result = train_model(_fresh(init), list(records or ()), images_dir, config, encoded=encoded)
+        result = train_model(_fresh(init), list(records or ()), images_dir, config, encoded=encoded,
+                             token_masks=token_masks)
     log.info("trained target on %d samples: %d steps, %.1fs, final loss %.3f", result.n_samples, steps,
              result.seconds, sum(result.losses[-10:]) / max(1, len(result.losses[-10:])))
     return result

@@ -42,7 +42,8 @@ class WarmupConfig:
     ``images``: the folder image paths are relative to (default: the pool file's folder). ``out``: the model
     directory written. ``n_samples``: random good records to train on (default: all). Training runs ``epochs``
     passes but at least ``min_steps`` steps. ``lr``: default 1e-3 from the base, 3e-3 with ``base="none"``.
-    ``base_recipe``: a :class:`~mmsift.train.pretrain.BaseRecipe` other than the default.
+    ``base_recipe``: a :class:`~mmsift.train.pretrain.BaseRecipe` other than the default. ``token_masks``: a token
+    cleaning sidecar (``mmsift tokens``); the masked answer tokens leave the warm-up's loss.
     """
 
     out: str
@@ -60,6 +61,7 @@ class WarmupConfig:
     max_tokenizer_texts: int = 50_000
     progress: bool = True
     max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
+    token_masks: str | None = None
 
     def check(self) -> None:
         """Raise a ValueError naming the first setting out of range."""
@@ -160,8 +162,13 @@ def warmup(data, config: WarmupConfig) -> Path:
     steps = max(config.min_steps, config.epochs * math.ceil(len(subset) / config.batch_size))
     train = TrainConfig(steps=steps, lr=config.learning_rate(), batch_size=config.batch_size, seed=config.seed,
                         device=config.device, freeze_vision=frozen, max_failure_rate=config.max_failure_rate)
+    masks = None
+    if config.token_masks is not None:
+        from mmsift.token_select import read_sidecar
+
+        masks = read_sidecar(config.token_masks)
     result = train_model(model_in, subset, images_dir, train, progress="warm-up" if config.progress else None,
-                         log_dir=out)
+                         log_dir=out, token_masks=masks)
     result.model.model.save_pretrained(out)
     shuffle = image_shuffle_test(result.model, subset, images_dir, seed=config.seed, batch_size=config.batch_size)
     info = {
@@ -181,6 +188,7 @@ def warmup(data, config: WarmupConfig) -> Path:
         "vision_frozen": frozen,
         "pool_perception": perception,
         "image_shuffle": shuffle,
+        "token_masks": None if masks is None else {"sidecar": str(config.token_masks), **result.token_masks},
         "losses": result.losses,
         "epoch_losses": result.epoch_losses,
         "seconds": round(time.perf_counter() - t0, 2),
