@@ -38,8 +38,8 @@ def probe_command(
     vector_dim: Annotated[Optional[int], typer.Option(
         "--vector-dim", help="Reduce stored vectors to this many dims (seeded random projection).")] = None,
     num_workers: Annotated[Optional[int], typer.Option(
-        "--num-workers", help="DataLoader worker processes for decoding/tokenising (default: on CPU 2 for "
-                              "shards of 64+ records, else 0; up to 8 on GPU).")] = None,
+        "--num-workers", help="DataLoader worker processes for decoding/tokenising (default: 0 on CPU, "
+                              "up to 8 on GPU).")] = None,
     max_pixels: Annotated[Optional[int], typer.Option(
         "--max-pixels", help="Scale larger images down to this many pixels (aspect kept) before the processor.")] = None,
     max_image_tokens: Annotated[Optional[int], typer.Option(

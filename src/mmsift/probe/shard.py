@@ -135,16 +135,13 @@ def _length_sorted_batches(adapter, records: list[Record], cfg: ShardConfig, fai
     return batches
 
 
-def default_workers(device: str, n_records: int) -> int:
+def default_workers(device: str) -> int:
     """DataLoader workers when ``--num-workers`` is not given. On GPU the per-sample CPU work (decode, template,
-    tokenise) must overlap the forward passes; on CPU two workers pay for their start-up from 64 records a shard
-    (docs/performance.md, "DataLoader workers")."""
+    tokenise) must overlap the forward passes. On CPU the workers compete with the forward pass for the same cores:
+    on the 2-core dev machine two workers were slower than none (docs/performance.md, "DataLoader workers")."""
     if str(device) != "cpu":
         return min(8, max(1, (os.cpu_count() or 2) - 1))
-    return 2 if n_records >= CPU_WORKERS_FROM else 0
-
-
-CPU_WORKERS_FROM = 64
+    return 0
 
 
 def _loader(spec: ShardSpec, lm, batches: list[list[int]]):
@@ -159,7 +156,7 @@ def _loader(spec: ShardSpec, lm, batches: list[list[int]]):
                       max_length=max_length or None)
     workers = cfg.num_workers
     if workers is None:
-        workers = default_workers(cfg.device, len(spec.records))
+        workers = default_workers(cfg.device)
     return torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=as_list, num_workers=workers,
                                        prefetch_factor=4 if workers else None, persistent_workers=False)
 
