@@ -193,3 +193,18 @@ def test_a_model_without_the_declared_structure_is_refused(loaded):
 
     with pytest.raises(UnsupportedFamily, match="decoder layers at model.model.nowhere.layers"):
         check_structure(loaded.model, Quirks(decoder="nowhere"))
+
+
+def test_the_judge_loads_every_family_and_answers(tiny, tmp_path):
+    """The judge takes the same processors (video families and Mistral 3 without torchvision); batched answers of
+    requests with two, one and no images are strings."""
+    from mmsift.judge.backends import JudgeRequest
+    from mmsift.judge.hf_backend import HFBackend
+
+    for i, (w, h) in enumerate([(64, 48), (48, 64)]):
+        pil(w, h, "red").save(tmp_path / f"{i}.png")
+    reqs = [JudgeRequest("Rate it.", (tmp_path / "0.png", tmp_path / "1.png")),
+            JudgeRequest("Rate it.", (tmp_path / "0.png",)), JudgeRequest("Rate it, a longer one.", (tmp_path / "1.png",)),
+            JudgeRequest("Say hi.")]
+    answers = HFBackend(model_dir=tiny[1], batch_size=4, max_new_tokens=3).generate(reqs)
+    assert all(isinstance(a, str) for a in answers), answers

@@ -142,8 +142,8 @@ class PixtralImageProcessor:
         return dict(self.image_processor(flat, patch_size={"height": self.block, "width": self.block},
                                          return_tensors="pt"))
 
-    def __call__(self, *, text, images=None, return_tensors="pt", add_special_tokens=True,
-                 return_offsets_mapping=False, return_text_replacement_offsets=False):
+    def __call__(self, *, text, images=None, return_tensors="pt", add_special_tokens=True, padding=False,
+                 padding_side=None, return_offsets_mapping=False, return_text_replacement_offsets=False):
         from transformers import BatchFeature
 
         texts = [text] if isinstance(text, str) else list(text)
@@ -153,8 +153,9 @@ class PixtralImageProcessor:
             pixels = self._pixels(flat)
             blocks = iter(self._image_block(int(h), int(w)) for h, w in pixels["image_sizes"])
             texts = [self._expand(t, blocks, replaced[n]) for n, t in enumerate(texts)]
+        side = {"padding_side": padding_side} if padding_side else {}
         enc = self.tokenizer(texts, return_tensors=return_tensors, add_special_tokens=add_special_tokens,
-                             return_offsets_mapping=return_offsets_mapping)
+                             padding=padding, return_offsets_mapping=return_offsets_mapping, **side)
         out = {**enc, **pixels}
         if return_text_replacement_offsets:
             out["text_replacement_offsets"] = replaced
