@@ -208,3 +208,23 @@ def test_the_judge_loads_every_family_and_answers(tiny, tmp_path):
             JudgeRequest("Say hi.")]
     answers = HFBackend(model_dir=tiny[1], batch_size=4, max_new_tokens=3).generate(reqs)
     assert all(isinstance(a, str) for a in answers), answers
+
+
+def test_training_steps_every_family_with_its_vision_tower_frozen(tiny, tiny_llava_pool):
+    """Warm-up and training load through the same adapter: two steps lower nothing in the frozen vision tower
+    (found by the family's declared name) and change the decoder."""
+    from mmsift.data.io import read_pool
+    from mmsift.models.loading import load_model
+    from mmsift.train.loop import TrainConfig, train_model
+
+    pool, images = tiny_llava_pool
+    lm = load_model(tiny[1], device="cpu", dtype="float32")
+    tower = lm.adapter.vision_tower(lm.model)
+    assert tower is not None
+    before_tower = [p.detach().clone() for p in tower.parameters()]
+    _, layers = lm.adapter.decoder_layers(lm.model)
+    before_dec = layers[0].self_attn.q_proj.weight.detach().clone()
+    result = train_model(lm, read_pool(pool).records, images, TrainConfig(steps=2, batch_size=3, freeze_vision=True))
+    assert result.n_failed == 0
+    assert all(torch.equal(a, b) for a, b in zip(before_tower, tower.parameters()))
+    assert not torch.equal(before_dec, layers[0].self_attn.q_proj.weight)
