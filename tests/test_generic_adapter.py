@@ -228,3 +228,50 @@ def test_training_steps_every_family_with_its_vision_tower_frozen(tiny, tiny_lla
     assert result.n_failed == 0
     assert all(torch.equal(a, b) for a, b in zip(before_tower, tower.parameters()))
     assert not torch.equal(before_dec, layers[0].self_attn.q_proj.weight)
+
+
+def fifty_record_pool(root):
+    """50 LLaVA records: one, two or no images of varied sizes, one to three rounds, a multiple-choice round."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    (root / "img").mkdir(parents=True)
+    sizes = [(64, 48), (48, 64), (32, 32), (96, 40), (40, 96)]
+    for i, (w, h) in enumerate(sizes):
+        pil(w, h, ["red", "blue", "green", "white", "black"][i]).save(root / "img" / f"{i}.png")
+    words = "what colour shape is it the red blue circle square same compare".split()
+    records = []
+    for i in range(50):
+        n_img = [1, 1, 2, 0][i % 4]
+        conv = []
+        for r in range(1 + i % 3):
+            q = " ".join(rng.choice(words) for _ in range(rng.randint(2, 9))) + "?"
+            if r == 0 and i % 7 == 3:
+                q += "\nA. red\nB. blue\nAnswer with the option's letter."
+            conv += [{"from": "human", "value": ("<image>\n" * n_img if r == 0 else "") + q},
+                     {"from": "gpt", "value": "A" if r == 0 and i % 7 == 3 else
+                      " ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) + "."}]
+        rec = {"id": f"p{i}", "conversations": conv}
+        if n_img:
+            rec["image"] = [f"img/{rng.randrange(len(sizes))}.png" for _ in range(n_img)]
+        records.append(rec)
+    (root / "pool.json").write_text(json.dumps(records), encoding="utf-8")
+    return root / "pool.json", root
+
+
+def test_fifty_record_pool_every_signal(tiny, tmp_path):
+    from mmsift.probe.config import ProbeConfig
+    from mmsift.probe.runner import run_probe
+    from mmsift.probe.signals import KNOWN
+
+    pool, root = fifty_record_pool(tmp_path / "pool")
+    result = run_probe(pool, ProbeConfig(images=root, model=tiny[1], out=tmp_path / "run", signals=sorted(KNOWN),
+                                         batch_size=8, shard_size=25))
+    assert result.n_skipped == 0, result.skipped
+    sig = result.store.load()
+    assert len(sig) == 50
+    for col in ("loss", "el2n", "tok_loss_max", "tok_loss_std", "sv_entropy", "sv_tau", "loss_noq"):
+        assert np.isfinite(sig[col]).all(), col
+    for vec in ("last", "mean", "attn_pool", "img_mean", "txt_mean"):
+        assert np.isfinite(np.asarray(sig[vec], dtype=np.float32)).all(), vec
