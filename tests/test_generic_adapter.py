@@ -204,7 +204,8 @@ def test_the_judge_loads_every_family_and_answers(tiny, tmp_path):
     for i, (w, h) in enumerate([(64, 48), (48, 64)]):
         pil(w, h, "red").save(tmp_path / f"{i}.png")
     reqs = [JudgeRequest("Rate it.", (tmp_path / "0.png", tmp_path / "1.png")),
-            JudgeRequest("Rate it.", (tmp_path / "0.png",)), JudgeRequest("Rate it, a longer one.", (tmp_path / "1.png",)),
+            JudgeRequest("Rate it.", (tmp_path / "0.png",)),
+            JudgeRequest("Rate it, a longer one.", (tmp_path / "1.png",)),
             JudgeRequest("Say hi.")]
     answers = HFBackend(model_dir=tiny[1], batch_size=4, max_new_tokens=3).generate(reqs)
     assert all(isinstance(a, str) for a in answers), answers

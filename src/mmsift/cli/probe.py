@@ -41,9 +41,11 @@ def probe_command(
         "--num-workers", help="DataLoader worker processes for decoding/tokenising (default: 0 on CPU, "
                               "up to 8 on GPU).")] = None,
     max_pixels: Annotated[Optional[int], typer.Option(
-        "--max-pixels", help="Scale larger images down to this many pixels (aspect kept) before the processor.")] = None,
+        "--max-pixels", help="Scale larger images down to this many pixels (aspect kept) before the "
+                             "processor.")] = None,
     max_image_tokens: Annotated[Optional[int], typer.Option(
-        "--max-image-tokens", help="Scale images down until the processor gives them at most this many tokens.")] = None,
+        "--max-image-tokens", help="Scale images down until the processor gives them at most this many "
+                                   "tokens.")] = None,
     max_batch_tokens: Annotated[Optional[int], typer.Option(
         "--max-batch-tokens", help="Fill length-sorted batches up to this many padded tokens instead of "
                                    "--batch-size records (bounds memory with large images).")] = None,

@@ -21,8 +21,8 @@ class ProbeConfig:
     ``limit`` good records. ``num_workers``: DataLoader worker processes (None: 0 on CPU, up to 8 on GPU).
     ``max_length``: the longest input (default: the model's context). ``max_pixels`` / ``max_image_tokens``: per-image
     bounds; a larger image is scaled down (aspect kept) before the processor. ``max_batch_tokens``: fill each
-    length-sorted batch up to this many (padded) tokens instead of ``batch_size`` records. When more than ``max_failure_rate`` of
-    the records tried in a shard fail, the run stops with :class:`mmsift.failures.SystematicFailure`.
+    length-sorted batch up to this many (padded) tokens instead of ``batch_size`` records. When more than
+    ``max_failure_rate`` of the records tried in a shard fail, the run stops with :class:`mmsift.failures.SystematicFailure`.
     ``overwrite`` discards a previous run with other settings in ``out``. ``executor``: ``local`` or ``ray``
     (with ``ray_address`` / ``ray_workers``).
     """
