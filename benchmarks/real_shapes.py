@@ -139,20 +139,29 @@ def measure(args) -> dict:
     t0 = time.perf_counter()
     if args.plain:
         tokens = plain_loop(lm, pool)
+        wall = time.perf_counter() - t0
     else:
         from mmsift.probe.config import ProbeConfig
         from mmsift.probe.runner import run_probe
 
-        store = run_probe(pool, ProbeConfig(model=args.model, out=str(Path(args.workdir) / "run"), overwrite=True,
+        run_probe(pool, ProbeConfig(model=args.model, out=str(Path(args.workdir) / "run"), overwrite=True,
                                             signals=("loss", "el2n", "last", "mean", "attn_pool", "img_mean"),
                                             batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
-                                            num_workers=0)).store
-        tokens = [int(v) for v in store.load(["n_tokens"])["n_tokens"]]
-    wall = time.perf_counter() - t0
+                                            num_workers=0))
+        wall = time.perf_counter() - t0
+        tokens = record_tokens(lm, pool)  # n_tokens counts text only; image tokens are added here, untimed
     return {"setting": "plain" if args.plain else (f"max_batch_tokens={args.max_batch_tokens}"
                                                     if args.max_batch_tokens else f"batch_size={args.batch_size}"),
             "tokens_per_record": tokens, "rss_after_load_mib": round(after_load), "peak_rss_mib": round(rss_mib()),
             "wall_s": round(wall, 2), "tokens_per_s": round(sum(tokens) / wall, 1)}
+
+
+def record_tokens(lm, pool: Path) -> list[int]:
+    """Input tokens of each record (image tokens included), as the adapter encodes it."""
+    from mmsift.data.images import load_images
+    from mmsift.data.io import read_pool
+
+    return [len(lm.adapter.encode(rec.turns, load_images(rec, pool.parent))) for rec in read_pool(pool).records]
 
 
 def plain_loop(lm, pool: Path) -> list[int]:
