@@ -118,6 +118,53 @@ def build_llava_7b_shape(out: Path, texts, *, device: str, dtype):
     return model, processor
 
 
+def build_qwen25_vl_7b_shape(out: Path, *, device: str, dtype):
+    """Qwen2.5-VL-7B shape (random weights: 28 decoder layers of 3584, a 32-layer 1280-wide vision tower) on
+    ``device``; the tokenizer, processor and template of the tiny test checkpoint (tests/tiny_families.py) with
+    Qwen's real image-processor settings; config + processor saved, weights kept in memory."""
+    import json
+    import shutil
+    import sys
+
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tiny_families import build_tiny
+
+    from mmsift.models.processors import load_processor
+    from mmsift.models.quirks import quirks_for
+
+    build_tiny("qwen2_5_vl", out)
+    config = AutoConfig.from_pretrained(out, local_files_only=True)
+    text = config.get_text_config()
+    for k, v in dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                     num_key_value_heads=4, head_dim=128, max_position_embeddings=32768, vocab_size=152064,
+                     rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}
+                     ).items():
+        setattr(text, k, v)
+    text.layer_types = ["full_attention"] * text.num_hidden_layers
+    for k, v in dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                     patch_size=14, window_size=112, fullatt_block_indexes=[7, 15, 23, 31]).items():
+        setattr(config.vision_config, k, v)
+    for f in ("model.safetensors", "config.json"):
+        (out / f).unlink()
+    config.save_pretrained(out)
+    proc = json.loads((out / "processor_config.json").read_text())
+    proc["image_processor"].update(size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}, patch_size=14)
+    (out / "processor_config.json").write_text(json.dumps(proc, indent=2))
+    shutil.rmtree(out / ".cache", ignore_errors=True)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    finally:
+        torch.set_default_dtype(default)
+    return model, load_processor(out, quirks_for("qwen2_5_vl"), model_type="qwen2_5_vl")
+
+
 def load_into_runner(path: Path, args, prebuilt=None):
     """The LoadedModel the runner will use, placed in its per-process cache (so runs below skip loading)."""
     from mmsift.models import loading as probe_models
@@ -276,7 +323,7 @@ def peak_tflops(device: str, given: float | None) -> tuple[float | None, str]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", choices=["tiny", "llava-7b-shape"], default="tiny")
+    ap.add_argument("--model", choices=["tiny", "llava-7b-shape", "qwen2.5-vl-7b-shape"], default="tiny")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
     ap.add_argument("--n", type=int, default=24, help="records in the pool")
@@ -300,16 +347,20 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mmsift-throughput-"))
-    side = 336 if args.model == "llava-7b-shape" else 32
+    side = {"llava-7b-shape": 336, "qwen2.5-vl-7b-shape": 448}.get(args.model, 32)
     pool, images, texts = make_pool(work / "pool", args.n, side=side, seed=args.seed)
     if args.model == "tiny":
         model_dir = build_proxy(work / "tiny", texts=texts)
         lm = load_into_runner(model_dir, args)
-    else:
+    elif args.model == "llava-7b-shape":
         model_dir = work / "llava-7b-shape"
         dtype = resolve_dtype(args.dtype, args.device)
         lm = load_into_runner(model_dir, args, build_llava_7b_shape(model_dir, texts, device=args.device,
                                                                     dtype=dtype))
+    else:
+        model_dir = work / "qwen2.5-vl-7b-shape"
+        dtype = resolve_dtype(args.dtype, args.device)
+        lm = load_into_runner(model_dir, args, build_qwen25_vl_7b_shape(model_dir, device=args.device, dtype=dtype))
     records = read_pool(pool).records
     params = sum(p.numel() for p in lm.model.parameters())
 

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 RESOLVED = "recipe.resolved.yaml"
 WARMUP_DEFAULTS = {"n_samples": 256, "epochs": 3, "lr": 3e-3, "batch_size": 16}
 PROBE_DEFAULTS = {"device": "cpu", "dtype": None, "batch_size": 8, "layer": -2, "shard_size": 256,
-                  "vector_dim": None, "max_length": None, "num_workers": None}
+                  "vector_dim": None, "max_length": None, "num_workers": None, "max_pixels": None,
+                  "max_image_tokens": None, "max_batch_tokens": None}
 OUTPUT_DEFAULTS = {"subset": "subset.json", "scores": "scores.csv", "html": "report.html"}
 STAGE_KEYS = {"clean": {"method", "drop", "params"}, "dedup": {"method", "params"},
               "select": {"method", "budget", "params", "balance_tasks"},

@@ -40,6 +40,15 @@ def probe_command(
     num_workers: Annotated[Optional[int], typer.Option(
         "--num-workers", help="DataLoader worker processes for decoding/tokenising (default: 0 on CPU, "
                               "up to 8 on GPU).")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(
+        "--max-pixels", help="Scale larger images down to this many pixels (aspect kept) before the "
+                             "processor.")] = None,
+    max_image_tokens: Annotated[Optional[int], typer.Option(
+        "--max-image-tokens", help="Scale images down until the processor gives them at most this many "
+                                   "tokens.")] = None,
+    max_batch_tokens: Annotated[Optional[int], typer.Option(
+        "--max-batch-tokens", help="Fill length-sorted batches up to this many padded tokens instead of "
+                                   "--batch-size records (bounds memory with large images).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Probe only the first N valid records.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
     max_failures: Annotated[float, typer.Option(
@@ -54,7 +63,8 @@ def probe_command(
     config = ProbeConfig(model=str(model), out=str(out), images=None if images is None else str(images),
                          methods=tuple(csv_list(methods)) or None, signals=tuple(csv_list(signals)) or None,
                          device=device, dtype=dtype, batch_size=batch_size, layer=layer, vector_dim=vector_dim,
-                         num_workers=num_workers, task_field=task_field, shard_size=shard_size, limit=limit,
+                         num_workers=num_workers, max_pixels=max_pixels, max_image_tokens=max_image_tokens,
+                         max_batch_tokens=max_batch_tokens, task_field=task_field, shard_size=shard_size, limit=limit,
                          overwrite=overwrite, executor=executor, ray_address=ray_address, ray_workers=ray_workers,
                          max_failure_rate=max_failures)
     try:

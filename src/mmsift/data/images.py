@@ -106,3 +106,22 @@ def load_images(record: Record, images_dir) -> list:
             im.load()
             out.append(im.convert("RGB"))
     return out
+
+
+def header_sizes(record: Record, images_dir) -> list:
+    """(width, height) of each of the record's image files from its header (no pixels decoded); None for an image
+    embedded in a Parquet pool or one whose header cannot be read (the caller falls back to a nominal size)."""
+    from PIL import Image
+
+    sizes = []
+    refs = record.embedded or [None] * len(record.images)
+    for rel, ref in zip(record.images, refs):
+        size = None
+        if ref is None:
+            try:
+                with Image.open(resolve_image(images_dir, rel)) as im:
+                    size = tuple(im.size)
+            except Exception:  # reported when the record is encoded, with its kind
+                size = None
+        sizes.append(size)
+    return sizes

@@ -14,6 +14,21 @@ from mmsift.judge.backends import JudgeBackend, JudgeRequest
 log = logging.getLogger(__name__)
 
 
+def judge_processor(model_dir: Path):
+    """The checkpoint's processor as the probe loads it (no torchvision needed for the families mmsift supports,
+    see docs/families.md); ``AutoProcessor`` for any other family."""
+    from mmsift.models.loading import declared_family
+    from mmsift.models.processors import load_processor
+    from mmsift.models.quirks import QUIRKS
+
+    model_type, _ = declared_family(model_dir)
+    if model_type in QUIRKS:
+        return load_processor(model_dir, QUIRKS[model_type], model_type=model_type)
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+
+
 class HFBackend(JudgeBackend):
     """Loads ``model_dir`` with its own processor and chat template; answers ``batch_size`` requests at a time.
 
@@ -24,7 +39,7 @@ class HFBackend(JudgeBackend):
     def __init__(self, *, model_dir: str | Path, device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 64,
                  dtype: str | None = None):
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
@@ -38,7 +53,7 @@ class HFBackend(JudgeBackend):
         self.device = device
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
-        self.processor = AutoProcessor.from_pretrained(self.model_dir, local_files_only=True)
+        self.processor = judge_processor(self.model_dir)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -62,12 +77,16 @@ class HFBackend(JudgeBackend):
         from PIL import Image
 
         texts = [self._text(r) for r in requests]
-        images = []
+        images = []  # nested per request: a flat list is read as one image per text by some processors (OneVision)
         for r in requests:
+            images.append([])
             for p in r.images:
                 with Image.open(p) as im:
-                    images.append(im.convert("RGB"))
-        inputs = self.processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+                    images[-1].append(im.convert("RGB"))
+        bos = self.tokenizer.bos_token
+        # A template that writes BOS gets none from the tokenizer (no double BOS).
+        inputs = self.processor(text=texts, images=images if any(images) else None, return_tensors="pt",
+                                padding=True, add_special_tokens=not (bos and texts[0].startswith(bos)))
         inputs = inputs.to(self.device)
         with self._torch.inference_mode():
             out = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from mmsift.models.base import FamilyAdapter
-from mmsift.models.registry import family_class
+from mmsift.models.base import FamilyAdapter, ImageLimits
+from mmsift.models.quirks import Quirks, UnsupportedFamily, quirks_for
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,19 @@ def resolve_dtype(dtype, device: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}") from None
 
 
-def load_model(path: str | os.PathLike, *, device: str = "cpu", dtype=None,
-               attn_implementation: str = "sdpa") -> LoadedModel:
-    """Load a vision-language model and its own processor from a local directory (never from a hub)."""
+def load_model(path: str | os.PathLike, *, device: str = "cpu", dtype=None, attn_implementation: str = "sdpa",
+               limits: ImageLimits | None = None) -> LoadedModel:
+    """Load a vision-language model and its own processor from a local directory (never from a hub).
+
+    The family (``config.model_type``) must have a row in :data:`mmsift.models.quirks.QUIRKS`; any other is refused
+    before the weights are read, and a model whose structure is not what its row declares is refused after, both
+    with :class:`~mmsift.models.quirks.UnsupportedFamily` naming the family and what is missing. ``limits``: the
+    per-image bounds (``--max-pixels``, ``--max-image-tokens``) the adapter applies before the processor.
+    """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from mmsift.compat import warn_outside_window
+    from mmsift.models.processors import load_processor
 
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -91,11 +98,49 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", dtype=None,
     check_device(device)
     warn_outside_window()
     torch_dtype = resolve_dtype(dtype, device)
-    cls = family_class(AutoConfig.from_pretrained(path, local_files_only=True).model_type)
-    processor = cls.load_processor(path)
+    model_type, arch = declared_family(path)
+    quirks = quirks_for(model_type, architecture=arch)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    processor = load_processor(path, quirks, model_type=config.model_type)
     model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch_dtype,
                                                         attn_implementation=attn_implementation)
+    check_structure(model, quirks)
     model.to(device).eval()
-    adapter = cls(processor, model.config)
+    adapter = FamilyAdapter(processor, model.config, quirks=quirks, limits=limits)
     return LoadedModel(model, processor, adapter, str(path), model.config.model_type, str(device),
                        str(torch_dtype).replace("torch.", ""))
+
+
+def declared_family(path: Path) -> tuple[str, str | None]:
+    """``model_type`` and first architecture written in ``config.json`` (read before anything is loaded)."""
+    import json
+
+    data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    arch = (data.get("architectures") or [None])[0]
+    return str(data.get("model_type")), arch
+
+
+def check_structure(model, quirks: Quirks) -> None:
+    """:class:`UnsupportedFamily` naming what the generic adapter needs and this model lacks."""
+    family = model.config.model_type
+    body = getattr(model, "model", None)
+    decoder = getattr(body, quirks.decoder, None)
+    layers = getattr(decoder, "layers", None)
+    missing = []
+    if layers is None or len(layers) == 0:
+        missing.append(f"decoder layers at model.model.{quirks.decoder}.layers")
+    else:
+        attn = getattr(layers[-1], "self_attn", None)
+        for part in ("q_proj", "k_proj", "input_layernorm"):
+            owner = layers[-1] if part == "input_layernorm" else attn
+            if getattr(owner, part, None) is None:
+                missing.append(f"{part} in its last decoder layer")
+        if getattr(decoder, "rotary_emb", None) is None:
+            missing.append("a rotary embedding on the decoder")
+    if quirks.positions == "mrope" and not hasattr(body, "get_rope_index"):
+        missing.append("model.model.get_rope_index (multi-axis positions)")
+    if getattr(model, "get_output_embeddings", lambda: None)() is None:
+        missing.append("output embeddings (the LM head)")
+    if missing:
+        raise UnsupportedFamily(f"model type {family!r} ({type(model).__name__}) cannot be probed: it has no "
+                                + "; no ".join(missing))

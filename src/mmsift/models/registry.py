@@ -1,34 +1,26 @@
-"""The family registry: one line per supported ``config.model_type``.
+"""The family registry: which ``config.model_type`` values mmsift feeds, and the adapter for a loaded model.
 
-Members are imported here and nowhere else registers anything, so the registry depends on its members and never
-the other way round. Adding a family: its adapter module (importing only :mod:`mmsift.models.base`) and one line
-in :data:`FAMILIES`.
+Every supported family is served by the one generic :class:`~mmsift.models.base.FamilyAdapter`; the families are
+the rows of :data:`mmsift.models.quirks.QUIRKS` (adding one: a row there and a tiny checkpoint in the reference
+test, see docs/families.md).
 """
 
 from __future__ import annotations
 
-from mmsift.models.base import FamilyAdapter, LlavaAdapter
-from mmsift.models.idefics3 import Idefics3Adapter
-from mmsift.models.llava_next import LlavaNextAdapter
-from mmsift.models.qwen2vl import Qwen2VLAdapter
+from mmsift.models.base import FamilyAdapter, ImageLimits
+from mmsift.models.quirks import QUIRKS, UnsupportedFamily, quirks_for
 
-FAMILIES: dict[str, type[FamilyAdapter]] = {
-    "llava": LlavaAdapter,
-    "llava_next": LlavaNextAdapter,
-    "qwen2_vl": Qwen2VLAdapter,
-    "qwen2_5_vl": Qwen2VLAdapter,
-    "idefics3": Idefics3Adapter,
-}
+FAMILIES = tuple(sorted(QUIRKS))
+
+__all__ = ["FAMILIES", "UnsupportedFamily", "adapter_for", "family_class"]
 
 
 def family_class(model_type: str) -> type[FamilyAdapter]:
-    """The adapter class registered for ``config.model_type``; a ValueError naming the supported ones otherwise."""
-    try:
-        return FAMILIES[model_type]
-    except KeyError:
-        raise ValueError(f"model type {model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}") \
-            from None
+    """The adapter class for ``config.model_type``; :class:`UnsupportedFamily` (a ValueError) naming the family
+    and what is missing otherwise."""
+    quirks_for(model_type)
+    return FamilyAdapter
 
 
-def adapter_for(processor, config) -> FamilyAdapter:
-    return family_class(config.model_type)(processor, config)
+def adapter_for(processor, config, *, limits: ImageLimits | None = None) -> FamilyAdapter:
+    return FamilyAdapter(processor, config, quirks=quirks_for(config.model_type), limits=limits)

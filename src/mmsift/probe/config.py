@@ -19,8 +19,10 @@ class ProbeConfig:
     ``last``/``mean``/spectrum; ``feature_layers``: COINCIDE's layers (default: its relative depths).
     ``vector_dim``: reduce stored vectors with a seeded random projection. ``limit`` probes only the first
     ``limit`` good records. ``num_workers``: DataLoader worker processes (None: 0 on CPU, up to 8 on GPU).
-    ``max_length``: the longest input (default: the model's context). When more than ``max_failure_rate`` of
-    the records tried in a shard fail, the run stops with :class:`mmsift.failures.SystematicFailure`.
+    ``max_length``: the longest input (default: the model's context). ``max_pixels`` / ``max_image_tokens``: per-image
+    bounds; a larger image is scaled down (aspect kept) before the processor. ``max_batch_tokens``: fill each
+    length-sorted batch up to this many (padded) tokens instead of ``batch_size`` records. When more than
+    ``max_failure_rate`` of the records tried in a shard fail, the run stops with :class:`mmsift.failures.SystematicFailure`.
     ``overwrite`` discards a previous run with other settings in ``out``. ``executor``: ``local`` or ``ray``
     (with ``ray_address`` / ``ray_workers``).
     """
@@ -39,6 +41,9 @@ class ProbeConfig:
     seed: int = 0
     num_workers: int | None = None
     max_length: int | None = None
+    max_pixels: int | None = None
+    max_image_tokens: int | None = None
+    max_batch_tokens: int | None = None
     task_field: str | None = None
     shard_size: int = 256
     limit: int | None = None
@@ -60,6 +65,10 @@ class ProbeConfig:
             raise ValueError(f"--vector-dim must be >= 1, got {self.vector_dim}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {self.limit}")
+        for name in ("max_pixels", "max_image_tokens", "max_batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
     def for_shards(self, signals: tuple[str, ...], images_dir: str) -> "ShardConfig":
         """What every shard needs besides its records, with the resolved signal names and images folder."""
@@ -69,7 +78,8 @@ class ProbeConfig:
                            dtype=self.dtype, layer=self.layer,
                            feature_layers=tuple(self.feature_layers) if self.feature_layers else None,
                            vector_dim=self.vector_dim, seed=self.seed, batch_size=self.batch_size,
-                           num_workers=self.num_workers, max_length=self.max_length,
+                           num_workers=self.num_workers, max_length=self.max_length, max_pixels=self.max_pixels,
+                           max_image_tokens=self.max_image_tokens, max_batch_tokens=self.max_batch_tokens,
                            max_failure_rate=check_max_failure_rate(self.max_failure_rate))
 
 
@@ -87,15 +97,27 @@ class ShardConfig:
     vector_dim: int | None = None
     seed: int = 0
     batch_size: int = 8
-    num_workers: int | None = None  # None: 0 on CPU, up to 8 worker processes on GPU
+    num_workers: int | None = None  # None: see mmsift.probe.shard.default_workers
     max_length: int | None = None
+    max_pixels: int | None = None
+    max_image_tokens: int | None = None
+    max_batch_tokens: int | None = None
     max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE
+
+    @property
+    def image_limits(self):
+        from mmsift.models.base import ImageLimits
+
+        return ImageLimits(max_pixels=self.max_pixels, max_image_tokens=self.max_image_tokens)
 
     def fingerprint(self) -> dict:
         """What decides the values in the store (batch size, workers and device only change rounding)."""
         d = asdict(self)
-        for k in ("batch_size", "num_workers", "device", "images", "max_failure_rate"):
+        for k in ("batch_size", "num_workers", "device", "images", "max_failure_rate", "max_batch_tokens"):
             d.pop(k)
+        for k in ("max_pixels", "max_image_tokens"):  # image bounds change values; unset ones keep old fingerprints
+            if d[k] is None:
+                d.pop(k)
         d["model"] = str(Path(self.model).resolve())
         d["signals"] = list(self.signals)
         return d

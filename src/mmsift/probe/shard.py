@@ -43,10 +43,11 @@ def get_model(config: ShardConfig):
     root = Path(config.model).resolve()
     # The files' change times are part of the key: a model retrained into the same folder is loaded again.
     stamp = max((p.stat().st_mtime_ns for p in root.iterdir() if p.is_file()), default=0)
-    key = (str(root), stamp, config.device, config.dtype)
+    key = (str(root), stamp, config.device, config.dtype, config.max_pixels, config.max_image_tokens)
     if key not in _LOADED:
         _LOADED.clear()
-        _LOADED[key] = load_model(config.model, device=config.device, dtype=config.dtype)
+        _LOADED[key] = load_model(config.model, device=config.device, dtype=config.dtype,
+                                  limits=config.image_limits)
     return _LOADED[key]
 
 
@@ -88,7 +89,7 @@ def probe_shard(spec: ShardSpec) -> None:
     # An out-of-range --layer is a setting error for the whole run, not a failure of each record: raise it here.
     hidden_layers_needed(cfg.signals, lm.adapter.num_layers(lm.model), opts)
     fail = ShardFailures(spec)
-    batches = _length_sorted_batches(lm.adapter, spec.records, cfg.batch_size, fail)
+    batches = _length_sorted_batches(lm.adapter, spec.records, cfg, fail)
     loader = _loader(spec, lm, batches)
     rows: dict[int, dict] = {}
     with torch.inference_mode(), cpu_threads_for(lm.model, lm.device):
@@ -107,17 +108,40 @@ def probe_shard(spec: ShardSpec) -> None:
     _write_shard(spec, rows, fail, lm)
 
 
-def _length_sorted_batches(adapter, records: list[Record], batch_size: int, fail: ShardFailures) -> list[list[int]]:
-    """Positions of ``records`` in batches of similar estimated length, longest first."""
+def _length_sorted_batches(adapter, records: list[Record], cfg: ShardConfig, fail: ShardFailures) -> list[list[int]]:
+    """Positions of ``records`` in batches of similar estimated length, longest first: ``cfg.batch_size`` records
+    per batch, or, with ``cfg.max_batch_tokens``, as many as fit that many padded tokens (estimated with the images'
+    real sizes from their file headers; a record over the budget on its own makes a batch of one)."""
+    from mmsift.data.images import header_sizes
+
+    budget = cfg.max_batch_tokens
     lengths = []
     for i, rec in enumerate(records):
         try:
-            lengths.append(adapter.sort_length(rec.turns, len(rec.images)))
+            sizes = header_sizes(rec, cfg.images) if budget and rec.images else None
+            lengths.append(adapter.sort_length(rec.turns, len(rec.images), sizes))
         except Exception as e:  # reported per record; the record is not processed
             fail(i, "encode_error", f"{type(e).__name__}: {e}", e)
             lengths.append(0)
     order = [i for i in sorted(range(len(records)), key=lambda i: -lengths[i]) if i not in fail.by_pos]
-    return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    if not budget:
+        return [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+    batches: list[list[int]] = []
+    for i in order:  # longest first: a batch's padded length is its first record's
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def default_workers(device: str) -> int:
+    """DataLoader workers when ``--num-workers`` is not given. On GPU the per-sample CPU work (decode, template,
+    tokenise) must overlap the forward passes. On CPU the workers compete with the forward pass for the same cores:
+    on the 2-core dev machine two workers were slower than none (docs/performance.md, "DataLoader workers")."""
+    if str(device) != "cpu":
+        return min(8, max(1, (os.cpu_count() or 2) - 1))
+    return 0
 
 
 def _loader(spec: ShardSpec, lm, batches: list[list[int]]):
@@ -132,8 +156,7 @@ def _loader(spec: ShardSpec, lm, batches: list[list[int]]):
                       max_length=max_length or None)
     workers = cfg.num_workers
     if workers is None:
-        # On GPU the per-sample CPU work (decode, template, tokenise) must overlap the forward passes.
-        workers = 0 if str(cfg.device) == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+        workers = default_workers(cfg.device)
     return torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=as_list, num_workers=workers,
                                        prefetch_factor=4 if workers else None, persistent_workers=False)
 
