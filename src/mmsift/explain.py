@@ -123,7 +123,7 @@ def rerun_commands(*, pool, images, model, run, methods, budget, subsets: dict, 
                      f"--epochs {warmup_epochs} --seed {seed}"
                      + (f" --n-samples {warmup_samples}" if warmup_samples is not None else ""))
     lines.append(f"mmsift probe {q(str(pool))} --images {q(str(images))} --model {q(str(model))} "
-                 f"--out {q(str(run))} --methods {','.join(methods)} --seed {seed} --overwrite")
+                 f"--out {q(str(run))} --methods {','.join(methods)} --overwrite")
     for method in methods:
         out = subsets[method]
         html = str(out.with_name(out.stem + ".html")) if hasattr(out, "with_name") else f"{out}.html"

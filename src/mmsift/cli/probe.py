@@ -71,3 +71,8 @@ def probe_command(
         typer.echo(f"  skipped {rid}: {kind}: {message}")
     if len(result.skipped) > 20:
         typer.echo(f"  ... and {len(result.skipped) - 20} more (see {out}/manifest.json)")
+    from mmsift.cli.select import proxy_warning_of
+
+    warning = proxy_warning_of({"model": str(model)})
+    if warning:
+        typer.echo(f"warning: {warning}")

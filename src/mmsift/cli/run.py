@@ -50,12 +50,10 @@ def demo_command(
     from mmsift.failures import SystematicFailure
 
     try:
-        result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device,
-                          warmup_samples=warmup_samples, warmup_epochs=warmup_epochs)
+        run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device, warmup_samples=warmup_samples,
+                 warmup_epochs=warmup_epochs, echo=typer.echo)
     except SystematicFailure as e:
         fail_systematic(e)
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    for line in result.lines:
-        typer.echo(line)

@@ -13,13 +13,26 @@ from mmsift.store import Signals
 class SelfCheck(Scorer):
     """``score_i = -(loss_i - loss_ref_i)`` when ``use_reference`` and the run has ``loss_ref``, else ``-loss_i``.
 
-    What the paper states (Gou et al. 2025; only its abstract was available to mmsift): a model fine-tuned on a
-    corrupted visual-instruction pool can itself tell clean samples from corrupted ones, and post-training it on
-    a small clean subset (about 1% of the data) restores most of the performance the corruption cost. mmsift's
-    reading: ``loss`` comes from the proxy fine-tuned on the pool; a sample it fits well (low loss) is likely
-    clean. What mmsift adds: ``loss_ref``, the loss of the same samples *before* that fine-tuning
+    What the paper states (Gou et al. 2025, arXiv:2502.12635): a model fine-tuned on a corrupted
+    visual-instruction pool can itself tell clean samples from corrupted ones ("self-validation"), and
+    post-training it on a small clean subset (about 1% of the data) restores most of the performance the
+    corruption cost. What mmsift could read of it: the abstracts of v1 and v3 and short excerpts
+    (/work/shared/papers holds the abstract only; this environment reaches no full text), so the paper's exact
+    self-validation rule (which score, computed when during fine-tuning) could not be checked and is not claimed
+    here. mmsift's reading: ``loss`` is the answer loss of the proxy fine-tuned on the pool (``mmsift warmup``); a
+    sample it fits well (low loss) is likely clean.
+    Where mmsift departs, and why: a proxy fine-tuned until its training loss is near 0 fits the wrong answers too
+    (on a digits pool with 20% wrong answers, a proxy trained to the end kept 18-20% of them at budget 0.8, the
+    pool's own share; docs/warmup.md), so ``mmsift warmup`` keeps the weights of the step with the lowest loss on
+    held-out records (early stopping on records it never trains on, chosen without any truth labels), for the
+    perception stage and the instruction tuning alike. Scores of those held-out records are out-of-sample
+    (slightly higher on average than in-sample ones: a clean held-out record is a little more likely to be
+    dropped). What mmsift adds: ``loss_ref``, the loss of the same samples *before* that fine-tuning
     (``mmsift select --reference-run``); subtracting it removes how hard a sample is in itself and keeps only what
-    fine-tuning on the pool did to it. The paper's exact scoring rule is not in the abstract.
+    fine-tuning on the pool did to it.
+    A proxy that does not read the images (image-shuffle test under 0.1, ``warmup.json``) can only find answers
+    that do not fit the text: ``mmsift warmup`` (``--base auto``) then makes the proxy again from the pool's own
+    images, and ``probe``/``select`` repeat the warm-up's warning when it still does not read them.
 
     Direction: higher = lower loss = likely clean = keep. Reads ``loss`` (and ``loss_ref`` when present).
     :meth:`quotas` (``per_task=True``, default) keeps each task's share of the pool, so ``--budget 0.01`` is the
