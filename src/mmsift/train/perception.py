@@ -91,11 +91,11 @@ def train_pool_perception(lm, records, images_dir, *, steps: int | None = None, 
     y = y.to(lm.device)
     val, train = _split(usable, heldout_ids, seed)
     tower = lm.adapter.vision_tower(lm.model)
-    watch = BestCheckpoint(every=max(20, steps // 40), patience=6)
+    watch = BestCheckpoint(every=max(20, steps // 40), patience=6, records=[pixels[val], {"words": y[val]}])
     with torch.random.fork_rng():
         heads, final = train_perception(tower, pixels[train], {"words": y[train]}, steps=steps, batch=batch,
                                         lr=lr, seed=seed, n_classes={"words": len(vocab)}, progress=progress,
-                                        watch=watch, val=(pixels[val], {"words": y[val]}))
+                                        watch=watch)
     log.info("perception stage: kept step %d of %d (lowest held-out loss %.3f)", watch.best_step, steps,
              watch.best_loss)
     with torch.no_grad():
@@ -130,14 +130,15 @@ def _split(usable, heldout_ids, seed: int):
 
 
 def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr: float, seed: int,
-                     n_classes: dict, progress: str | None = "perception", watch=None, val: tuple | None = None):
+                     n_classes: dict, progress: str | None = "perception", watch=None):
     """Stage 0: train ``tower`` (a CLIP vision model) with one linear head per label on mean-pooled patch tokens.
 
     ``labels``: name -> (N,) long tensor, -1 where unknown (cross-entropy), or (N, K) float tensor of 0/1
     (a set of labels per item: cross-entropy against the uniform distribution over the item's labels; items
     with none are skipped). Returns (heads, mean loss of the last 50 steps).
-    ``watch`` (a :class:`~mmsift.train.loop.BestCheckpoint`) with ``val`` = (pixels, labels) of held-out items:
-    the tower and heads with the lowest held-out loss are kept, and training stops when the watch says so.
+    ``watch``: a :class:`~mmsift.train.loop.BestCheckpoint` whose ``records`` are the held-out items as
+    ``(pixels, labels)``: the tower and heads with the lowest held-out loss are kept, and training stops when the
+    watch says so.
     """
     import torch
     from tqdm import tqdm
@@ -158,8 +159,8 @@ def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr:
             has = y.sum(1) > 0
             return ce(heads[k](feats[has]), y[has] / y[has].sum(1, keepdim=True)) if bool(has.any()) else None
         return ce(heads[k](feats), y) if bool((y >= 0).any()) else None
-    if watch is not None and val is not None:
-        watch.track([tower, heads], lambda: _heldout_loss(tower, heads, val))
+    if watch is not None and watch.records:
+        watch.track([tower, heads], lambda: _heldout_loss(tower, heads, tuple(watch.records)))
     tower.train()
     recent: list[float] = []
     for step in tqdm(range(steps), desc=progress, unit="step", disable=progress is None, leave=False):

@@ -282,8 +282,6 @@ def _starting_model(base: str, good, images_dir, out: Path, config: WarmupConfig
     went through the pool perception stage (a loaded model). Returns (model, base info or None, perception
     summary or None)."""
     if base == "bundled":
-        if config.progress:
-            log.warning("warm-up: starting from the pretrained base (building it first if it is not cached)")
         base_dir = pretrain.ensure_base(config.base_recipe, device=config.device)
         if out.exists() and out.resolve() == base_dir.resolve():
             raise ValueError(f"--out {out} is the cached base itself; write the proxy elsewhere")
