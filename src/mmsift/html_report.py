@@ -178,6 +178,21 @@ def setting_text(value) -> str:
     return str(value)
 
 
+def stages_table(stages: list | None, n_pool=None) -> str:
+    """A recipe's chain: records in and out of each stage (empty without stages)."""
+    if not stages:
+        return ""
+    e = html.escape
+    rows = "".join(f"<tr><td>{k + 1}</td><td>{e(str(s['stage']))}</td><td>{e(str(s['method']))}</td>"
+                   f"<td>{s['in']}</td><td>{s['out']}</td><td>{s['in'] - s['out']}</td>"
+                   f"<td>{e(s.get('warning') or '')}</td></tr>" for k, s in enumerate(stages))
+    head = (f"<p>The pool's {n_pool} probed records went through these stages; the charts below show the records "
+            "that reached the last one (the scores file lists every record and the stage that dropped it).</p>"
+            if n_pool is not None else "")
+    return ('<h2 id="stages">Stages</h2>' + head + "<table><tr><th>#</th><th>stage</th><th>method</th><th>in</th>"
+            f"<th>out</th><th>removed</th><th>note</th></tr>{rows}</table>")
+
+
 def tie_notes(scores: np.ndarray) -> list[str]:
     """A note when every finite score is the same: the records kept were then picked by the tie-break alone."""
     finite = np.asarray(scores, dtype=float)
@@ -216,6 +231,7 @@ def write_html_report(path, *, selection, store, pool, report: dict, meaning, im
     settings = report.get("settings") or {k: report.get(k) for k in ("method", "budget", "seed", "params")}
     parts.append("<h2>Settings</h2><table>" + "".join(
         f"<tr><th>{e(str(k))}</th><td>{e(setting_text(v))}</td></tr>" for k, v in settings.items()) + "</table>")
+    parts.append(stages_table(report.get("stages"), report.get("n_pool")))
     notes = ([f"warning: {report['proxy_warning']}"] if report.get("proxy_warning") else []) + list(
         report.get("task_notes", [])) + list(selection.notes) + tie_notes(selection.scores)
     parts.extend(f'<div class="note">{e(n)}</div>' for n in notes)
