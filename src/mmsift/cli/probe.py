@@ -12,7 +12,8 @@ from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, SystematicFailure
 
 
 def probe_command(
-    data: Annotated[Path, typer.Argument(help="The pool: LLaVA .json, .jsonl or .parquet.")],
+    data: Annotated[Path, typer.Argument(
+        help="The pool: .json, .jsonl or .parquet (LLaVA or ShareGPT layout), a folder or a glob of shards.")],
     images: Annotated[Optional[Path], typer.Option(
         "--images", help="Folder the records' image paths are relative to (default: the data file's folder).")] = None,
     model: Annotated[Path, typer.Option("--model", help="Local model directory (e.g. from `mmsift warmup`).")] = Path(

@@ -28,7 +28,8 @@ def select_command(
     budget: str = typer.Option(..., "--budget", "-b", help="Fraction of the pool (0.15 or 15%) or a count (5000)."),
     out: Path = typer.Option(..., "--out", "-o", help="Subset file: .json, .jsonl or .parquet."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice; same seed, same ids."),
-    param: list[str] = typer.Option([], "--param", "-p", help="Method parameter key=value (repeatable)."),
+    param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE",
+                                    help="Method parameter key=value (repeatable)."),
     dedup: str = typer.Option(None, "--dedup", help="Remove near-duplicates first with this method (e.g. semdedup)."),
     balance_tasks: bool = typer.Option(False, "--balance-tasks", help="Keep each task's share of the pool."),
     data: Path = typer.Option(None, "--data", help="The pool file, when it moved since the probe ran."),
@@ -120,7 +121,9 @@ def select_command(
         typer.echo(f"  component {line}")
     from mmsift.html_report import tie_notes
 
-    for note in list(report["task_notes"]) + tie_notes(selection.scores):
+    from mmsift.explain import constant_notes
+
+    for note in list(report["task_notes"]) + tie_notes(selection.scores) + constant_notes(selection.details):
         typer.echo(f"note: {note}")
     if report["skipped_records"]:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report["skipped_by_kind"].items()))
