@@ -257,13 +257,13 @@ def test_usage_lines_name_arguments_in_capitals():
 
 def test_validate_a_file_that_is_not_a_pool_and_a_damaged_png(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_bytes(b"\\x89PNG\\r\\n\\x1a\\n garbage")
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     res = runner.invoke(app, ["validate", str(bad)])
     assert res.exit_code == 1 and "could not be read as a pool" in res.output and "0 of 0" not in res.output
     (tmp_path / "img").mkdir()
-    (tmp_path / "img" / "a.png").write_bytes(b"\\x89PNG\\r\\n\\x1a\\n" + b"\\x00" * 40)  # signature, no header
+    (tmp_path / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # signature, no header
     (tmp_path / "img" / "b.png").write_bytes(b"hello, not a picture")
-    conv = [{"from": "human", "value": "<image>\\nq"}, {"from": "gpt", "value": "a"}]
+    conv = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
     pool = tmp_path / "pool.json"
     pool.write_text(json.dumps([{"id": "a", "image": "a.png", "conversations": conv},
                                 {"id": "b", "image": "b.png", "conversations": conv}]))
