@@ -246,6 +246,8 @@ def test_degenerate_scores_are_explained_and_settings_read_as_words():
     notes = constant_notes({"U": np.zeros(5), "I": np.arange(5.0), "cluster": np.array(["a"] * 5)})
     assert len(notes) == 1 and notes[0].startswith("component U is 0 for every record")
     assert setting_text({"eps": 0.05, "keep": "far"}) == "eps=0.05, keep=far"
+    stages = [{"clean": {"method": "selfcheck", "drop": 0.1}}, {"dedup": {"method": "semdedup", "params": {"eps": 1}}}]
+    assert setting_text(stages) == "clean (method=selfcheck, drop=0.1); dedup (method=semdedup, params (eps=1))"
     assert setting_text(None) == "\u2013" and setting_text(["a", "b"]) == "a, b" and setting_text(True) == "yes"
 
 

@@ -167,10 +167,11 @@ def setting_text(value) -> str:
     """A setting as a person reads it: lists comma-separated, mappings as ``key=value``, nothing as a dash."""
     if value is None or value == "" or value == [] or value == {}:
         return "\u2013"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={setting_text(v)}" for k, v in value.items())
+    if isinstance(value, dict):  # nested mappings in parentheses: clean (method=selfcheck, drop=0.1)
+        return ", ".join(f"{k} ({setting_text(v)})" if isinstance(v, dict) and v else f"{k}={setting_text(v)}"
+                         for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return ", ".join(setting_text(v) for v in value)
+        return ("; " if any(isinstance(v, dict) for v in value) else ", ").join(setting_text(v) for v in value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
