@@ -92,8 +92,11 @@ def run_demo(
     model = warmup(pool_path, WarmupConfig(out=str(out / "proxy"), images=str(images), n_samples=warmup_samples,
                                            epochs=warmup_epochs, seed=seed, device=device))
     info = read_warmup_log(model) or {}
-    say(f"   warm-up done: the proxy (pretrained base, vision frozen) trained on "
-        f"{info.get('n_samples', '?')} samples ({time.perf_counter() - t:.0f} s) -> {model}")
+    held = f", {info['n_heldout']} held out to choose the step kept" if info.get("n_heldout") else ""
+    path = ("pretrained base, vision frozen" if info.get("base") != "none" else
+            "the base did not read these images: random weights and a perception stage on the pool's images")
+    say(f"   warm-up done: the proxy ({path}) trained on {info.get('n_samples', '?')} records{held} "
+        f"({time.perf_counter() - t:.0f} s) -> {model}")
     say("   " + shuffle_line(info))
 
     say("3. probe: one pass of the proxy over the pool ...")
