@@ -45,9 +45,6 @@ RESOLVED = "recipe.resolved.yaml"
 # rate of the base the warm-up starts from (None: 1e-3 from the pretrained base, 3e-3 with base none).
 WARMUP_DEFAULTS = {"n_samples": None, "epochs": 3, "min_steps": 300, "lr": None, "batch_size": 16, "base": "auto",
                    "holdout": 0.1}
-# A clean or dedup stage that removes more than this share of what enters it stops the run; more than WARN_SHARE
-# is a warning. A chain that keeps 2 records of 693 is a recipe that does not fit its pool, not a selection.
-STOP_SHARE, WARN_SHARE = 0.9, 0.5
 PROBE_DEFAULTS = {"device": "cpu", "dtype": None, "batch_size": 8, "layer": -2, "shard_size": 256,
                   "vector_dim": None, "max_length": None, "num_workers": None}
 OUTPUT_DEFAULTS = {"subset": "subset.json", "scores": "scores.csv", "html": "report.html"}
@@ -265,6 +262,11 @@ class ChainResult:
     signals: object  # Signals of those records
     stages: list[dict] = field(default_factory=list)
     dropped: list[tuple] = field(default_factory=list)  # (id, pool index, task, "clean (selfcheck)") before select
+
+
+# A clean or dedup stage that removes more than this share of what enters it stops the run; more than WARN_SHARE
+# is a warning. A chain that keeps 2 records of 693 is a recipe that does not fit its pool, not a selection.
+STOP_SHARE, WARN_SHARE = 0.9, 0.5
 
 
 def _check_removed(row: dict, k: int) -> None:
