@@ -53,6 +53,9 @@ def warmup_command(
                           epochs=epochs, min_steps=min_steps, lr=lr, batch_size=batch_size, seed=seed, device=device,
                           task_field=task_field, base=base, holdout=holdout, max_failure_rate=max_failures,
                           token_masks=None if token_masks is None else str(token_masks))
+    what = {"auto": "from the pretrained base, or from the pool's own images if the base does not read them",
+            "bundled": "from the pretrained base", "none": "from random weights and the pool's own images"}
+    typer.echo(f"warm-up: training the proxy on {data} {what.get(base, '')} (docs/warmup.md) ...")
     try:
         path = warmup(data, config)
     except SystematicFailure as e:
