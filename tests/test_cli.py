@@ -160,3 +160,115 @@ def test_score_meaning_and_task_notes():
     notes = task_notes({"shape": 5, "yesno": 95}, {"color": 100, "shape": 100, "yesno": 200})
     assert len(notes) == 2 and notes[0].startswith("task 'color': 0 of 100 kept")
     assert "task 'shape': kept 5 of 100 (5%), 0.2x its pool share" in notes[1]
+
+
+def test_select_subset_modes_budgets_and_notes(tmp_path):
+    """Subsets are readable like their .ids.txt; 15% is a budget; a count above the pool says so; a subset
+    written away from the images says where its image paths point; the proxy's warning is carried."""
+    import os
+
+    records = [{"id": f"r{i}", "image": f"{i}.png",
+                "conversations": [{"from": "human", "value": f"<image>\nq{i}"}, {"from": "gpt", "value": "a"}]}
+               for i in range(20)]
+    (tmp_path / "pool").mkdir()
+    pool = tmp_path / "pool" / "pool.json"
+    pool.write_text(json.dumps(records), encoding="utf-8")
+    model = tmp_path / "proxy"
+    model.mkdir()
+    (model / "warmup.json").write_text(json.dumps({"warning": "the proxy barely reads the images (test)"}))
+    p = read_pool(pool)
+    from_arrays(tmp_path / "run", ids=[r.id for r in p.records], index=[r.index for r in p.records],
+                columns={"n_tokens": np.arange(20, dtype=float)},
+                meta={"pool": str(pool), "images": str(tmp_path / "pool"), "model": str(model)})
+    out = tmp_path / "sel" / "subset.json"
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "length", "-b", "15%", "-o", str(out),
+                              "--html", str(tmp_path / "sel" / "r.html")])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(out.read_text())) == 3  # 15% of 20
+    ids = tmp_path / "sel" / "subset.ids.txt"
+    assert oct(out.stat().st_mode & 0o777) == oct(ids.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert "warning: the proxy barely reads the images (test)" in res.output
+    assert json.loads((tmp_path / "sel" / "subset.report.json").read_text())["proxy_warning"].startswith("the proxy")
+    assert "the proxy barely reads the images (test)" in (tmp_path / "sel" / "r.html").read_text()
+    assert f"image paths in {out} are relative to {tmp_path / 'pool'}" in res.output
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "length", "-b", "5000", "-o",
+                              str(tmp_path / "pool" / "all.json")])
+    assert res.exit_code == 0 and "the budget 5000 is not below the 20 records scored" in res.output
+    assert "image paths in" not in res.output  # written beside the images: nothing to say
+    assert os.path.exists(tmp_path / "pool" / "all.json")
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "random", "-b", "half", "-o", str(out)])
+    assert res.exit_code == 2 and "15%" in res.output
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_select_refuses_json_for_embedded_images_before_selecting(tmp_path, monkeypatch):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    import mmsift.select as selmod
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, format="PNG")
+    rows = [{"id": f"p{k}", "messages": [{"role": "user", "content": "<image>Colour?"},
+                                         {"role": "assistant", "content": "Red."}],
+             "images": [{"bytes": buf.getvalue(), "path": f"{k}.png"}]} for k in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pool.parquet")
+    p = read_pool(tmp_path / "pool.parquet")
+    from_arrays(tmp_path / "run", ids=[r.id for r in p.records], index=[r.index for r in p.records],
+                columns={"n_tokens": np.arange(4, dtype=float)}, meta={"pool": str(tmp_path / "pool.parquet")})
+
+    def no_selecting(*a, **k):
+        raise AssertionError("selected before checking the output format")
+    monkeypatch.setattr(selmod, "select_run", no_selecting)
+    res = runner.invoke(app, ["select", str(tmp_path / "run"), "-m", "length", "-b", "2", "-o",
+                              str(tmp_path / "s.json")])
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:") and "write the subset as .parquet" in errors[0]
+
+
+def test_degenerate_scores_are_explained_and_settings_read_as_words():
+    from mmsift.explain import constant_notes
+    from mmsift.html_report import setting_text, tie_notes
+
+    assert tie_notes(np.full(6, 0.1667)) and "tie-break alone" in tie_notes(np.full(6, 0.1667))[0]
+    assert tie_notes(np.array([0.1, 0.2, -np.inf])) == []
+    notes = constant_notes({"U": np.zeros(5), "I": np.arange(5.0), "cluster": np.array(["a"] * 5)})
+    assert len(notes) == 1 and notes[0].startswith("component U is 0 for every record")
+    assert setting_text({"eps": 0.05, "keep": "far"}) == "eps=0.05, keep=far"
+    stages = [{"clean": {"method": "selfcheck", "drop": 0.1}}, {"dedup": {"method": "semdedup", "params": {"eps": 1}}}]
+    assert setting_text(stages) == "clean (method=selfcheck, drop=0.1); dedup (method=semdedup, params (eps=1))"
+    assert setting_text(None) == "\u2013" and setting_text(["a", "b"]) == "a, b" and setting_text(True) == "yes"
+
+
+def test_usage_lines_name_arguments_in_capitals():
+    res = runner.invoke(app, ["select", "--help"])
+    assert "select [OPTIONS] RUN" in res.output and "{run}" not in res.output
+    assert "KEY=VALUE" in res.output and "list[str]" not in res.output
+
+
+def test_validate_a_file_that_is_not_a_pool_and_a_damaged_png(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    res = runner.invoke(app, ["validate", str(bad)])
+    assert res.exit_code == 1 and "could not be read as a pool" in res.output and "0 of 0" not in res.output
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # signature, no header
+    (tmp_path / "img" / "b.png").write_bytes(b"hello, not a picture")
+    conv = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps([{"id": "a", "image": "a.png", "conversations": conv},
+                                {"id": "b", "image": "b.png", "conversations": conv}]))
+    res = runner.invoke(app, ["validate", str(pool), "--images", str(tmp_path / "img")])
+    assert "a.png is damaged: it starts like a PNG file" in res.output
+    assert "b.png is named as a PNG file, but PIL cannot read it" in res.output

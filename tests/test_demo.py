@@ -29,3 +29,13 @@ def test_demo_end_to_end(tmp_path):
     rerun = [ln.strip() for ln in res.output.splitlines() if ln.strip().startswith("mmsift ")]
     assert [ln.split()[1] for ln in rerun[:3]] == ["validate", "warmup", "probe"]
     assert "--epochs 1 --seed 0 --n-samples 32" in rerun[1] and f"--out {out / 'proxy'}" in rerun[1]
+    # ... and each of them runs as printed (the probe line once had a --seed the probe has no option for)
+    import shlex
+
+    for line in rerun:
+        args = shlex.split(line)
+        assert args[0] == "mmsift"
+        done = CliRunner().invoke(app, args[1:])
+        assert done.exit_code == 0, f"{line}\n{done.output}"
+    # the user learns what the project's bench says about the methods shown
+    assert "what the project's bench says" in res.output and "datatailor: worse than random" in res.output

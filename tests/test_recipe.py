@@ -69,7 +69,20 @@ def test_recipe_reruns_to_the_same_ids(recipe_file, tmp_path):
     again = run_recipe(load_recipe(recipe_file), out=tmp_path / "b")
     assert again.ids == first
     resolved = yaml.safe_load((tmp_path / "a" / "recipe.resolved.yaml").read_text())
-    assert resolved["probe"]["shard_size"] == 256 and resolved["proxy"]["warmup"]["lr"] == 0.003
+    # the resolved recipe lists the warm-up's defaults, the same as `mmsift warmup`'s, and what it used
+    warm = resolved["proxy"]["warmup"]
+    assert resolved["probe"]["shard_size"] == 256 and warm["lr"] is None and warm["min_steps"] == 300
+    assert warm["base"] == "auto" and resolved["resolved"]["warmup"]["lr"] in (1e-3, 3e-3)
+    # every pool record is in the scores file, with the stage that dropped it
+    import csv
+
+    with open(tmp_path / "a" / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 and {r["id"] for r in rows if r["kept"] == "true"} == set(first)
+    assert {r["dropped_by"] for r in rows if r["kept"] != "true"} <= {"clean (selfcheck)", "dedup (semdedup)",
+                                                                       "select (datatailor)"}
+    assert sum(r["dropped_by"] == "clean (selfcheck)" for r in rows) == 24 - resolved["resolved"]["stages"][0]["out"]
+    assert 'id="stages"' in (tmp_path / "a" / "report.html").read_text()
     assert resolved["seed"] == 3 and len(resolved["resolved"]["pool_sha256"]) == 64
     assert "mmsift" in resolved["resolved"]["versions"]
     res = runner.invoke(app, ["run", str(tmp_path / "a" / "recipe.resolved.yaml"), "--out", str(tmp_path / "c")])
@@ -88,6 +101,8 @@ def test_recipe_reruns_to_the_same_ids(recipe_file, tmp_path):
         pool.write_text(text + " ")
         res = runner.invoke(app, ["run", str(tmp_path / "a" / "recipe.resolved.yaml"), "--out", str(tmp_path / "d")])
         assert res.exit_code == 1 and "changed since this recipe was resolved" in res.output
+        res = runner.invoke(app, ["run", str(tmp_path / "a" / "recipe.resolved.yaml"), "--check"])
+        assert res.exit_code == 2 and "changed since this recipe was resolved" in res.output
     finally:
         pool.write_text(text)
 
@@ -95,3 +110,33 @@ def test_recipe_reruns_to_the_same_ids(recipe_file, tmp_path):
 def test_check_stages_fills_defaults():
     stages = check_stages([{"select": {"method": "random", "budget": "15%"}}])
     assert stages == [{"select": {"method": "random", "budget": 0.15, "params": {}, "balance_tasks": False}}]
+
+
+def test_a_stage_that_removes_nearly_everything_stops_the_chain(tmp_path):
+    import numpy as np
+
+    from mmsift.store import from_arrays
+
+    n = 40
+    run = tmp_path / "run"
+    from_arrays(run, ids=[f"r{i}" for i in range(n)], columns={"loss": np.arange(n, dtype=float)})
+    with pytest.raises(RecipeError, match=r"stages\[0\].clean \(loss\) removed 37 of 40 records"):
+        run_chain(run, [{"clean": {"method": "loss", "drop": 0.92}}, {"select": {"method": "random", "budget": 2}}])
+    chain = run_chain(run, [{"clean": {"method": "loss", "drop": 0.6}}, {"select": {"method": "random", "budget": 2}}])
+    assert "more than half" in chain.stages[0]["warning"] and len(chain.dropped) == 24
+
+
+def test_the_documented_recipe_is_a_valid_recipe(tmp_path):
+    """docs/recipes.md's example: every key it shows is one the checker accepts (paths made to exist)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = yaml.safe_load(block)
+    make_images(tmp_path / "img")
+    write_pool(tmp_path / "pool.json", pool_records(4))
+    data.update(pool=str(tmp_path / "pool.json"), images=str(tmp_path / "img"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    loaded = load_recipe(recipe)
+    assert [next(iter(s)) for s in loaded.data["stages"]][:3] == ["clean", "dedup", "select"]

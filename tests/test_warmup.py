@@ -56,7 +56,7 @@ def test_warmup_writes_reloadable_model_with_loss_curve(pool):
 
     path, images, raw, root = pool
     out = warmup(path, WarmupConfig(images=images, out=root / "proxy", n_samples=24, epochs=4, seed=0, lr=5e-3,
-                                    batch_size=8, min_steps=1))
+                                    batch_size=8, min_steps=1, base="bundled"))
     info = json.loads((out / "warmup.json").read_text())
     assert info["n_samples"] == 24 and len(info["epoch_losses"]) == 4
     assert info["vision_frozen"] and info["base"]["key"] == ensure_base().name
@@ -135,7 +135,9 @@ def test_warmup_command_prints_curve(pool):
     result = CliRunner().invoke(app, [str(path), "--images", str(images), "--out", str(out), "--n-samples", "8",
                                       "--epochs", "1", "--batch-size", "4", "--min-steps", "5"])
     assert result.exit_code == 0, result.output
-    assert "trained the proxy on 8 samples for 5 steps" in result.output  # 1 epoch = 2 steps, raised to 5
+    # 1 epoch = 2 steps, raised to 5, and said so
+    assert "trained the proxy on 8 records for 5 steps of 4 (2.5 passes; --min-steps 5 raised it from --epochs 1)" \
+        in result.output
     assert "image-shuffle test on" in result.output
     assert (out / "config.json").is_file() and (out / "warmup.json").is_file()
 
@@ -170,3 +172,71 @@ def test_answer_words_and_vocabulary_by_hand():
     pool = [rec("red")] * 6 + [rec("blue")] * 5 + [rec("teal")] * 4
     assert answer_vocabulary(pool, min_count=5) == ["red", "blue"]
     assert answer_vocabulary(pool, top_k=1, min_count=1) == ["red"]
+
+
+def test_best_checkpoint_keeps_the_lowest_heldout_point_and_stops_on_patience():
+    from mmsift.train.loop import BestCheckpoint
+
+    layer = torch.nn.Linear(2, 1)
+    heldout = iter([3.0, 1.0, 2.0, 2.5, 2.7])
+    watch = BestCheckpoint(every=2, patience=3)
+    watch.track([layer], lambda: next(heldout))
+    stops, kept = [], None
+    for step in range(1, 11):
+        with torch.no_grad():
+            layer.weight.fill_(float(step))
+        stops.append(watch.after_step(step))
+        if step == 4:
+            kept = layer.weight.detach().clone()  # the weights when the held-out loss was lowest (1.0)
+        if stops[-1]:
+            break
+    assert stops == [False] * 9 + [True] and step == 10  # 3 measurements (steps 6, 8, 10) without improvement
+    watch.restore()
+    torch.testing.assert_close(layer.weight, kept)
+    assert watch.summary()["best_step"] == 4 and watch.summary()["heldout_losses"][0] == (2, 3.0)
+
+
+def test_warmup_holds_out_records_and_keeps_the_best_step(pool):
+    from mmsift.train.warmup import WarmupConfig, warmup
+
+    path, images, raw, root = pool
+    out = warmup(path, WarmupConfig(images=images, out=root / "held", epochs=2, batch_size=8, min_steps=12,
+                                    base="bundled", holdout=0.3, progress=False))
+    info = json.loads((out / "warmup.json").read_text())
+    assert info["n_heldout"] == 9 and info["n_samples"] + info["n_failed"] == 21
+    held = info["heldout"]
+    assert held["best_step"] == info["step_kept"] and 1 <= info["step_kept"] <= info["steps"]
+    assert held["best_heldout_loss"] == min(loss for _, loss in held["heldout_losses"])
+
+
+def test_warmup_auto_switches_to_pool_perception_when_the_base_does_not_read(pool, monkeypatch):
+    import mmsift.train.warmup as wu
+    from mmsift.cli.warmup import warmup_lines
+
+    path, images, raw, root = pool
+    monkeypatch.setattr(wu, "SHUFFLE_MIN", 1e9)  # no proxy "reads": auto must switch, and then warn
+    out = wu.warmup(path, wu.WarmupConfig(images=images, out=root / "auto", epochs=1, batch_size=8, min_steps=2,
+                                          progress=False))
+    info = json.loads((out / "warmup.json").read_text())
+    assert info["base"] == "none" and info["base_option"] == "auto" and info["lr"] == 3e-3
+    assert info["switched_from"]["base"]["key"] and "increase" in info["switched_from"]["image_shuffle"]
+    assert "barely reads the images" in info["warning"] and "--base none" not in info["warning"]
+    lines = warmup_lines(info)
+    assert lines[0].startswith("the pretrained base did not read") and any(ln.startswith("warning:") for ln in lines)
+    monkeypatch.setattr(wu, "SHUFFLE_MIN", -1e9)  # every proxy "reads": auto stays on the base
+    out = wu.warmup(path, wu.WarmupConfig(images=images, out=root / "auto2", epochs=1, batch_size=8, min_steps=2,
+                                          progress=False))
+    info = json.loads((out / "warmup.json").read_text())
+    assert info["base"]["key"] and "switched_from" not in info and info["warning"] is None
+
+
+def test_warmup_lines_say_what_the_min_steps_floor_did():
+    from mmsift.cli.warmup import warmup_lines
+
+    info = {"steps": 300, "steps_planned": 300, "n_samples": 6, "batch_size": 16, "epochs": 2, "min_steps": 300,
+            "epoch_losses": [1.0 / (k + 1) for k in range(300)], "n_pool_records": 6,
+            "image_shuffle": {"n_records": 0}, "seconds": 3.0}
+    lines = warmup_lines(info)
+    assert "--min-steps 300 raised it from --epochs 2" in lines[0] and "800.0 passes" in lines[0]
+    assert "... (294 more)" in lines[1] and lines[1].count(":") == 7  # 6 losses shown, not 300
+    assert lines[-1].startswith("warning: only 6 valid records")

@@ -20,12 +20,19 @@ def resolve_budget(budget: float | int, n: int) -> int:
 
 
 def parse_budget(text: str) -> float | int:
-    """Parse a command-line budget: '0.15' is a fraction, '5000' a count, '1.0' everything."""
+    """Parse a command-line budget: '0.15' is a fraction, '15%' the same fraction (as recipes accept it), '5000'
+    a count, '1.0' everything."""
     text = text.strip()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ValueError(f"budget {text!r} is not a percentage like 15%") from None
+        return pct / 100.0
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"budget {text!r} is neither a fraction like 0.15 nor a count like 5000") from None
+        raise ValueError(f"budget {text!r} is neither a fraction like 0.15 (or 15%) nor a count like 5000") from None
     if any(c in text for c in ".eE") :
         return value
     return int(value)

@@ -14,6 +14,16 @@ log = logging.getLogger(__name__)
 
 # Methods the demo compares; the first is the headline (DataTailor, 15% as in its paper).
 DEMO_METHODS = ("datatailor", "perplexity", "random")
+# What the project's own referee (`mmsift bench`, full run on easy-vqa, docs/benchmark.md "Results") found: a
+# target model trained on each method's subset, paired against random subsets. Copied from that page; update both.
+BENCH_VERDICTS = {
+    "datatailor": "worse than random at 5% (-0.117) and 15% (-0.065), undecided at 30%; it does not clean "
+                  "(AUROC 0.440)",
+    "perplexity": "undecided at 5% (+0.003), worse than random at 15% (-0.052) and 30% (-0.093)",
+    "selfcheck": "the best cleaner (AUROC 0.895) but worse than random at 5% and 30%, undecided at 15%: built to "
+                 "drop the corrupted records of a pool (budget 0.8 and above), not to pick a small subset",
+    "random": "the bench's baseline: every verdict is paired against it",
+}
 
 
 @dataclass
@@ -42,7 +52,10 @@ def run_demo(
     methods: tuple[str, ...] = DEMO_METHODS,
     warmup_samples: int | None = None,
     warmup_epochs: int = 2,
+    echo=None,
 ) -> DemoResult:
+    """Run the demo into ``out``; ``echo``: called with each summary line as soon as its step ends (the lines
+    are also in the result)."""
     from mmsift.budget import resolve_budget
     from mmsift.data.easyvqa import build_easyvqa_pool
     from mmsift.data.io import read_pool
@@ -59,7 +72,11 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
-    say = lines.append
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if echo is not None:
+            echo(line)
     t0 = time.perf_counter()
 
     pool_path = build_easyvqa_pool(out / "pool", n_images=n_images, seed=seed)
@@ -69,20 +86,26 @@ def run_demo(
     say(f"1. pool: {len(pool.records)} records from {n_images} easy-vqa images -> {pool_path}")
     say(f"   validate: {report.n_errors} errors, {len(report.problems) - report.n_errors} warnings")
 
+    say("2. warm-up: tuning the bundled small LLaVA proxy on the pool (the first run builds its pretrained base "
+        "first, once, and caches it: minutes on a laptop CPU; docs/benchmark.md) ...")
     t = time.perf_counter()
     model = warmup(pool_path, WarmupConfig(out=str(out / "proxy"), images=str(images), n_samples=warmup_samples,
                                            epochs=warmup_epochs, seed=seed, device=device))
     info = read_warmup_log(model) or {}
-    say(f"2. warmup: the bundled small LLaVA proxy (pretrained base, vision frozen) trained on "
-        f"{info.get('n_samples', '?')} samples ({time.perf_counter() - t:.0f} s) -> {model}")
+    held = f", {info['n_heldout']} held out to choose the step kept" if info.get("n_heldout") else ""
+    path = ("pretrained base, vision frozen" if info.get("base") != "none" else
+            "the base did not read these images: random weights and a perception stage on the pool's images")
+    say(f"   warm-up done: the proxy ({path}) trained on {info.get('n_samples', '?')} records{held} "
+        f"({time.perf_counter() - t:.0f} s) -> {model}")
     say("   " + shuffle_line(info))
 
+    say("3. probe: one pass of the proxy over the pool ...")
     t = time.perf_counter()
     # overwrite: the demo rebuilds the pool and retrains the proxy each time, so an older run in `out` is stale.
     probe = run_probe(pool_path, ProbeConfig(model=str(model), out=str(out / "run"), images=str(images),
                                              methods=tuple(methods), device=device, overwrite=True))
     store = probe.store
-    say(f"3. probe: {len(store)} samples, signals {', '.join(store.signal_names)} "
+    say(f"   probe done: {len(store)} samples, signals {', '.join(store.signal_names)} "
         f"({time.perf_counter() - t:.0f} s, {probe.n_skipped} skipped) -> {out / 'run'}")
 
     result = DemoResult(out=out, pool=pool_path, model=Path(model), run=out / "run")
@@ -109,6 +132,10 @@ def run_demo(
     order = sel.scores.argsort(kind="stable")
     best, worst = order[::-1][:2], order[:2]
     pool_index = store.load([]).index  # store row -> pool position
+    say("   what the project's bench says about these methods (mmsift bench on easy-vqa, docs/benchmark.md):")
+    for method in methods:
+        if method in BENCH_VERDICTS:
+            say(f"      {method}: {BENCH_VERDICTS[method]}")
     say(f"5. why ({head}): highest and lowest scored samples")
     for line in describe_components(sel.details):
         say(f"   {line}")

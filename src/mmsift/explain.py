@@ -86,6 +86,24 @@ def describe_components(details: dict) -> list[str]:
     return [f"{name}: {COMPONENTS.get(name, 'per-sample value the method reports')}" for name in details]
 
 
+def constant_notes(details: dict) -> list[str]:
+    """A note per score component that has one value for every record (DataTailor's U = 0 everywhere, one
+    COINCIDE cluster): it told no record from another, and says why a ranking looks degenerate."""
+    import numpy as np
+
+    notes = []
+    for name, values in details.items():
+        v = np.asarray(values)
+        if v.ndim != 1 or len(v) < 2 or v.dtype.kind not in "fiu":
+            continue
+        finite = v[np.isfinite(v)] if v.dtype.kind == "f" else v
+        if len(finite) > 1 and float(finite.min()) == float(finite.max()):
+            notes.append(f"component {name} is {float(finite[0]):.4g} for every record: it tells no record from "
+                         "another here (too few records or clusters, or probe vectors that barely differ), so the "
+                         "ranking rests on the other components")
+    return notes
+
+
 def task_notes(kept_per_task: dict, total_per_task: dict, *, far: float = 4.0, min_expected: float = 5.0
                ) -> list[str]:
     """Notes for tasks kept at 0% or far from their pool share (below 1/``far`` or above ``far`` times it).
@@ -123,7 +141,7 @@ def rerun_commands(*, pool, images, model, run, methods, budget, subsets: dict, 
                      f"--epochs {warmup_epochs} --seed {seed}"
                      + (f" --n-samples {warmup_samples}" if warmup_samples is not None else ""))
     lines.append(f"mmsift probe {q(str(pool))} --images {q(str(images))} --model {q(str(model))} "
-                 f"--out {q(str(run))} --methods {','.join(methods)} --seed {seed} --overwrite")
+                 f"--out {q(str(run))} --methods {','.join(methods)} --overwrite")
     for method in methods:
         out = subsets[method]
         html = str(out.with_name(out.stem + ".html")) if hasattr(out, "with_name") else f"{out}.html"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -25,8 +24,8 @@ _VECTOR_PREFERENCE = ("last", "txt_mean", "img_mean", "mean", "attn_pool")
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1100px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;
-vertical-align:top}.rec{display:flex;gap:12px;border:1px solid #ddd;padding:8px;margin:8px 0}
-.rec img{width:128px;height:auto;border:1px solid #ccc}.turn{white-space:pre-wrap;margin:2px 0}
+vertical-align:top}.rec{display:flex;align-items:flex-start;gap:12px;border:1px solid #ddd;padding:8px;margin:8px 0}
+.rec img{flex:none;width:128px;height:auto;object-fit:contain;border:1px solid #ccc}.turn{white-space:pre-wrap;margin:2px 0}
 .role{font-weight:600}s.masked{color:#b2182b}.note{background:#fff4e5;padding:4px 8px;margin:4px 0}.fig{max-width:100%}"""
 
 
@@ -52,7 +51,8 @@ def task_chart(kept_per_task: dict, total_per_task: dict) -> str:
     ax.set_yticks(y, [str(t) for t in tasks])
     ax.invert_yaxis()
     ax.set_xlabel("records")
-    ax.legend(loc="lower right")
+    # Outside the axes: inside, it covered the longest bars.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _img(_png(fig), "kept vs pool per task")
 
 
@@ -163,6 +163,47 @@ def _write_page(path: Path, title: str, body: str) -> Path:
     return path
 
 
+def setting_text(value) -> str:
+    """A setting as a person reads it: lists comma-separated, mappings as ``key=value``, nothing as a dash."""
+    if value is None or value == "" or value == [] or value == {}:
+        return "\u2013"
+    if isinstance(value, dict):  # nested mappings in parentheses: clean (method=selfcheck, drop=0.1)
+        return ", ".join(f"{k} ({setting_text(v)})" if isinstance(v, dict) and v else f"{k}={setting_text(v)}"
+                         for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ("; " if any(isinstance(v, dict) for v in value) else ", ").join(setting_text(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def stages_table(stages: list | None, n_pool=None) -> str:
+    """A recipe's chain: records in and out of each stage (empty without stages)."""
+    if not stages:
+        return ""
+    e = html.escape
+    rows = "".join(f"<tr><td>{k + 1}</td><td>{e(str(s['stage']))}</td><td>{e(str(s['method']))}</td>"
+                   f"<td>{s['in']}</td><td>{s['out']}</td><td>{s['in'] - s['out']}</td>"
+                   f"<td>{e(s.get('warning') or '')}</td></tr>" for k, s in enumerate(stages))
+    head = (f"<p>The pool's {n_pool} probed records went through these stages; the charts below show the records "
+            "that reached the last one (the scores file lists every record and the stage that dropped it).</p>"
+            if n_pool is not None else "")
+    return ('<h2 id="stages">Stages</h2>' + head + "<table><tr><th>#</th><th>stage</th><th>method</th><th>in</th>"
+            f"<th>out</th><th>removed</th><th>note</th></tr>{rows}</table>")
+
+
+def tie_notes(scores: np.ndarray) -> list[str]:
+    """A note when every finite score is the same: the records kept were then picked by the tie-break alone."""
+    finite = np.asarray(scores, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if len(finite) > 1 and float(finite.max()) == float(finite.min()):
+        return [f"every scored record has the same score ({finite[0]:.4g}): the method told no record from "
+                "another here, and the records kept were chosen by the seeded tie-break alone (as random)"]
+    return []
+
+
 def _vector_name(store) -> str | None:
     names = sorted(p.stem[len("vec_"):] for p in Path(store.root).glob("vec_*.npy"))
     return next((n for n in _VECTOR_PREFERENCE if n in names), names[0] if names else None)
@@ -190,9 +231,10 @@ def write_html_report(path, *, selection, store, pool, report: dict, meaning, im
     parts = [f"<h1>mmsift selection: {e(selection.method)}, kept {len(selection.rows)} of {selection.n_total}</h1>"]
     settings = report.get("settings") or {k: report.get(k) for k in ("method", "budget", "seed", "params")}
     parts.append("<h2>Settings</h2><table>" + "".join(
-        f"<tr><th>{e(str(k))}</th><td>{e(json.dumps(v, ensure_ascii=False, default=str))}</td></tr>"
-        for k, v in settings.items()) + "</table>")
-    notes = list(report.get("task_notes", [])) + list(selection.notes)
+        f"<tr><th>{e(str(k))}</th><td>{e(setting_text(v))}</td></tr>" for k, v in settings.items()) + "</table>")
+    parts.append(stages_table(report.get("stages"), report.get("n_pool")))
+    notes = ([f"warning: {report['proxy_warning']}"] if report.get("proxy_warning") else []) + list(
+        report.get("task_notes", [])) + list(selection.notes) + tie_notes(selection.scores)
     parts.extend(f'<div class="note">{e(n)}</div>' for n in notes)
     parts.append(f"<p>Scores: {e(meaning.sentence)}.</p>")
     comps = describe_components(selection.details)

@@ -41,7 +41,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 RESOLVED = "recipe.resolved.yaml"
-WARMUP_DEFAULTS = {"n_samples": 256, "epochs": 3, "lr": 3e-3, "batch_size": 16}
+# The same defaults as `mmsift warmup` (WarmupConfig): the whole pool, 3 passes but at least 300 steps, the learning
+# rate of the base the warm-up starts from (None: 1e-3 from the pretrained base, 3e-3 with base none).
+WARMUP_DEFAULTS = {"n_samples": None, "epochs": 3, "min_steps": 300, "lr": None, "batch_size": 16, "base": "auto",
+                   "holdout": 0.1}
 PROBE_DEFAULTS = {"device": "cpu", "dtype": None, "batch_size": 8, "layer": -2, "shard_size": 256,
                   "vector_dim": None, "max_length": None, "num_workers": None, "max_pixels": None,
                   "max_image_tokens": None, "max_batch_tokens": None}
@@ -259,6 +262,27 @@ class ChainResult:
     selection: object  # mmsift.select.Selection over the records that reached the select stage
     signals: object  # Signals of those records
     stages: list[dict] = field(default_factory=list)
+    dropped: list[tuple] = field(default_factory=list)  # (id, pool index, task, "clean (selfcheck)") before select
+
+
+# A clean or dedup stage that removes more than this share of what enters it stops the run; more than WARN_SHARE
+# is a warning. A chain that keeps 2 records of 693 is a recipe that does not fit its pool, not a selection.
+STOP_SHARE, WARN_SHARE = 0.9, 0.5
+
+
+def _check_removed(row: dict, k: int) -> None:
+    """Stop when a clean or dedup stage removed nearly everything; mark (and log) a stage that removed most."""
+    n_in, n_out = row["in"], row["out"]
+    share = 1.0 - n_out / n_in if n_in else 0.0
+    what = f"stages[{k}].{row['stage']} ({row['method']}) removed {n_in - n_out} of {n_in} records ({share:.1%})"
+    hint = (": lower params.eps (the cosine distance under which two records count as duplicates) or drop the "
+            "stage" if row["stage"] == "dedup" else ": lower drop")
+    if share > STOP_SHARE:
+        raise RecipeError(f"{what}, nearly everything: the selection after it would mean nothing; the settings do "
+                          f"not fit this pool{hint}")
+    if share > WARN_SHARE:
+        row["warning"] = f"{what}, more than half: check that the settings fit this pool{hint}"
+        log.warning("%s", row["warning"])
 
 
 def run_chain(run: str | Path, stages: list[dict], *, seed: int = 0) -> ChainResult:
@@ -279,20 +303,25 @@ def run_chain(run: str | Path, stages: list[dict], *, seed: int = 0) -> ChainRes
     for _, _, scorer in scorers:
         needed |= set(scorer.requires) | (set(scorer.optional) & set(store.signal_names))
     signals = store.load(sorted(needed))
-    log_rows = []
+    log_rows, dropped = [], []
     for kind, body, scorer in scorers:
         n_in = len(signals)
         if kind == "clean":
             sel = select_rows(signals, scorer, 1.0 - float(body["drop"]) if body["drop"] else 1.0)
-            signals = signals.take(sel.rows)
+            rows = np.asarray(sel.rows)
         elif kind == "dedup":
             scorer.check_signals(signals)
-            signals = signals.take(np.flatnonzero(scorer.keep_mask(signals)))
+            rows = np.flatnonzero(scorer.keep_mask(signals))
         else:
             sel = select_rows(signals, scorer, body["budget"], balance_tasks=bool(body.get("balance_tasks")))
             log_rows.append({"stage": kind, "method": body["method"], "in": n_in, "out": len(sel.rows)})
-            return ChainResult(selection=sel, signals=signals, stages=log_rows)
+            return ChainResult(selection=sel, signals=signals, stages=log_rows, dropped=dropped)
+        gone = np.setdiff1d(np.arange(n_in), rows)
+        label = f"{kind} ({body['method']})"
+        dropped.extend((str(signals.ids[r]), int(signals.index[r]), str(signals.tasks[r]), label) for r in gone)
+        signals = signals.take(rows)
         log_rows.append({"stage": kind, "method": body["method"], "in": n_in, "out": len(signals)})
+        _check_removed(log_rows[-1], len(log_rows) - 1)
     raise RecipeError("stages: the last stage must be a select stage")
 
 
@@ -350,6 +379,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
                                                seed=seed, device=probe["device"], task_field=data["task_field"],
                                                **data["proxy"]["warmup"]))
         lines.append(f"warmup: trained the bundled proxy -> {model}")
+        lines.extend(_warmup_lines(model))
     else:
         model = recipe.base / data["proxy"]["model"]
     config = ProbeConfig(model=str(model), out=str(out / "run"), images=None if images is None else str(images),
@@ -360,6 +390,8 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
     chain = run_chain(out / "run", data["stages"], seed=seed)
     for s in chain.stages:
         lines.append(f"{s['stage']} ({s['method']}): {s['in']} -> {s['out']} records")
+        if s.get("warning"):
+            lines.append(f"warning: {s['warning']}")
     final = next(st["select"] for st in data["stages"] if "select" in st)
     pool = read_pool(pool_path, task_field=data["task_field"])
     resolved_path = out / RESOLVED
@@ -367,12 +399,16 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
                 "command": f"mmsift run {resolved_path}"}
     outputs = data["output"]
     subset = out / outputs["subset"]
+    extra = {"stages": chain.stages, "n_pool": result.n_records}
+    if "warmup" in data["proxy"] and _warmup_used(model)["warning"]:
+        extra["proxy_warning"] = _warmup_used(model)["warning"]
     report = write_selection(chain.selection, pool, subset, skipped=result.store.manifest.get("skipped", []),
-                             extra={"stages": chain.stages}, settings=settings)
+                             extra=extra, settings=settings)
     meaning = score_meaning(final["method"], final["params"])
     if outputs.get("scores"):
         write_scores(chain.selection, chain.signals.ids, chain.signals.index, chain.signals.tasks,
-                     out / outputs["scores"], meaning=meaning)
+                     out / outputs["scores"], meaning=meaning, dropped_before=chain.dropped,
+                     select_label=f"select ({final['method']})")
     cleaned = _token_stage(recipe, out, subset, images, lines) if recipe.tokens else None
     if outputs.get("html"):
         from mmsift.html_report import write_html_report
@@ -384,6 +420,8 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
     resolved["out"] = str(out.resolve())
     resolved["resolved"] = {"pool_sha256": digest, "versions": installed_versions(), "n_kept": len(chain.selection.rows),
                             "stages": chain.stages}
+    if "warmup" in data["proxy"]:
+        resolved["resolved"]["warmup"] = _warmup_used(model)
     if cleaned is not None:
         resolved["resolved"]["tokens"] = {"n_ranked": cleaned.n_ranked, "n_kept": cleaned.n_kept}
     resolved_path.write_text("# Written by mmsift run: every default filled in. `mmsift run` this file to redo it.\n"
@@ -393,6 +431,28 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None) -> RecipeResult
     lines.append(f"resolved recipe -> {resolved_path}")
     return RecipeResult(out=out, resolved=resolved_path, subset=subset, ids=list(chain.selection.ids), report=report,
                         lines=lines)
+
+
+def _warmup_used(model) -> dict:
+    """What the warm-up actually used (base, learning rate, steps), from its ``warmup.json``."""
+    from mmsift.train.warmup import read_warmup_log
+
+    info = read_warmup_log(model) or {}
+    base = info.get("base")
+    return {"base": "none" if base == "none" else f"bundled ({(base or {}).get('key')})",
+            "switched_from_bundled": "switched_from" in info, "lr": info.get("lr"),
+            "steps": info.get("steps"), "step_kept": info.get("step_kept"), "min_steps": info.get("min_steps"),
+            "image_shuffle_increase": (info.get("image_shuffle") or {}).get("increase"),
+            "warning": info.get("warning")}
+
+
+def _warmup_lines(model) -> list[str]:
+    used = _warmup_used(model)
+    lines = [f"warmup: base {used['base']}, lr {used['lr']}, {used['steps']} steps (kept step {used['step_kept']}), "
+             f"image-shuffle increase {used['image_shuffle_increase']}"]
+    if used["warning"]:
+        lines.append(f"warning: {used['warning']}")
+    return lines
 
 
 def _token_stage(recipe: Recipe, out: Path, subset: Path, images, lines: list[str]):

@@ -62,10 +62,14 @@ def truth_summary(selection: Selection, signal_index: np.ndarray, labels: np.nda
     return out
 
 
-def write_scores(selection: Selection, ids, index, tasks, path: Path, *, meaning=None) -> Path:
+def write_scores(selection: Selection, ids, index, tasks, path: Path, *, meaning=None,
+                 dropped_before: list | None = None, select_label: str = "select") -> Path:
     """Every scored record: id, pool index, task, score (and its shown value), kept, and the score components.
 
-    Written by suffix: ``.csv``, ``.parquet`` or ``.jsonl`` (one object per line).
+    ``dropped_before``: records a recipe's earlier stages removed, as (id, pool index, task, stage label); they
+    get a row too, with no score, and every row says in ``dropped_by`` which stage dropped it (empty when kept,
+    ``select_label`` for the final selection's drops). Written by suffix: ``.csv``, ``.parquet`` or ``.jsonl``
+    (one object per line).
     """
     import pyarrow as pa
 
@@ -81,6 +85,8 @@ def write_scores(selection: Selection, ids, index, tasks, path: Path, *, meaning
         values = np.asarray(values)
         if values.ndim == 1 and len(values) == n and name not in columns:
             columns[name] = values
+    if dropped_before is not None:
+        columns = _with_earlier_drops(columns, kept, dropped_before, select_label)
     table = pa.table(columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
@@ -99,6 +105,28 @@ def write_scores(selection: Selection, ids, index, tasks, path: Path, *, meaning
     else:
         raise ValueError(f"--scores {path}: use .csv, .parquet or .jsonl")
     return path
+
+
+def _with_earlier_drops(columns: dict, kept: np.ndarray, dropped: list, select_label: str) -> dict:
+    """``columns`` (rows of the records that reached the selection) plus one row per earlier drop, and the
+    ``dropped_by`` column; earlier drops have no score (NaN) and no components."""
+    m = len(dropped)
+    out = {}
+    for name, values in columns.items():
+        if name in ("id", "task"):
+            out[name] = list(values) + [d[0 if name == "id" else 2] for d in dropped]
+        elif name == "index":
+            out[name] = np.concatenate([values, np.asarray([d[1] for d in dropped], dtype=np.int64)])
+        elif name == "kept":
+            out[name] = np.concatenate([values, np.zeros(m, dtype=bool)])
+        else:
+            values = np.asarray(values)
+            if values.dtype.kind in "fiub":
+                out[name] = np.concatenate([values.astype(np.float64), np.full(m, np.nan)])
+            else:
+                out[name] = list(values) + [None] * m
+    out["dropped_by"] = ["" if k else select_label for k in kept] + [d[3] for d in dropped]
+    return out
 
 
 def ids_path_for(out: Path) -> Path:

@@ -14,7 +14,8 @@ from mmsift.data.validate import validate_pool
 
 
 def validate_command(
-    data: Annotated[Path, typer.Argument(help="The pool: LLaVA .json (a list), .jsonl or .parquet.")],
+    data: Annotated[Path, typer.Argument(
+        help="The pool: .json, .jsonl or .parquet (LLaVA or ShareGPT layout), a folder or a glob of shards.")],
     images: Annotated[Optional[Path], typer.Option(
         "--images", help="Folder the records' image paths are relative to (default: the data file's folder).",
     )] = None,

@@ -12,7 +12,8 @@ from mmsift.failures import DEFAULT_MAX_FAILURE_RATE, SystematicFailure
 
 
 def probe_command(
-    data: Annotated[Path, typer.Argument(help="The pool: LLaVA .json, .jsonl or .parquet.")],
+    data: Annotated[Path, typer.Argument(
+        help="The pool: .json, .jsonl or .parquet (LLaVA or ShareGPT layout), a folder or a glob of shards.")],
     images: Annotated[Optional[Path], typer.Option(
         "--images", help="Folder the records' image paths are relative to (default: the data file's folder).")] = None,
     model: Annotated[Path, typer.Option("--model", help="Local model directory (e.g. from `mmsift warmup`).")] = Path(
@@ -81,3 +82,8 @@ def probe_command(
         typer.echo(f"  skipped {rid}: {kind}: {message}")
     if len(result.skipped) > 20:
         typer.echo(f"  ... and {len(result.skipped) - 20} more (see {out}/manifest.json)")
+    from mmsift.cli.select import proxy_warning_of
+
+    warning = proxy_warning_of({"model": str(model)})
+    if warning:
+        typer.echo(f"warning: {warning}")

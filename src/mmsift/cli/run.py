@@ -23,7 +23,15 @@ def run_command(
         typer.echo(f"error: {recipe}: {e}", err=True)
         raise typer.Exit(2) from None
     if check:
-        typer.echo(f"{recipe}: OK ({len(loaded.data['stages'])} stages, methods {', '.join(loaded.methods)})")
+        from mmsift.recipe import pool_hash
+
+        pinned = (loaded.data.get("resolved") or {}).get("pool_sha256")
+        if pinned and pool_hash(loaded) != pinned:
+            typer.echo(f"error: {recipe}: pool {loaded.path('pool')} changed since this recipe was resolved (its "
+                       f"SHA-256 no longer matches): running it would not give the same ids", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"{recipe}: OK ({len(loaded.data['stages'])} stages, methods {', '.join(loaded.methods)}"
+                   + (", pool unchanged since it was resolved" if pinned else "") + ")")
         return
     try:
         result = run_recipe(loaded, out=out)
@@ -50,12 +58,10 @@ def demo_command(
     from mmsift.failures import SystematicFailure
 
     try:
-        result = run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device,
-                          warmup_samples=warmup_samples, warmup_epochs=warmup_epochs)
+        run_demo(out, n_images=n_images, budget=budget, seed=seed, device=device, warmup_samples=warmup_samples,
+                 warmup_epochs=warmup_epochs, echo=typer.echo)
     except SystematicFailure as e:
         fail_systematic(e)
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    for line in result.lines:
-        typer.echo(line)

@@ -25,10 +25,11 @@ def _parse_params(params: list[str]) -> dict:
 def select_command(
     run: Path = typer.Argument(..., help="Run directory written by `mmsift probe` (or built from your own arrays)."),
     method: str = typer.Option(..., "--method", "-m", help="Selection method (see `mmsift methods`)."),
-    budget: str = typer.Option(..., "--budget", "-b", help="Fraction of the pool (0.15) or a count (5000)."),
+    budget: str = typer.Option(..., "--budget", "-b", help="Fraction of the pool (0.15 or 15%) or a count (5000)."),
     out: Path = typer.Option(..., "--out", "-o", help="Subset file: .json, .jsonl or .parquet."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice; same seed, same ids."),
-    param: list[str] = typer.Option([], "--param", "-p", help="Method parameter key=value (repeatable)."),
+    param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE",
+                                    help="Method parameter key=value (repeatable)."),
     dedup: str = typer.Option(None, "--dedup", help="Remove near-duplicates first with this method (e.g. semdedup)."),
     balance_tasks: bool = typer.Option(False, "--balance-tasks", help="Keep each task's share of the pool."),
     data: Path = typer.Option(None, "--data", help="The pool file, when it moved since the probe ran."),
@@ -39,7 +40,7 @@ def select_command(
 ) -> None:
     """Score every sample of RUN with a method and write the kept records, exactly as read, to OUT."""
     from mmsift.budget import parse_budget
-    from mmsift.data.io import FORMATS, pool_exists, read_pool
+    from mmsift.data.io import FORMATS, check_subset_format, pool_exists, read_pool
     from mmsift.explain import describe_components, score_meaning
     from mmsift.report import selection_settings, truth_labels, truth_summary, write_scores, write_selection
     from mmsift.select import select_run
@@ -61,11 +62,15 @@ def select_command(
         if not pool_exists(pool_path):
             raise typer.BadParameter(f"pool {pool_path} not found: pass --data POOL")
         params = _parse_params(param)
+        pool = read_pool(pool_path, task_field=store.manifest.get("task_field"))
+        check_subset_format(pool, out)
         selection = select_run(str(run), method, parse_budget(budget), seed=seed, params=params,
                                dedup=dedup, balance_tasks=balance_tasks,
                                reference_run=str(reference_run) if reference_run else None)
-        pool = read_pool(pool_path, task_field=store.manifest.get("task_field"))
         extra = {"seed": seed, "params": params, "budget": budget, "run": str(run)}
+        warning = proxy_warning_of(store.manifest)
+        if warning:
+            extra["proxy_warning"] = warning
         settings = selection_settings(run=run, method=method, budget=budget, seed=seed, params=params, dedup=dedup,
                                       balance_tasks=balance_tasks, reference_run=reference_run, pool=pool_path,
                                       out=out)
@@ -99,6 +104,12 @@ def select_command(
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    if extra.get("proxy_warning"):
+        typer.echo(f"warning: {extra['proxy_warning']}")
+    n_budget = parse_budget(budget)
+    if isinstance(n_budget, int) and n_budget >= selection.n_total:
+        typer.echo(f"note: the budget {n_budget} is not below the {selection.n_total} records scored: every "
+                   f"scorable record is kept (nothing was selected)")
     for line in selection.summary_lines():
         if line.startswith("score range") and meaning.sign != 1.0:
             continue  # the ranked score is minus the quantity here; it is printed with its meaning below
@@ -108,7 +119,11 @@ def select_command(
         typer.echo(f"scores: {meaning.sentence}; {meaning.label} of the kept records {shown.min():.4g}..{shown.max():.4g}")
     for line in describe_components(selection.details):
         typer.echo(f"  component {line}")
-    for note in report["task_notes"]:
+    from mmsift.html_report import tie_notes
+
+    from mmsift.explain import constant_notes
+
+    for note in list(report["task_notes"]) + tie_notes(selection.scores) + constant_notes(selection.details):
         typer.echo(f"note: {note}")
     if report["skipped_records"]:
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(report["skipped_by_kind"].items()))
@@ -119,10 +134,39 @@ def select_command(
                    f"({t['flagged_share_kept']:.1%} of subset vs {t['flagged_share_pool']:.1%} of pool)"
                    + (f", AUROC {t['auroc_flagged_low_score']:.3f}" if "auroc_flagged_low_score" in t else ""))
     typer.echo(f"wrote {report['n_kept']} records to {out}, ids to {report['ids']}, report to {report['report']}")
+    note = image_path_note(out, store.manifest.get("images"))
+    if note:
+        typer.echo(f"note: {note}")
     if scores is not None:
         typer.echo(f"scores of all {len(selection.scores)} records -> {scores}")
     if html is not None:
         typer.echo(f"HTML report -> {html}")
+
+
+def image_path_note(out: Path, images) -> str | None:
+    """Records are written exactly as read: their image paths stay relative to the pool's image folder. Say so
+    when the subset lands in another folder."""
+    if not images:
+        return None
+    try:
+        same = Path(out).parent.resolve() == Path(images).resolve()
+    except OSError:
+        return None
+    if same:
+        return None
+    return (f"image paths in {out} are relative to {images} (the pool's image folder), as in the pool: give your "
+            f"trainer that folder, not {Path(out).parent}")
+
+
+def proxy_warning_of(manifest: dict) -> str | None:
+    """The warm-up's warning about the run's proxy model (it does not read the images), when it left one."""
+    model = manifest.get("model")
+    path = Path(model) / "warmup.json" if model else None  # mmsift.train.warmup.WARMUP_LOG (no torch import here)
+    try:
+        info = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return info.get("warning") if isinstance(info, dict) else None
 
 
 def methods_command(

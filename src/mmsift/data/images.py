@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 from mmsift.data.parquet import open_embedded, read_embedded
 from mmsift.data.paths import resolve_image
@@ -33,6 +34,25 @@ def check_image_file(path: str | os.PathLike, *, decode: bool = False) -> tuple[
         return check_image_data(f, st.st_size, str(path), decode=decode)
 
 
+_SIGNATURES = {b"\x89PNG": "PNG", b"\xff\xd8": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WebP"}
+_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".gif": "GIF", ".bmp": "BMP", ".webp": "WebP",
+             ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _looks_like(f, path: str) -> str | None:
+    """How a file PIL cannot identify still looks like an image: its first bytes or its name."""
+    try:
+        f.seek(0)
+        head = f.read(8)
+    except OSError:
+        head = b""
+    for sig, name in _SIGNATURES.items():
+        if head.startswith(sig):
+            return f"starts like a {name} file"
+    name = _SUFFIXES.get(Path(str(path)).suffix.lower())
+    return f"is named as a {name} file" if name else None
+
+
 def check_image_data(f, size: int, path: str, *, decode: bool = False) -> tuple[str, str] | None:
     """The image checks of :func:`check_image_file` on an open binary file object of ``size`` bytes; ``path``
     names it in messages."""
@@ -41,6 +61,12 @@ def check_image_data(f, size: int, path: str, *, decode: bool = False) -> tuple[
     try:
         im = Image.open(f)
     except UnidentifiedImageError:
+        looks = _looks_like(f, path)
+        if looks and looks.startswith("starts"):  # the signature is there, the rest of the header is not
+            return "corrupt_image", f"{path} is damaged: it {looks}, but PIL cannot read its header"
+        if looks:  # a damaged image and a text file with an image's name look the same from here
+            return "unreadable_image", (f"{path} {looks}, but PIL cannot read it: a damaged image, or not an "
+                                        "image at all")
         return "unreadable_image", f"{path} is not an image format PIL can read"
     except Image.DecompressionBombError as e:
         return "unreadable_image", f"{path}: {e}"

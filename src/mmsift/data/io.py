@@ -231,12 +231,33 @@ def write_subset(pool: Pool, indices, out_path: str | os.PathLike) -> Path:
             _write_parquet(pool, chosen, Path(tmp))
         else:
             _write_json_like(pool, chosen, Path(tmp), fmt)
+        # mkstemp creates the file 0600; a subset is read by trainers under other accounts, like the .ids.txt
+        # beside it: the mode a plain open() would give (0666 less the umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, out_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     log.info("wrote %d of %d records to %s (%s)", len(chosen), n, out_path, fmt)
     return out_path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_subset_format(pool: Pool, out_path: str | os.PathLike) -> None:
+    """Raise a ValueError (one line) when the pool's records cannot be written in ``out_path``'s format: embedded
+    image bytes have no JSON form. Checked before selecting, so no work is lost."""
+    fmt = format_of(Path(out_path)) if Path(out_path).suffix.lower() in FORMATS else None
+    if fmt not in ("json", "jsonl"):
+        return
+    rec = next((r for r in pool.records if any(r.embedded)), None)
+    if rec is not None:
+        raise ValueError(f"{out_path}: the pool holds embedded image bytes (record {rec.id!r}, and maybe others), "
+                         f"which JSON cannot hold: write the subset as .parquet")
 
 
 def _copy_jsonl_lines(pool: Pool, chosen: list[int], tmp: Path) -> None:

@@ -138,8 +138,12 @@ class ValidationReport:
         if not self.problems:
             lines.append(f"OK: no problems in {self.n_records} records")
             return "\n".join(lines)
-        lines.append(f"{self.n_errors} errors, {self.n_warnings} warnings; {len(self.bad_indices)} of "
-                     f"{self.n_records} records have errors and will be skipped")
+        if self.n_records or not self.n_errors:
+            lines.append(f"{self.n_errors} errors, {self.n_warnings} warnings; {len(self.bad_indices)} of "
+                         f"{self.n_records} records have errors and will be skipped")
+        else:  # the file itself could not be read as a pool: there are no records to count
+            lines.append(f"{self.n_errors} errors, {self.n_warnings} warnings: the file could not be read as a "
+                         "pool, so no record was read")
         by_kind: dict[str, list[Problem]] = {}
         for p in self.problems:
             by_kind.setdefault(p.kind, []).append(p)

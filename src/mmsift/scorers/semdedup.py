@@ -85,8 +85,10 @@ class SemDeDup(Scorer):
                 key = sim_c[members] if self.keep == "far" else -sim_c[members]
                 order = np.argsort(key, kind="stable")
                 keep[members] = dedup_cluster(x[members], order, 1.0 - self.eps)
-        self.notes_.append(f"semdedup: removed {int((~keep).sum())} of {n} near-duplicates "
-                           f"(cosine > {1.0 - self.eps:g} on {self.vector!r}; {how})")
+        self.notes_.append(f"semdedup: removed {int((~keep).sum())} of {n} records as near-duplicates of a record "
+                           f"kept (cosine > {1.0 - self.eps:g} on {self.vector!r}; {how}); when semdedup is the "
+                           "selection method, the budget then keeps the best-scored of the rest (by distance to "
+                           "their cluster centre), so it can keep fewer than the duplicates left")
         if n >= 20 and (~keep).mean() > 0.5:
             # Real pools rarely hold more duplicates than originals; this usually means the vectors carry little
             # information (an untrained or too small proxy), not that the pool is mostly copies.

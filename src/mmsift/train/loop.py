@@ -59,7 +59,8 @@ class TrainResult:
 
 
 def train_model(model, records, images_dir, config: TrainConfig, *, encoded: list | None = None,
-                progress: str | None = None, log_dir=None, token_masks: dict | None = None) -> TrainResult:
+                progress: str | None = None, log_dir=None, token_masks: dict | None = None,
+                watch: "BestCheckpoint | None" = None) -> TrainResult:
     """Train ``model`` (a model directory, or a :class:`~mmsift.models.loading.LoadedModel` trained in place) on
     ``records`` with ``config``.
 
@@ -71,6 +72,8 @@ def train_model(model, records, images_dir, config: TrainConfig, *, encoded: lis
     id -> assistant turn -> masked character spans (a token cleaning sidecar,
     :func:`mmsift.token_select.read_sidecar`); the masked answer tokens leave the loss (``train.masks``), records
     without an entry train on every answer token; with ``encoded``, ``records`` must be the encoded records.
+    ``watch``: a :class:`BestCheckpoint` whose ``records`` (held out, never trained on) are scored every
+    ``watch.every`` steps; the weights with their lowest answer loss are the ones returned.
     """
     import torch
 
@@ -91,16 +94,29 @@ def train_model(model, records, images_dir, config: TrainConfig, *, encoded: lis
     lm.model.train()
     losses: list[float] = []
     epoch_losses: list[float] = []
+    if watch is not None and watch.records:
+        held, _ = encode_records(lm.adapter, watch.records, images_dir)
+        watch.track([lm.model], lambda: heldout_answer_loss(lm, held, config.batch_size))
     with cpu_threads_for(lm.model, lm.device):
         bar = tqdm(total=total, desc=progress, unit="step", disable=progress is None, leave=False)
+
+        def after_step() -> bool:
+            bar.update(1)
+            if len(losses) % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            return watch is not None and watch.after_step(len(losses), last=len(losses) == total)
+        stop = False
         try:
             with bar:
-                while len(losses) < total:
-                    epoch = _train_epoch(lm, params, encs, opt, sched, gen, config.batch_size, total, losses, bar)
+                while len(losses) < total and not stop:
+                    epoch, stop = _train_epoch(lm, params, encs, opt, sched, gen, config.batch_size, total, losses,
+                                               after_step)
                     epoch_losses.append(epoch)
                     log.info("epoch %d: mean answer loss %.4f (%d steps)", len(epoch_losses), epoch, len(losses))
         except Exception as e:  # every batch holds many records: a failing step is not one bad record
             raise step_failure("warmup", f"training step {len(losses) + 1}", e, log_dir) from e
+    if watch is not None:
+        watch.restore()
     lm.model.eval()
     return TrainResult(lm, losses, epoch_losses, len(encs), len(failed), time.perf_counter() - t0, mask_counts)
 
@@ -138,8 +154,10 @@ def _optimizer(lm, config: TrainConfig, total: int):
     return params, opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
-def _train_epoch(lm, params, encs, opt, sched, gen, batch_size: int, total: int, losses: list, bar) -> float:
-    """One reshuffled pass (or what is left of ``total`` steps); returns its mean loss."""
+def _train_epoch(lm, params, encs, opt, sched, gen, batch_size: int, total: int, losses: list,
+                 after_step) -> tuple[float, bool]:
+    """One reshuffled pass (or what is left of ``total`` steps); returns its mean loss and whether
+    ``after_step()`` asked to stop."""
     import torch
 
     order = torch.randperm(len(encs), generator=gen).tolist()
@@ -150,10 +168,26 @@ def _train_epoch(lm, params, encs, opt, sched, gen, batch_size: int, total: int,
         batch = lm.adapter.collate([encs[i] for i in order[k:k + batch_size]]).to(lm.device)
         losses.append(optimizer_step(batch_answer_loss(lm.adapter, lm.model, batch), params, opt, sched))
         in_epoch.append(losses[-1])
-        bar.update(1)
-        if len(losses) % 20 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    return float(np.mean(in_epoch))
+        if after_step():
+            return float(np.mean(in_epoch)), True
+    return float(np.mean(in_epoch)), False
+
+
+def heldout_answer_loss(lm, encs: list, batch_size: int) -> float:
+    """Mean answer-token loss of the encoded inputs ``encs`` (token-weighted), without training; the model is
+    put back in training mode after."""
+    import torch
+
+    lm.model.eval()
+    total, n_tok = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(encs), batch_size):
+            batch = lm.adapter.collate(encs[s:s + batch_size]).to(lm.device)
+            n = int(batch.answer_mask.sum())
+            total += float(batch_answer_loss(lm.adapter, lm.model, batch)) * n
+            n_tok += n
+    lm.model.train()
+    return total / max(1, n_tok)
 
 
 def optimizer_step(loss, params, opt, sched) -> float:
@@ -166,6 +200,51 @@ def optimizer_step(loss, params, opt, sched) -> float:
     opt.step()
     sched.step()
     return float(loss.detach())
+
+
+class BestCheckpoint:
+    """Keep the weights with the lowest held-out loss seen during training (early stopping on held-out records).
+
+    A trainer calls :meth:`track` once with the modules it trains and a function returning the held-out loss,
+    (or, for :func:`train_model`, the held-out ``records``, which it encodes and scores itself), then
+    :meth:`after_step` after each optimisation step: every ``every`` steps the held-out loss is measured and
+    the weights are copied when it is the lowest so far; ``after_step`` returns True once ``patience``
+    measurements in a row brought no improvement (``patience=0``: never stop, only keep the best).
+    :meth:`restore` puts the best weights back. On a pool with wrong answers, a model keeps fitting them after
+    its held-out loss stops falling: the best held-out point is the one that learnt the pool's rule, not its
+    exceptions.
+    """
+
+    def __init__(self, *, every: int, patience: int = 0, records: list | None = None):
+        self.every, self.patience, self.records = max(1, int(every)), int(patience), list(records or ())
+        self.best_loss, self.best_step, self.history = float("inf"), 0, []
+        self._state, self._modules, self._evaluate, self._bad = None, [], None, 0
+
+    def track(self, modules, evaluate) -> None:
+        self._modules, self._evaluate = list(modules), evaluate
+
+    def after_step(self, step: int, *, last: bool = False) -> bool:
+        if self._evaluate is None or (step % self.every and not last):
+            return False
+        import copy
+
+        loss = float(self._evaluate())
+        self.history.append((step, round(loss, 4)))
+        if loss < self.best_loss:
+            self.best_loss, self.best_step, self._bad = loss, step, 0
+            self._state = [copy.deepcopy(m.state_dict()) for m in self._modules]
+        else:
+            self._bad += 1
+        return bool(self.patience) and self._bad >= self.patience
+
+    def restore(self) -> None:
+        if self._state is not None:
+            for m, st in zip(self._modules, self._state):
+                m.load_state_dict(st)
+
+    def summary(self) -> dict:
+        return {"best_step": self.best_step, "best_heldout_loss": round(self.best_loss, 4),
+                "heldout_losses": self.history}
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from collections import Counter
 
 import numpy as np
 
-from mmsift.train.loop import optimizer_step
+from mmsift.train.loop import BestCheckpoint, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,17 @@ def answer_vocabulary(records, *, top_k: int = 64, min_count: int = 5) -> list[s
 
 def train_pool_perception(lm, records, images_dir, *, steps: int | None = None, batch: int = 64,
                           lr: float = 2e-3, seed: int = 0, top_k: int = 64,
-                          progress: str | None = "perception") -> dict:
+                          progress: str | None = "perception", heldout_ids: set | None = None) -> dict:
     """Train ``lm``'s vision tower on the pool's single-image records (see the module docstring).
 
-    ``steps`` (default): about 60 passes over the records, between 100 and 1,500 steps.
+    ``steps`` (default): about 60 passes over the records, between 100 and 1,500 steps, but the tower and head
+    kept are those with the lowest loss on held-out records (``heldout_ids``, the warm-up's held-out records, or
+    a seeded 10%), and training stops after 6 measurements without improvement: trained to the end, the tower
+    learns the pool's wrong answers by heart (on the digits pool, 20% wrong, the proxy then fitted them and
+    self-check could no longer find them; docs/warmup.md).
 
-    Returns a summary for ``warmup.json``: the vocabulary size, records used, final training loss and, on 10%
-    held-out records with at least one labelled word, the head's cross-entropy next to that of the words' base
+    Returns a summary for ``warmup.json``: the vocabulary size, records used, final training loss, the step
+    kept and the held-out losses measured and, on the held-out records with at least one labelled word, the head's cross-entropy next to that of the words' base
     rates (what a tower that sees nothing would score).
     """
     import torch
@@ -85,36 +89,56 @@ def train_pool_perception(lm, records, images_dir, *, steps: int | None = None, 
         pixels.append(ip(images=imgs, return_tensors="pt")["pixel_values"].to(torch.float16))
     pixels = torch.cat(pixels).to(lm.device)
     y = y.to(lm.device)
-    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(usable)))
-    n_val = max(1, len(usable) // 10)
-    val, train = order[:n_val], order[n_val:]
+    val, train = _split(usable, heldout_ids, seed)
     tower = lm.adapter.vision_tower(lm.model)
+    watch = BestCheckpoint(every=max(20, steps // 40), patience=6, records=[pixels[val], {"words": y[val]}])
     with torch.random.fork_rng():
         heads, final = train_perception(tower, pixels[train], {"words": y[train]}, steps=steps, batch=batch,
-                                        lr=lr, seed=seed, n_classes={"words": len(vocab)}, progress=progress)
+                                        lr=lr, seed=seed, n_classes={"words": len(vocab)}, progress=progress,
+                                        watch=watch)
+    log.info("perception stage: kept step %d of %d (lowest held-out loss %.3f)", watch.best_step, steps,
+             watch.best_loss)
     with torch.no_grad():
         logits = heads["words"](tower(pixel_values=pixels[val].float()).last_hidden_state[:, 1:].mean(1))
     yv = y[val]
     has = yv.sum(1) > 0
     if not bool(has.any()):
         return {"skipped": False, "vocabulary": len(vocab), "n_records": len(usable), "steps": steps,
-                "final_loss": round(final, 4), "heldout_loss": None, "base_rate_loss": None}
+                "final_loss": round(final, 4), "heldout_loss": None, "base_rate_loss": None, **watch.summary()}
     target = yv[has] / yv[has].sum(1, keepdim=True)
     model_ce = -(target * torch.log_softmax(logits[has], -1)).sum(1).mean()
     freq = y[train].sum(0) + 1e-3
     prior_ce = -(target * torch.log(freq / freq.sum())).sum(1).mean()  # the words' base rates, no image
     return {"skipped": False, "vocabulary": len(vocab), "n_records": len(usable), "steps": steps,
             "final_loss": round(final, 4),
-            "heldout_loss": round(float(model_ce), 4), "base_rate_loss": round(float(prior_ce), 4)}
+            "heldout_loss": round(float(model_ce), 4), "base_rate_loss": round(float(prior_ce), 4), **watch.summary()}
+
+
+def _split(usable, heldout_ids, seed: int):
+    """Held-out and training positions: the records whose id is in ``heldout_ids`` (the warm-up's held-out
+    records), else a seeded 10%."""
+    import torch
+
+    if heldout_ids:
+        val = [i for i, r in enumerate(usable) if r.id in heldout_ids]
+        if val:
+            train = [i for i, r in enumerate(usable) if r.id not in heldout_ids]
+            return torch.as_tensor(val), torch.as_tensor(train)
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(usable)))
+    n_val = max(1, len(usable) // 10)
+    return order[:n_val], order[n_val:]
 
 
 def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr: float, seed: int,
-                     n_classes: dict, progress: str | None = "perception"):
+                     n_classes: dict, progress: str | None = "perception", watch=None):
     """Stage 0: train ``tower`` (a CLIP vision model) with one linear head per label on mean-pooled patch tokens.
 
     ``labels``: name -> (N,) long tensor, -1 where unknown (cross-entropy), or (N, K) float tensor of 0/1
     (a set of labels per item: cross-entropy against the uniform distribution over the item's labels; items
     with none are skipped). Returns (heads, mean loss of the last 50 steps).
+    ``watch``: a :class:`~mmsift.train.loop.BestCheckpoint` whose ``records`` are the held-out items as
+    ``(pixels, labels)``: the tower and heads with the lowest held-out loss are kept, and training stops when the
+    watch says so.
     """
     import torch
     from tqdm import tqdm
@@ -135,6 +159,8 @@ def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr:
             has = y.sum(1) > 0
             return ce(heads[k](feats[has]), y[has] / y[has].sum(1, keepdim=True)) if bool(has.any()) else None
         return ce(heads[k](feats), y) if bool((y >= 0).any()) else None
+    if watch is not None and watch.records:
+        watch.track([tower, heads], lambda: _heldout_loss(tower, heads, tuple(watch.records)))
     tower.train()
     recent: list[float] = []
     for step in tqdm(range(steps), desc=progress, unit="step", disable=progress is None, leave=False):
@@ -142,8 +168,34 @@ def train_perception(tower, pixels, labels: dict, *, steps: int, batch: int, lr:
         feats = tower(pixel_values=pixels[idx].float()).last_hidden_state[:, 1:].mean(1)
         loss = sum(x for x in (head_loss(k, feats, idx) for k in heads) if x is not None)
         recent.append(optimizer_step(loss, params, opt, sched))
+        if watch is not None and watch.after_step(step + 1, last=step + 1 == steps):
+            break
+    if watch is not None:
+        watch.restore()
     tower.eval()
     return heads, float(np.mean(recent[-50:]))
+
+
+def _heldout_loss(tower, heads, val: tuple) -> float:
+    """Sum of the heads' losses on held-out ``val`` = (pixels, labels), the tower back in training mode after."""
+    import torch
+
+    pixels, labels = val
+    tower.eval()
+    with torch.no_grad():
+        feats = tower(pixel_values=pixels.float()).last_hidden_state[:, 1:].mean(1)
+        total = 0.0
+        for k in heads:
+            y = labels[k]
+            if y.ndim == 2:
+                has = y.sum(1) > 0
+                if bool(has.any()):
+                    target = y[has] / y[has].sum(1, keepdim=True)
+                    total += float(-(target * torch.log_softmax(heads[k](feats[has]), -1)).sum(1).mean())
+            elif bool((y >= 0).any()):
+                total += float(torch.nn.functional.cross_entropy(heads[k](feats), y, ignore_index=-1))
+    tower.train()
+    return total
 
 
 def evaluate_perception(tower, heads, pixels, labels: dict, *, batch: int = 256) -> dict[str, float]:

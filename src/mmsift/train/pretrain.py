@@ -139,7 +139,10 @@ def ensure_base(recipe: BaseRecipe | None = None, *, device: str = "cpu") -> Pat
     if (path / BASE_INFO).is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building the pretrained base (once; cached at %s)", path)
+    # Shown without -v: the bars that follow run for minutes on a CPU, and the user should know why.
+    log.warning("building the pretrained base of the bundled proxy, once (cached at %s for every later warm-up, "
+                "demo and bench): a vision tower taught to see shapes, colours and printed words (stage "
+                "'perception'), then aligned to captions (stage 'alignment'); several minutes on a CPU", path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         build_base(tmp, recipe, device=device)

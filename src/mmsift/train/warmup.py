@@ -25,14 +25,16 @@ from mmsift.models.encode import encode_records
 from mmsift.models.loading import check_device, cpu_threads_for, load_model
 from mmsift.models.losses import batch_answer_loss
 from mmsift.models.proxy import ProxySize, build_proxy
-from mmsift.train.loop import TrainConfig, train_model
+from mmsift.train.loop import BestCheckpoint, TrainConfig, train_model
 from mmsift.train.perception import train_pool_perception
 from mmsift.train import pretrain
 
 log = logging.getLogger(__name__)
 
 WARMUP_LOG = "warmup.json"
-BASES = ("bundled", "none")
+BASES = ("auto", "bundled", "none")
+SHUFFLE_MIN = 0.1  # image-shuffle increase under which the proxy is said not to read the images
+SMALL_POOL = 100  # fewer valid records than this: warn that the proxy's signals mean little
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class WarmupConfig:
     ``images``: the folder image paths are relative to (default: the pool file's folder). ``out``: the model
     directory written. ``n_samples``: random good records to train on (default: all). Training runs ``epochs``
     passes but at least ``min_steps`` steps. ``lr``: default 1e-3 from the base, 3e-3 with ``base="none"``.
+    ``base``: "auto" (the base, or "none" when the base does not read the pool's images), "bundled" or "none".
+    ``holdout``: share of the training records held out to choose the step kept (0: keep the last step).
     ``base_recipe``: a :class:`~mmsift.train.pretrain.BaseRecipe` other than the default. ``token_masks``: a token
     cleaning sidecar (``mmsift tokens``); the masked answer tokens leave the warm-up's loss.
     """
@@ -56,7 +60,8 @@ class WarmupConfig:
     seed: int = 0
     device: str = "cpu"
     task_field: str | None = None
-    base: str = "bundled"
+    base: str = "auto"
+    holdout: float = 0.1
     base_recipe: object = None
     max_tokenizer_texts: int = 50_000
     progress: bool = True
@@ -67,16 +72,19 @@ class WarmupConfig:
         """Raise a ValueError naming the first setting out of range."""
         check_device(self.device)
         if self.base not in BASES:
-            raise ValueError(f"--base must be 'bundled' or 'none', got {self.base!r}")
+            raise ValueError(f"--base must be 'auto', 'bundled' or 'none', got {self.base!r}")
+        if not 0.0 <= self.holdout < 0.5:
+            raise ValueError(f"holdout must be in [0, 0.5), got {self.holdout}")
         if (self.n_samples is not None and self.n_samples < 1) or min(self.epochs, self.batch_size,
                                                                           self.min_steps) < 1:
             raise ValueError(f"--n-samples, --epochs, --batch-size and --min-steps must be >= 1, got "
                              f"{self.n_samples}, {self.epochs}, {self.batch_size}, {self.min_steps}")
 
-    def learning_rate(self) -> float:
+    def learning_rate(self, base: str | None = None) -> float:
+        """``lr``, else the default of ``base`` (the base the warm-up starts from; default ``self.base``)."""
         if self.lr is not None:
             return self.lr
-        return 1e-3 if self.base == "bundled" else 3e-3
+        return 3e-3 if (base or self.base) == "none" else 1e-3
 
 
 def image_shuffle_test(lm, records, images_dir, *, n: int = 256, seed: int = 0, batch_size: int = 16) -> dict:
@@ -124,28 +132,40 @@ def shuffle_line(info: dict) -> str:
     test = info.get("image_shuffle") or {}
     if not test.get("n_records"):
         return "image-shuffle test: not enough single-image records to run it"
-    verdict = ("the proxy reads the images" if test["increase"] >= 0.1 else
+    verdict = ("the proxy reads the images" if test["increase"] >= SHUFFLE_MIN else
                "the proxy barely uses the images: image-based signals will describe the text, not the images")
     return (f"image-shuffle test on {test['n_records']} records: answer loss {test['loss_own']:.3f} with their own "
             f"image, {test['loss_shuffled']:.3f} with another record's (+{test['increase']:.3f}): {verdict}")
 
 
-def warmup(data, config: WarmupConfig) -> Path:
-    """Make a proxy for the pool ``data`` that reads its images, trained on the whole pool (or ``n_samples``
-    random good records).
+def reads_images(test: dict | None) -> bool:
+    """Whether an image-shuffle test (:func:`image_shuffle_test`) says the model reads the images."""
+    return bool(test and test.get("n_records")) and test["increase"] >= SHUFFLE_MIN
 
-    ``base="bundled"`` (default): start from the pretrained base (built once and cached) and instruction-tune
-    projector and language model on the pool with the vision tower frozen, as LLaVA-1.5 does.
-    ``base="none"`` (a pool the base does not fit): a proxy with random weights and a tokenizer trained on the
-    pool's texts (up to ``max_tokenizer_texts`` turns); first a perception stage on the pool's own images (the
-    tower learns to predict the records' short-answer words), then the tower is frozen and the rest trained on
-    the pool. Whether the proxy reads its images is what the image-shuffle test in ``warmup.json`` says.
+
+def warmup(data, config: WarmupConfig) -> Path:
+    """Make a proxy for the pool ``data`` that reads its images, trained on the pool (or ``n_samples`` random
+    good records).
+
+    ``base="auto"`` (default): first the pretrained base, as with ``"bundled"``; when the image-shuffle test then
+    says the proxy does not read the pool's images (increase under :data:`SHUFFLE_MIN`: the base never learnt
+    images like these), it is discarded and the proxy is made again as with ``"none"``, and ``warmup.json``
+    keeps both figures (``switched_from``). ``base="bundled"``: start from the pretrained base (built once and
+    cached) and instruction-tune projector and language model on the pool with the vision tower frozen, as
+    LLaVA-1.5 does. ``base="none"``: a proxy with random weights and a tokenizer trained on the pool's texts (up
+    to ``max_tokenizer_texts`` turns); first a perception stage on the pool's own images (the tower learns to
+    predict the records' short-answer words), then the tower is frozen and the rest trained on the pool.
+
+    Held-out records (``holdout``, default 10% of the training records, never trained on) choose the weights
+    kept: the step with their lowest answer loss (:class:`~mmsift.train.loop.BestCheckpoint`), measured about 30
+    times during training. A proxy trained until its training loss is near 0 has learnt the pool's wrong answers
+    too, and self-check can no longer tell them from right ones (docs/warmup.md).
 
     Trains ``epochs`` passes, but at least ``min_steps`` steps: on a small pool a few passes are a few dozen
     updates, too few for the proxy to learn to use the image (the demo's 770-record pool after 2 epochs, 96 steps:
     image-shuffle increase 0.007; see docs/benchmark.md).
-    Writes the model to ``out`` (``save_pretrained``) with ``warmup.json`` (settings, loss curve and the
-    image-shuffle test, :func:`image_shuffle_test`).
+    Writes the model to ``out`` (``save_pretrained``) with ``warmup.json`` (settings, loss curve, the step kept,
+    the image-shuffle test (:func:`image_shuffle_test`) and ``warning`` when the proxy does not read the images).
     """
     from mmsift.data.validate import read_and_validate
 
@@ -155,56 +175,113 @@ def warmup(data, config: WarmupConfig) -> Path:
     good = report.good_records(pool)
     if not good:
         raise ValueError(f"{data}: no valid record to train on ({report.n_errors} errors; run mmsift validate)")
+    if len(good) < SMALL_POOL:
+        log.warning("the pool has only %d valid records: a proxy trained on so few learns little, and its signals "
+                    "(losses, image-shuffle test) mean little; %d or more are advised", len(good), SMALL_POOL)
     out = Path(config.out)
-    model_in, base_info, perception = _starting_model(good, images_dir, out, config)
-    subset = _training_slice(good, config)
-    frozen = config.base == "bundled" or (perception is not None and not perception["skipped"])
-    steps = max(config.min_steps, config.epochs * math.ceil(len(subset) / config.batch_size))
-    train = TrainConfig(steps=steps, lr=config.learning_rate(), batch_size=config.batch_size, seed=config.seed,
-                        device=config.device, freeze_vision=frozen, max_failure_rate=config.max_failure_rate)
     masks = None
     if config.token_masks is not None:
         from mmsift.token_select import read_sidecar
 
         masks = read_sidecar(config.token_masks)
-    result = train_model(model_in, subset, images_dir, train, progress="warm-up" if config.progress else None,
-                         log_dir=out, token_masks=masks)
-    result.model.model.save_pretrained(out)
-    shuffle = image_shuffle_test(result.model, subset, images_dir, seed=config.seed, batch_size=config.batch_size)
-    info = {
-        "pool": str(Path(pool.path).resolve()),
-        "base": "none" if base_info is None else {"key": base_info["key"],
-                                                  "perception_heldout_accuracy":
-                                                      base_info["perception_heldout_accuracy"]},
-        "n_samples": result.n_samples,
-        "n_failed": result.n_failed,
-        "n_skipped_by_validation": len(report.bad_indices),
-        "epochs": config.epochs,
-        "steps": len(result.losses),
-        "lr": train.lr,
-        "batch_size": config.batch_size,
-        "seed": config.seed,
-        "device": config.device,
-        "vision_frozen": frozen,
-        "pool_perception": perception,
-        "image_shuffle": shuffle,
-        "token_masks": None if masks is None else {"sidecar": str(config.token_masks), **result.token_masks},
-        "losses": result.losses,
-        "epoch_losses": result.epoch_losses,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    subset = _training_slice(good, config)
+    train_recs, heldout = _holdout_split(subset, config)
+    first = "bundled" if config.base in ("auto", "bundled") else "none"
+    info = _warm_once(first, good, (train_recs, heldout), images_dir, out, config, masks)
+    if config.base == "auto" and not reads_images(info["image_shuffle"]) and info["image_shuffle"].get("n_records"):
+        log.warning("the pretrained base does not read this pool's images (%s); making the proxy again from random "
+                    "weights with a perception stage on the pool's own images (--base none), which takes longer",
+                    shuffle_line(info).split(": ", 1)[-1])
+        switched = {"base": info["base"], "image_shuffle": info["image_shuffle"], "seconds": info["seconds"]}
+        _remove_base_copy(out, config)
+        info = _warm_once("none", good, (train_recs, heldout), images_dir, out, config, masks)
+        info["switched_from"] = switched
+    info.update({"pool": str(Path(pool.path).resolve()), "base_option": config.base,
+                 "n_skipped_by_validation": len(report.bad_indices), "epochs": config.epochs,
+                 "min_steps": config.min_steps, "batch_size": config.batch_size, "seed": config.seed,
+                 "device": config.device, "n_pool_records": len(good),
+                 "token_masks": None if masks is None else {"sidecar": str(config.token_masks),
+                                                            **info.pop("token_mask_counts")},
+                 "seconds": round(time.perf_counter() - t0, 2)})
+    info.pop("token_mask_counts", None)
+    info["warning"] = None if reads_images(info["image_shuffle"]) else proxy_warning(info)
     (out / WARMUP_LOG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     log.info("warm-up: answer loss %.3f -> %.3f over %d steps on %d samples (%.1fs); %s",
-             result.losses[0], result.losses[-1], len(result.losses), result.n_samples, info["seconds"],
+             info["losses"][0], info["losses"][-1], info["steps"], info["n_samples"], info["seconds"],
              shuffle_line(info))
     return out
 
 
-def _starting_model(good, images_dir, out: Path, config: WarmupConfig):
+def proxy_warning(info: dict) -> str:
+    """The one-line warning ``probe`` and ``select`` repeat for a proxy that does not read its pool's images."""
+    test = info.get("image_shuffle") or {}
+    if not test.get("n_records"):
+        return ("the image-shuffle test could not run (too few single-image records): whether the proxy reads "
+                "the images is unknown")
+    return (f"the proxy barely reads the images (image-shuffle increase {test['increase']:+.3f}, under "
+            f"{SHUFFLE_MIN}): image-based signals describe the text, not the images, and loss-based cleaning "
+            f"cannot check answers against the images" +
+            ("" if info.get("base") == "none" else "; try mmsift warmup --base none"))
+
+
+def _warm_once(base: str, good, split: tuple, images_dir, out: Path, config: WarmupConfig, masks) -> dict:
+    """One warm-up from ``base`` ('bundled' or 'none'); ``split`` = (training records, held-out records).
+    Saves the model to ``out`` and returns its part of ``warmup.json``."""
+    t0 = time.perf_counter()
+    train_recs, heldout = split
+    model_in, base_info, perception = _starting_model(base, good, images_dir, out, config,
+                                                      {r.id for r in heldout})
+    frozen = base == "bundled" or (perception is not None and not perception["skipped"])
+    steps = max(config.min_steps, config.epochs * math.ceil(len(train_recs) / config.batch_size))
+    lr = config.learning_rate(base)
+    train = TrainConfig(steps=steps, lr=lr, batch_size=config.batch_size, seed=config.seed,
+                        device=config.device, freeze_vision=frozen, max_failure_rate=config.max_failure_rate)
+    watch = BestCheckpoint(every=max(10, steps // 30), records=heldout) if heldout else None
+    result = train_model(model_in, train_recs, images_dir, train, progress="warm-up" if config.progress else None,
+                         log_dir=out, token_masks=masks, watch=watch)
+    result.model.model.save_pretrained(out)
+    shuffle = image_shuffle_test(result.model, train_recs + heldout, images_dir, seed=config.seed,
+                                 batch_size=config.batch_size)
+    return {
+        "base": "none" if base_info is None else {"key": base_info["key"],
+                                                  "perception_heldout_accuracy":
+                                                      base_info["perception_heldout_accuracy"]},
+        "n_samples": result.n_samples, "n_failed": result.n_failed, "n_heldout": len(heldout),
+        "steps": len(result.losses), "steps_planned": steps,
+        "step_kept": watch.best_step if watch else len(result.losses),
+        "heldout": watch.summary() if watch else None,
+        "lr": lr, "vision_frozen": frozen, "pool_perception": perception, "image_shuffle": shuffle,
+        "token_mask_counts": result.token_masks, "losses": result.losses, "epoch_losses": result.epoch_losses,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _remove_base_copy(out: Path, config: WarmupConfig) -> None:
+    """Remove the files a warm-up from the base wrote to ``out`` (before making the proxy again there)."""
+    base_dir = pretrain.ensure_base(config.base_recipe, device=config.device)
+    for name in sorted(set(os.listdir(base_dir)) | {WARMUP_LOG}):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _holdout_split(records, config: WarmupConfig) -> tuple[list, list]:
+    """(training records, held-out records): a seeded ``holdout`` share, none when that is under 8 records."""
+    n_held = int(config.holdout * len(records))
+    if n_held < 8:
+        return list(records), []
+    rng = np.random.default_rng(config.seed + 1)
+    held = set(rng.choice(len(records), size=n_held, replace=False).tolist())
+    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
+
+
+def _starting_model(base: str, good, images_dir, out: Path, config: WarmupConfig, heldout_ids: set):
     """What the warm-up trains: the base copied to ``out`` (a directory), or a new proxy at ``out`` whose tower
     went through the pool perception stage (a loaded model). Returns (model, base info or None, perception
     summary or None)."""
-    if config.base == "bundled":
+    if base == "bundled":
         base_dir = pretrain.ensure_base(config.base_recipe, device=config.device)
         if out.exists() and out.resolve() == base_dir.resolve():
             raise ValueError(f"--out {out} is the cached base itself; write the proxy elsewhere")
@@ -218,7 +295,8 @@ def _starting_model(good, images_dir, out: Path, config: WarmupConfig):
     build_proxy(out, texts=texts, seed=config.seed, size=size)
     lm = load_model(out, device=config.device, dtype="float32")
     perception = train_pool_perception(lm, good, images_dir, seed=config.seed,
-                                       progress="perception" if config.progress else None)
+                                       progress="perception" if config.progress else None,
+                                       heldout_ids=heldout_ids)
     return lm, None, perception
 
 
