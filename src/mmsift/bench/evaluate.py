@@ -44,6 +44,7 @@ class EvalItem:
     options: list[str]
     kind: str  # shape | color | yesno | ocr | mc_clean | mc_perm | mc_sym | mc_both
     group: int = -1  # MC items: the test question all four versions come from
+    chance: float | None = None  # expected accuracy without the image; None: the easy-vqa type-aware value
 
 
 def mc_versions(question: str, options: list[str], answer: str, *, seed: int, key: str) -> dict[str, tuple]:
@@ -266,7 +267,9 @@ def chance_table(items: list[EvalItem]) -> dict[str, float]:
     """Expected accuracy of a model that knows each question's type but not the image (uniform within type)."""
     per: dict[str, list[float]] = {}
     for item in items:
-        if item.kind in ("shape", "color", "yesno"):
+        if item.chance is not None:
+            n = 1.0 / item.chance
+        elif item.kind in ("shape", "color", "yesno"):
             n = 3 if item.kind == "shape" else 8 if item.kind == "color" else 2
         else:
             n = len(item.options)

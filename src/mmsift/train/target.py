@@ -35,6 +35,10 @@ class TargetRecipe:
     batch_size: int = 32
     lr: float = 2e-3
     threads: int = 1
+    # ``--target scratch``: first a perception stage on the subset's own images (``train.perception``), then the
+    # instruction tuning above with the tower frozen. ``perception_steps`` None: about 60 passes (100-1,500 steps).
+    perception: bool = False
+    perception_steps: int | None = None
 
     def steps_for(self, n_samples: int) -> int:
         steps = math.ceil(self.epochs * n_samples / self.batch_size)
@@ -60,6 +64,8 @@ def train_target(init, records, images_dir, *, recipe: TargetRecipe, seed: int, 
         raise ValueError("cannot train the target on an empty subset")
     steps = recipe.steps_for(n_samples) if steps is None else steps
     with deterministic(recipe.threads):
+        if recipe.perception:
+            init = _perceive(init, records, images_dir, recipe=recipe, seed=seed, device=device)
         config = TrainConfig(steps=steps, lr=recipe.lr, batch_size=recipe.batch_size, seed=seed, device=device,
                              freeze_vision=True)
         result = train_model(_fresh(init), list(records or ()), images_dir, config, encoded=encoded,
@@ -67,6 +73,40 @@ def train_target(init, records, images_dir, *, recipe: TargetRecipe, seed: int, 
     log.info("trained target on %d samples: %d steps, %.1fs, final loss %.3f", result.n_samples, steps,
              result.seconds, sum(result.losses[-10:]) / max(1, len(result.losses[-10:])))
     return result
+
+
+def scratch_recipe() -> TargetRecipe:
+    """``--target scratch``'s recipe: perception on the subset's images, then instruction tuning (docs/benchmark.md
+    has the validation figures it was chosen on)."""
+    return TargetRecipe(perception=True)
+
+
+def build_scratch_init(out_dir, *, texts, seed: int = 0):
+    """A fresh model of the bundled base's sizes with random weights and a tokenizer of ``texts`` (the pool's and
+    the evaluation's), saved to ``out_dir``: every ``--target scratch`` run starts from this same checkpoint."""
+    import dataclasses
+
+    from mmsift.models.proxy import ProxySize, build_proxy
+    from mmsift.train import pretrain
+
+    size = dataclasses.replace(pretrain.DEFAULT_RECIPE.size(), vocab_size=ProxySize.vocab_size)
+    return build_proxy(out_dir, texts=list(texts), seed=seed, size=size)
+
+
+def _perceive(init, records, images_dir, *, recipe: TargetRecipe, seed: int, device: str):
+    """A fresh copy of ``init`` whose tower went through the perception stage on ``records``' images."""
+    from mmsift.models.loading import load_model
+    from mmsift.train.perception import train_pool_perception
+
+    if records is None or images_dir is None:
+        raise ValueError("a perception recipe needs the subset's records and their image folder")
+    lm = _fresh(init)
+    if not isinstance(lm, LoadedModel):
+        lm = load_model(lm, device=device, dtype="float32")
+    summary = train_pool_perception(lm, list(records), images_dir, steps=recipe.perception_steps, seed=seed,
+                                    progress=None)
+    log.info("target perception stage: %s", summary)
+    return lm
 
 
 def _fresh(init):
