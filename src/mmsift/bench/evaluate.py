@@ -186,6 +186,8 @@ def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threa
     Items are batched by equal prompt length, so prompts need no padding; continuations are right-padded and
     their padding is masked out of the loss.
     """
+    if lm.model_type not in CACHED_FAMILIES:
+        return _option_losses_full(lm, encoded, threads=threads)
     model, dev = lm.model, lm.device
     cache_key = cache_keyword(model)
     groups: dict[int, list[int]] = {}
@@ -236,6 +238,33 @@ def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threa
                     n = len(encoded[k].options)
                     out[k] = per_opt[pos_in:pos_in + n]
                     pos_in += n
+    return out
+
+
+# Families whose prompt cache can be shared by the options with plain 1-D positions (the bundled proxy's LLaVA).
+# Others (Qwen2-VL's 3-D rotary positions, ...) are scored on full sequences, one option at a time.
+CACHED_FAMILIES = ("llava",)
+
+
+@torch.no_grad()
+def _option_losses_full(lm, encoded: list[EncodedItem], *, threads: int = 1) -> list[np.ndarray]:
+    """Same values as :func:`option_losses`, from one forward pass of prompt + option per option (any family)."""
+    model, dev = lm.model, lm.device
+    model.eval()
+    out = []
+    with deterministic(threads):
+        for e in encoded:
+            extra = {k: v.to(dev) for k, v in e.extra.items()}
+            if "pixel_values" in extra:
+                extra["pixel_values"] = extra["pixel_values"].to(model.dtype)
+            losses = []
+            for cont, scored in zip(e.options, e.scored):
+                ids = torch.cat([e.prompt, cont]).to(dev)[None]
+                logp = torch.log_softmax(model(input_ids=ids, **extra).logits[0].float(), dim=-1)
+                p = len(e.prompt)
+                nll = -logp[p - 1:p - 1 + len(cont)].gather(-1, cont.to(dev)[:, None])[:, 0]
+                losses.append(float((nll * scored.to(dev).float()).sum()))
+            out.append(np.asarray(losses))
     return out
 
 
