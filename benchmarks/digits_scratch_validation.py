@@ -20,8 +20,7 @@ import numpy as np
 CANDIDATES = {
     # perception passes (None: about 60 passes), min/max instruction steps, lr
     "default": dict(perception=True),
-    "short": dict(perception=True, perception_steps=200, min_steps=60),
-    "long_tune": dict(perception=True, min_steps=240, lr=1e-3),
+    "floor600": dict(perception=True, perception_min_steps=600),
 }
 
 

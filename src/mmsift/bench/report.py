@@ -67,6 +67,14 @@ def summarise(runs, cfg, meta: dict) -> list[dict]:
         meta["sensitivity"] = sensitivity(every, {k: [r.correct for r in v] for k, v in every.items()}, cols, cfg)
     meta["learnable"] = learnability(rows, meta.get("eval", {}).get("chance", {}))
     meta["score_columns"] = list(cols)
+    if ("full-clean", 1.0) in cells and ("full", 1.0) in cells:
+        d = paired_difference(correct[("full-clean", 1.0)], correct[("full", 1.0)], cols, n_boot=cfg.n_boot,
+                              seed=cfg.seed)
+        meta["clean_gap"] = {"mean": d.mean, "low": d.low, "high": d.high,
+                             "text": f"full-clean - full = {d.text()} (paired, 95%): "
+                                     + ("the marked records cost score" if d.low > 0 else
+                                        "no measurable cost of the marked records" if d.high >= 0 else
+                                        "the marked records *help* the score")}
     meta["referee"] = referee(rows, sorted({r["budget"] for r in rows if "vs_random" in r and not r["method"].startswith("post:")}))
     return rows
 
@@ -202,6 +210,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append("score = mean accuracy over " + ", ".join(meta["score_columns"]))
     if meta.get("sensitivity"):
         lines.append(meta["sensitivity"]["text"])
+    if meta.get("clean_gap"):
+        lines.append(meta["clean_gap"]["text"])
     if meta.get("learnable"):
         lines.append("full-clean vs chance per column: " + ", ".join(
             f"{k} {v['full_clean']:.3f} ({v['chance']:.3f})" for k, v in meta["learnable"].items()))

@@ -1,16 +1,19 @@
-"""The benchmark run: pool with known defects -> probe -> every method x budget x seed -> train the target -> evaluate.
+"""The benchmark run, for any pool: pool -> probe -> every method x budget x seed -> train the target -> evaluate.
 
-Stages (each timed): build the pool and the evaluation set; load the pretrained base (built once and cached,
-:mod:`mmsift.train.pretrain`) and encode the evaluation items and the pool once with it; warm up the probe's proxy
-on the whole pool (from the base, as ``mmsift warmup`` does) and probe it for the signals the methods need; then
-for each seed pair (selection seed = training seed = s), each method and budget: select, train the target from
-the base on the subset with the vision tower frozen, evaluate it on the easy-vqa *test* split.
+Inputs come from :func:`mmsift.bench.inputs.user_inputs` (``--pool``/``--eval``) or the bundled preset
+(:func:`mmsift.bench.preset.prepare_preset`); nothing here knows what the pool holds. Stages (each timed): read
+the pool and the evaluation items and, with a truth field, which records are bad; prepare the target's starting
+checkpoint (``base``, ``scratch`` or a model directory) and encode the evaluation items and the pool once with
+it; warm up the probe's proxy on the whole pool and probe it for the signals the methods (and recipe rows) need;
+then for each seed pair (selection seed = training seed = s), each method and budget: select, train the target on
+the subset, evaluate it.
 
-Reference rows: ``full`` (the whole, corrupted pool), ``full-clean`` (every clean original), and the calibration
-subsets ``oracle`` / ``anti-oracle`` (:mod:`mmsift.bench.calibration`) at each budget. Post-training rows, as in
-"Corrupted but Not Broken": the ``full`` model post-trained on the top ``post_fraction`` of the pool by
-``selfcheck``, and on as many random records (the control). Intervals and paired verdicts:
-:mod:`mmsift.bench.stats`. Everything is seeded: the same config gives the same table (wall times aside).
+Reference rows: ``full`` (the whole pool) and, with a truth field, ``full-clean`` (every unmarked record) and the
+calibration subsets ``oracle`` / ``anti-oracle`` (:mod:`mmsift.bench.calibration`) at each budget. The preset
+adds post-training rows, as in "Corrupted but Not Broken": the ``full`` model post-trained on the top
+``post_fraction`` of the pool by ``selfcheck``, and on as many random records (the control). Intervals and
+paired verdicts: :mod:`mmsift.bench.stats`; the referee's line per budget: :func:`mmsift.bench.report.referee`.
+Everything is seeded: the same config gives the same table (wall times aside).
 """
 
 from __future__ import annotations

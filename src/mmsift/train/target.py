@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 
 from mmsift.models.loading import LoadedModel
@@ -39,6 +40,7 @@ class TargetRecipe:
     # instruction tuning above with the tower frozen. ``perception_steps`` None: about 60 passes (100-1,500 steps).
     perception: bool = False
     perception_steps: int | None = None
+    perception_min_steps: int = 100  # floor of the default step count (about 60 passes, at most 1,500)
 
     def steps_for(self, n_samples: int) -> int:
         steps = math.ceil(self.epochs * n_samples / self.batch_size)
@@ -63,13 +65,17 @@ def train_target(init, records, images_dir, *, recipe: TargetRecipe, seed: int, 
     if not n_samples:
         raise ValueError("cannot train the target on an empty subset")
     steps = recipe.steps_for(n_samples) if steps is None else steps
+    t0 = time.perf_counter()
     with deterministic(recipe.threads):
         if recipe.perception:
             init = _perceive(init, records, images_dir, recipe=recipe, seed=seed, device=device)
+    t_perceive = time.perf_counter() - t0
+    with deterministic(recipe.threads):
         config = TrainConfig(steps=steps, lr=recipe.lr, batch_size=recipe.batch_size, seed=seed, device=device,
                              freeze_vision=True)
         result = train_model(_fresh(init), list(records or ()), images_dir, config, encoded=encoded,
                              token_masks=token_masks)
+    result.seconds += t_perceive  # the whole training, perception stage included
     log.info("trained target on %d samples: %d steps, %.1fs, final loss %.3f", result.n_samples, steps,
              result.seconds, sum(result.losses[-10:]) / max(1, len(result.losses[-10:])))
     return result
@@ -103,8 +109,9 @@ def _perceive(init, records, images_dir, *, recipe: TargetRecipe, seed: int, dev
     lm = _fresh(init)
     if not isinstance(lm, LoadedModel):
         lm = load_model(lm, device=device, dtype="float32")
-    summary = train_pool_perception(lm, list(records), images_dir, steps=recipe.perception_steps, seed=seed,
-                                    progress=None)
+    steps = recipe.perception_steps or int(min(1500, max(recipe.perception_min_steps,
+                                                         math.ceil(60 * len(records) / 64))))
+    summary = train_pool_perception(lm, list(records), images_dir, steps=steps, seed=seed, progress=None)
     log.info("target perception stage: %s", summary)
     return lm
 
