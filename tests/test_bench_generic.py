@@ -225,3 +225,33 @@ def test_cli_refuses_pool_options_without_pool_and_pool_without_eval(tmp_path):
     assert r.exit_code != 0 and "go with --pool" in said(r)
     r = CliRunner().invoke(app, ["bench", "--pool", "x.json", "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "--pool needs --eval" in said(r)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_lora_target_trains_only_lora_and_projector(tmp_path, family):
+    """With peft installed, --target MODEL_DIR trains LoRA layers (and the projector); base weights stay put."""
+    pytest.importorskip("peft")
+    import torch
+    from tiny_families import build_tiny
+
+    from mmsift.data.io import read_pool
+    from mmsift.models.loading import load_model
+    from mmsift.train.target import PROJECTOR_NAMES, TargetRecipe, train_target
+
+    model = build_tiny(family, tmp_path / family)
+    pool, _ = _small_digits(tmp_path, n_pool=16, n_eval=4)
+    records = read_pool(pool).records
+    init = load_model(model, dtype="float32")
+    before = {n: p.detach().clone() for n, p in init.model.named_parameters()}
+    result = train_target(init, records, pool.parent / "images", seed=0,
+                          recipe=TargetRecipe(lora_rank=4, min_steps=3, max_steps=3, batch_size=4, lr=1e-2))
+    after = dict(result.model.model.named_parameters())
+    lora = [n for n in after if "lora_" in n]
+    assert lora and all(np.isfinite(result.losses))
+    assert any(not torch.equal(after[n], torch.zeros_like(after[n])) for n in lora if "lora_B" in n)
+    for n, p in before.items():  # every original weight outside the projector is unchanged
+        if not any(k in n for k in PROJECTOR_NAMES):
+            key = n if n in after else n.rsplit(".", 1)[0] + ".base_layer." + n.rsplit(".", 1)[1]
+            assert torch.equal(p, after[key].detach()), n
+    assert all(torch.equal(p, init.model.state_dict()[n]) for n, p in before.items())  # init untouched

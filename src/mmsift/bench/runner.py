@@ -441,13 +441,20 @@ def target_kind(target: str) -> str:
 def prepare_target(cfg, out: Path, records, items) -> dict:
     """The checkpoint every subset is trained from, and the recipe: ``{"kind", "init", "recipe", ...}``."""
     from mmsift.train.pretrain import ensure_base
-    from mmsift.train.target import build_scratch_init
+    import dataclasses
+
+    from mmsift.train.target import build_scratch_init, peft_available
 
     kind = target_kind(cfg.target)
     if kind == "base":
         return {"kind": kind, "init": ensure_base(cfg.base_recipe, device=cfg.device), "recipe": cfg.recipe}
     if kind == "model":
-        return {"kind": kind, "init": Path(cfg.target), "recipe": cfg.recipe}
+        # LoRA when peft is installed (and the recipe does not set a rank), else projector + language model.
+        recipe = cfg.recipe
+        if not recipe.lora_rank and peft_available():
+            recipe = dataclasses.replace(recipe, lora_rank=8)
+        training = f"LoRA r={recipe.lora_rank} + projector" if recipe.lora_rank else "projector + language model"
+        return {"kind": kind, "init": Path(cfg.target), "recipe": recipe, "training": training}
     texts = [t.text.replace("<image>", "") for r in records for t in r.turns]
     texts += [x.question for x in items] + sorted({o for x in items for o in x.options})
     texts += sorted({" " + t.text.strip() for r in records for t in r.turns if t.role == "assistant"}

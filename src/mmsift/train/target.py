@@ -41,6 +41,10 @@ class TargetRecipe:
     perception: bool = False
     perception_steps: int | None = None
     perception_min_steps: int = 100  # floor of the default step count (about 60 passes, at most 1,500)
+    # LoRA (peft) on the language model's attention projections, the projector trained fully, everything else
+    # frozen; 0: projector + language model fully trained (the bundled targets).
+    lora_rank: int = 0
+    lora_alpha: int = 16
 
     def steps_for(self, n_samples: int) -> int:
         steps = math.ceil(self.epochs * n_samples / self.batch_size)
@@ -73,12 +77,42 @@ def train_target(init, records, images_dir, *, recipe: TargetRecipe, seed: int, 
     with deterministic(recipe.threads):
         config = TrainConfig(steps=steps, lr=recipe.lr, batch_size=recipe.batch_size, seed=seed, device=device,
                              freeze_vision=True)
-        result = train_model(_fresh(init), list(records or ()), images_dir, config, encoded=encoded,
+        model = _with_lora(init, recipe, device) if recipe.lora_rank else _fresh(init)
+        result = train_model(model, list(records or ()), images_dir, config, encoded=encoded,
                              token_masks=token_masks)
     result.seconds += t_perceive  # the whole training, perception stage included
     log.info("trained target on %d samples: %d steps, %.1fs, final loss %.3f", result.n_samples, steps,
              result.seconds, sum(result.losses[-10:]) / max(1, len(result.losses[-10:])))
     return result
+
+
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)$"
+PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector")
+
+
+def peft_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is not None
+
+
+def _with_lora(init, recipe: TargetRecipe, device: str):
+    """A fresh copy of ``init`` with LoRA layers injected in place (``peft.inject_adapter_in_model``, so the
+    family's adapter sees the same module tree); only LoRA weights and the projector train."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from mmsift.models.loading import load_model
+
+    lm = _fresh(init)
+    if not isinstance(lm, LoadedModel):
+        lm = load_model(lm, device=device, dtype="float32")
+    config = LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
+                        target_modules=LORA_TARGETS)
+    inject_adapter_in_model(config, lm.model)
+    for name, p in lm.model.named_parameters():
+        p.requires_grad_("lora_" in name or any(k in name for k in PROJECTOR_NAMES))
+    lm.model.to(lm.device)
+    return lm
 
 
 def scratch_recipe() -> TargetRecipe:
