@@ -185,6 +185,7 @@ def test_user_pool_without_truth_field(tmp_path):
     methods = {r["method"] for r in result["rows"]}
     assert methods == {"full", "random", "length"}  # no oracle, anti-oracle or full-clean without truth
     assert "sensitivity" not in result["meta"] and result["meta"]["referee"][0].startswith("30%: ")
+    assert "chance per column: all 0.100" in result["markdown"]
 
 
 @pytest.mark.slow

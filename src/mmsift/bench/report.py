@@ -215,6 +215,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     if meta.get("learnable"):
         lines.append("full-clean vs chance per column: " + ", ".join(
             f"{k} {v['full_clean']:.3f} ({v['chance']:.3f})" for k, v in meta["learnable"].items()))
+    elif (meta.get("eval") or {}).get("chance"):
+        lines.append("chance per column: " + ", ".join(f"{k} {v:.3f}" for k, v in meta["eval"]["chance"].items()))
     shuffle = (meta.get("warmup") or {}).get("image_shuffle") or {}
     if shuffle.get("n_records"):
         lines.append(f"probe proxy image-shuffle test: answer loss +{shuffle['increase']:.3f} when images are "
