@@ -256,3 +256,29 @@ def test_lora_target_trains_only_lora_and_projector(tmp_path, family):
             key = n if n in after else n.rsplit(".", 1)[0] + ".base_layer." + n.rsplit(".", 1)[1]
             assert torch.equal(p, after[key].detach()), n
     assert all(torch.equal(p, init.model.state_dict()[n]) for n, p in before.items())  # init untouched
+
+
+@pytest.mark.slow
+def test_recipe_rows(tmp_path):
+    """--methods random,recipe:chain.yaml: the chain runs on the bench's probe run, at the budget's share of the pool."""
+    from mmsift.bench.runner import run_bench
+
+    pool, ev = _small_digits(tmp_path)
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("pool: ignored.json\nstages:\n  - clean: {method: selfcheck, drop: 0.2}\n"
+                     "  - select: {method: length, budget: 0.5}\n", encoding="utf-8")
+    result = run_bench(_generic_cfg(tmp_path, pool, ev, "scratch", truth_field="digits",
+                                    methods=["random", f"recipe:{chain}"]))
+    rows = {r["method"]: r for r in result["rows"]}
+    assert "recipe:chain" in rows and rows["recipe:chain"]["n_kept"] == rows["random"]["n_kept"] == 18
+    assert rows["recipe:chain"]["verdict"] in ("better", "worse", "undecided")
+    run = next(r for r in result["runs"] if r["method"] == "recipe:chain")
+    assert "clean selfcheck: 60 -> 48" in run["notes"]
+    assert (tmp_path / "bench_scratch" / "subsets" / "recipe_chain_0.3_seed0.json").is_file()
+
+
+def test_unknown_recipe_file_fails_before_any_work(tmp_path):
+    from mmsift.bench.runner import BenchConfig, run_bench
+
+    with pytest.raises(ValueError, match="no recipe file"):
+        run_bench(BenchConfig(out=str(tmp_path / "o"), methods=["random", "recipe:nope.yaml"]))
