@@ -123,8 +123,7 @@ def render_html(rows: list[dict], meta: dict, *, subsets: dict | None = None, ta
                       and not str(r["method"]).startswith("post:")})
     pool = meta.get("pool") or {}
     lines = list(meta.get("referee") or [])
-    sens = " ".join(x for x in ((meta.get("sensitivity") or {}).get("text"),
-                                (meta.get("clean_gap") or {}).get("text")) if x)
+    sens = [x for x in ((meta.get("sensitivity") or {}).get("text"), (meta.get("clean_gap") or {}).get("text")) if x]
     charts = "".join(f"<h3>budget {_e(f'{b:g}')}</h3>{_interval_chart(rows, b)}" for b in budgets)
     chance = (meta.get("eval") or {}).get("chance") or {}
     learn = meta.get("learnable") or {}
@@ -138,7 +137,7 @@ def render_html(rows: list[dict], meta: dict, *, subsets: dict | None = None, ta
         f"{_e(', '.join(meta.get('score_columns') or []))}. {_e((meta.get('eval') or {}).get('summary', ''))}</p>",
         "<h2>Referee</h2>",
         f"<div class='ref'>{_e(chr(10).join(lines)) or 'no budget judged'}</div>",
-        f"<p>{_e(sens)}</p>" if sens else "",
+        "".join(f"<p>{_e(x)}</p>" for x in sens),
         f"<p>Chance per column: {_e(chance_text)}</p>" if chance_text else "",
         "<h2>Score per method and budget</h2><p>Dot: mean score over seed pairs; line: 95% interval (items and "
         "seed pairs resampled); grey band: random's 95% interval at that budget. Colour: verdict against random "
