@@ -40,7 +40,8 @@ def bench_command(
     budgets: Optional[str] = typer.Option(None, "--budgets",
                                           help="comma-separated budgets (default 0.05,0.15,0.3; --quick: 0.15)"),
     methods: Optional[str] = typer.Option(None, "--methods",
-                                          help="comma-separated methods (default: every method the probe can feed)"),
+                                          help="comma-separated methods, oracle/anti-oracle and recipe:FILE.yaml rows (a clean -> dedup -> "
+                                              "select chain); default: every method the probe can feed"),
     quick: bool = typer.Option(False, "--quick",
                                help="smaller pool, budget 0.15, two seed pairs, random/oracle/datatailor/ards/"
                                     "selfcheck/coincide (a few minutes)"),
