@@ -175,3 +175,19 @@ def test_validation_eval_set_and_no_attacks(tmp_path):
     assert kinds == {"shape", "color", "yesno", "ocr", "mc_clean"}
     assert all(int(x.image.split("/")[1].split(".")[0]) in ids for x in items if not x.kind == "ocr")
     assert sum(x.kind == "mc_clean" for x in items) == 5
+
+
+def test_full_sequence_option_losses_match_the_cached_path(tiny):
+    """Families without the shared-cache path (e.g. Qwen2-VL's 3-D positions) are scored on full sequences."""
+    from mmsift.bench.evaluate import _option_losses_full, encode_items, option_losses
+    from mmsift.models.loading import load_model
+
+    root, _, items, init = tiny
+    lm = load_model(init, dtype="float32")
+    with torch.no_grad():
+        for p in lm.model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    items = items[::4][:10]
+    enc = encode_items(lm, items, root / "eval" / "images")
+    for a, b in zip(option_losses(lm, enc), _option_losses_full(lm, enc)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -16,7 +16,6 @@ import numpy as np
 from mmsift.budget import apportion, resolve_budget
 
 CALIBRATION = ("oracle", "anti-oracle")
-BAD = ("wrong_answer", "hallucination", "ocr_corrupt", "noise", "duplicate", "near_duplicate")
 
 
 def _labels(truth: list[dict]) -> np.ndarray:
@@ -33,7 +32,7 @@ def calibration_subset(name: str, truth: list[dict], tasks: list[str], budget, *
     if name not in CALIBRATION:
         raise ValueError(f"unknown calibration subset {name!r}; known: {', '.join(CALIBRATION)}")
     rng = np.random.default_rng(seed)
-    bad = np.isin(_labels(truth), BAD)
+    bad = _labels(truth) != "none"  # any defect, copies included
     tasks_arr = np.asarray(tasks, dtype=object)
     names = sorted(set(tasks))
     n = resolve_budget(budget, len(truth))

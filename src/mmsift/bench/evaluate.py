@@ -44,6 +44,7 @@ class EvalItem:
     options: list[str]
     kind: str  # shape | color | yesno | ocr | mc_clean | mc_perm | mc_sym | mc_both
     group: int = -1  # MC items: the test question all four versions come from
+    chance: float | None = None  # expected accuracy without the image; None: the easy-vqa type-aware value
 
 
 def mc_versions(question: str, options: list[str], answer: str, *, seed: int, key: str) -> dict[str, tuple]:
@@ -185,6 +186,8 @@ def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threa
     Items are batched by equal prompt length, so prompts need no padding; continuations are right-padded and
     their padding is masked out of the loss.
     """
+    if lm.model_type not in CACHED_FAMILIES:
+        return _option_losses_full(lm, encoded, threads=threads)
     model, dev = lm.model, lm.device
     cache_key = cache_keyword(model)
     groups: dict[int, list[int]] = {}
@@ -238,6 +241,33 @@ def option_losses(lm, encoded: list[EncodedItem], *, batch_size: int = 32, threa
     return out
 
 
+# Families whose prompt cache can be shared by the options with plain 1-D positions (the bundled proxy's LLaVA).
+# Others (Qwen2-VL's 3-D rotary positions, ...) are scored on full sequences, one option at a time.
+CACHED_FAMILIES = ("llava",)
+
+
+@torch.no_grad()
+def _option_losses_full(lm, encoded: list[EncodedItem], *, threads: int = 1) -> list[np.ndarray]:
+    """Same values as :func:`option_losses`, from one forward pass of prompt + option per option (any family)."""
+    model, dev = lm.model, lm.device
+    model.eval()
+    out = []
+    with deterministic(threads):
+        for e in encoded:
+            extra = {k: v.to(dev) for k, v in e.extra.items()}
+            if "pixel_values" in extra:
+                extra["pixel_values"] = extra["pixel_values"].to(model.dtype)
+            losses = []
+            for cont, scored in zip(e.options, e.scored):
+                ids = torch.cat([e.prompt, cont]).to(dev)[None]
+                logp = torch.log_softmax(model(input_ids=ids, **extra).logits[0].float(), dim=-1)
+                p = len(e.prompt)
+                nll = -logp[p - 1:p - 1 + len(cont)].gather(-1, cont.to(dev)[:, None])[:, 0]
+                losses.append(float((nll * scored.to(dev).float()).sum()))
+            out.append(np.asarray(losses))
+    return out
+
+
 def item_correct(items: list[EvalItem], losses: list[np.ndarray]) -> dict[str, np.ndarray]:
     """Per kind, whether each item's lowest-loss option is its answer (ties go to the first option), in item order."""
     correct: dict[str, list[bool]] = {}
@@ -266,7 +296,9 @@ def chance_table(items: list[EvalItem]) -> dict[str, float]:
     """Expected accuracy of a model that knows each question's type but not the image (uniform within type)."""
     per: dict[str, list[float]] = {}
     for item in items:
-        if item.kind in ("shape", "color", "yesno"):
+        if item.chance is not None:
+            n = 1.0 / item.chance
+        elif item.kind in ("shape", "color", "yesno"):
             n = 3 if item.kind == "shape" else 8 if item.kind == "color" else 2
         else:
             n = len(item.options)

@@ -46,6 +46,8 @@ class JobContext:
     items: list  # evaluation items
     encoded_items: list
     score_columns: tuple
+    records: list | None = None  # the pool's Records by position: recipes with a perception stage read images
+    images_dir: str | None = None
 
 
 _CONTEXT: dict = {}
@@ -76,7 +78,9 @@ def _train_and_evaluate(init, job: TrainJob, ctx: JobContext) -> JobResult:
     from mmsift.train.target import train_target
 
     encs = [ctx.encoded_pool[i] for i in job.kept]
-    trained = train_target(init, None, None, recipe=job.recipe, seed=job.seed, device=ctx.device, encoded=encs)
+    records = [ctx.records[i] for i in job.kept] if job.recipe.perception else None
+    trained = train_target(init, records, ctx.images_dir if records else None, recipe=job.recipe, seed=job.seed,
+                           device=ctx.device, encoded=encs)
     items, encoded = (ctx.items, ctx.encoded_items) if job.all_items else _CONTEXT["score_items"]
     t1 = time.perf_counter()
     correct, acc = evaluate_items(trained.model, items, encoded, threads=ctx.threads)

@@ -42,7 +42,7 @@ def summarise(runs, cfg, meta: dict) -> list[dict]:
     Cell rows and verdicts use the config's seed pairs; the sensitivity line also the extra ones
     (``sensitivity_seeds``, oracle and random only).
     """
-    cols = tuple(cfg.score_columns)
+    cols = tuple(meta.get("score_columns") or cfg.score_columns)
     every = _cells(runs)
     main = set(cfg.seeds)
     cells = {k: [r for r in v if r.seed in main or k[0].startswith("post:")] for k, v in every.items()}
@@ -63,10 +63,54 @@ def summarise(runs, cfg, meta: dict) -> list[dict]:
             row.update(vs_random=d.mean, vs_random_low=d.low, vs_random_high=d.high, verdict=d.verdict())
         rows.append(row)
     _full_clean_shares(rows)
-    meta["sensitivity"] = sensitivity(every, {k: [r.correct for r in v] for k, v in every.items()}, cols, cfg)
+    if any(label == "oracle" for label, _ in every):
+        meta["sensitivity"] = sensitivity(every, {k: [r.correct for r in v] for k, v in every.items()}, cols, cfg)
     meta["learnable"] = learnability(rows, meta.get("eval", {}).get("chance", {}))
     meta["score_columns"] = list(cols)
+    if ("full-clean", 1.0) in cells and ("full", 1.0) in cells:
+        d = paired_difference(correct[("full-clean", 1.0)], correct[("full", 1.0)], cols, n_boot=cfg.n_boot,
+                              seed=cfg.seed)
+        meta["clean_gap"] = {"mean": d.mean, "low": d.low, "high": d.high,
+                             "text": f"full-clean - full = {d.text()} (paired, 95%): "
+                                     + ("the marked records cost score" if d.low > 0 else
+                                        "no measurable cost of the marked records" if d.high >= 0 else
+                                        "the marked records *help* the score")}
+    meta["referee"] = referee(rows, sorted({r["budget"] for r in rows if "vs_random" in r and not r["method"].startswith("post:")}))
     return rows
+
+
+CALIBRATION_ROWS = ("oracle", "anti-oracle")
+
+
+def smallest_detectable(rows: list[dict], budget) -> float | None:
+    """The smallest difference from random this run could call at ``budget``: the median half-width of the
+    paired intervals against random there (a method must differ by more than about this to get a verdict)."""
+    widths = [(r["vs_random_high"] - r["vs_random_low"]) / 2 for r in rows
+              if r["budget"] == budget and "vs_random" in r and not r["method"].startswith("post:")]
+    return float(np.median(widths)) if widths else None
+
+
+def referee(rows: list[dict], budgets) -> list[str]:
+    """One line per budget: the best method better than random there, or why none is named."""
+    lines = []
+    for b in budgets:
+        here = [r for r in rows if r["budget"] == b and "vs_random" in r and r["method"] not in CALIBRATION_ROWS
+                and not r["method"].startswith("post:")]
+        sdd = smallest_detectable(rows, b)
+        sdd_text = f"smallest detectable difference {sdd:.3f}" if sdd is not None else "no paired cells"
+        better = [r for r in here if r.get("verdict") == "better"]
+        pct = f"{100 * b:g}%" if b <= 1 else f"{b:g} records"
+        if better:
+            best = max(better, key=lambda r: r["vs_random"])
+            lines.append(f"{pct}: best {best['method']} {best['vs_random']:+.3f} [{best['vs_random_low']:+.3f}, "
+                         f"{best['vs_random_high']:+.3f}] vs random")
+        elif here:
+            worse = sorted(r["method"] for r in here if r.get("verdict") == "worse")
+            lines.append(f"{pct}: no method beats random here ({sdd_text})"
+                         + (f"; worse than random: {', '.join(worse)}" if worse else ""))
+        else:
+            lines.append(f"{pct}: no method to judge ({sdd_text})")
+    return lines
 
 
 def _full_clean_shares(rows: list[dict]) -> None:
@@ -107,6 +151,25 @@ def learnability(rows: list[dict], chance: dict) -> dict:
     return {k: {"full_clean": clean[k], "chance": chance[k]} for k in sorted(chance) if k in clean}
 
 
+HEAD = (("method", "method", "{}"), ("budget", "budget", "{:g}"), ("n_kept", "n", "{}"), ("runs", "runs", "{}"),
+        ("score", "score", "{:.3f}"), ("score_ci", "95% interval", "{}"))
+TAIL = (("vs_random_ci", "vs random (paired, 95%)", "{}"), ("verdict", "verdict", "{}"),
+        ("pct_full_clean", "% of full-clean", "{:.1f}"), ("gap_closed", "gap closed", "{:.2f}"),
+        ("corrupt_kept", "corrupt kept", "{:.2f}"), ("auroc", "AUROC", "{:.3f}"),
+        ("dup_pairs_kept", "dup pairs", "{:.0f}"), ("steps", "steps", "{:.0f}"), ("train_s", "train s", "{:.1f}"))
+PRESET_HEADERS = {"color": "color", "yesno": "yes/no", "mc_clean": "MC clean", "mc_perm": "MC perm",
+                  "mc_sym": "MC sym", "mc_both": "MC both"}
+
+
+def table_columns(rows: list[dict], meta: dict) -> list[tuple]:
+    """(key, header, format) of the table: the head, the score columns, the other evaluated columns, the tail."""
+    score_cols = list(meta.get("score_columns") or [])
+    evaluated = list((meta.get("eval") or {}).get("chance") or {})
+    extra = [c for c in evaluated if c not in score_cols and c not in ("vqa", "all_open")]
+    mid = [(c, PRESET_HEADERS.get(c, c), "{:.3f}") for c in score_cols + extra]
+    return [c for c in list(HEAD) + mid + list(TAIL) if any(c[0] in r for r in rows)]
+
+
 TABLE = (  # (column, header, format)
     ("method", "method", "{}"), ("budget", "budget", "{:g}"), ("n_kept", "n", "{}"), ("runs", "runs", "{}"),
     ("score", "score", "{:.3f}"), ("score_ci", "95% interval", "{}"), ("shape", "shape", "{:.3f}"),
@@ -138,7 +201,7 @@ def _display(r: dict) -> dict:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     shown = [_display(r) for r in rows]
-    cols = [c for c in TABLE if any(c[0] in r for r in shown)]
+    cols = table_columns(shown, meta)
     lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in shown:
         lines.append("| " + " | ".join(_cell(r.get(c), f) for c, _, f in cols) + " |")
@@ -147,9 +210,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append("score = mean accuracy over " + ", ".join(meta["score_columns"]))
     if meta.get("sensitivity"):
         lines.append(meta["sensitivity"]["text"])
+    if meta.get("clean_gap"):
+        lines.append(meta["clean_gap"]["text"])
     if meta.get("learnable"):
         lines.append("full-clean vs chance per column: " + ", ".join(
             f"{k} {v['full_clean']:.3f} ({v['chance']:.3f})" for k, v in meta["learnable"].items()))
+    elif (meta.get("eval") or {}).get("chance"):
+        lines.append("chance per column: " + ", ".join(f"{k} {v:.3f}" for k, v in meta["eval"]["chance"].items()))
     shuffle = (meta.get("warmup") or {}).get("image_shuffle") or {}
     if shuffle.get("n_records"):
         lines.append(f"probe proxy image-shuffle test: answer loss +{shuffle['increase']:.3f} when images are "
@@ -158,10 +225,20 @@ def markdown(rows: list[dict], meta: dict) -> str:
     if meta.get("stage_seconds"):
         lines.append("Stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in meta["stage_seconds"].items()))
     if meta.get("pool"):
-        lines.append(f"Pool: {meta['pool']['n_records']} records; injected: "
-                     + ", ".join(f"{k} {v}" for k, v in meta["pool"]["defects"].items()))
+        defects = meta["pool"].get("defects") or {}
+        field = meta["pool"].get("truth_field")
+        lines.append(f"Pool: {meta['pool']['n_records']} records"
+                     + (("; injected: " if field == "bench" else f"; truth field {field!r}: ")
+                        + ", ".join(f"{k} {v}" for k, v in defects.items()) if defects else
+                        "; no truth field (no oracle rows)"))
+    if (meta.get("eval") or {}).get("summary"):
+        lines.append(meta["eval"]["summary"])
     for m, why in sorted(meta.get("skipped", {}).items()):
         lines.append(f"Skipped {m}: {why}")
+    if meta.get("referee"):
+        lines.append("")
+        lines.append("Referee (each budget: the best method better than random, paired 95% interval):")
+        lines.extend(meta["referee"])
     return "\n".join(lines) + "\n"
 
 
@@ -175,6 +252,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_results(rows: list[dict], runs, meta: dict, out) -> dict:
     out = Path(out)
+    tasks, marked = meta.pop("_tasks", None), meta.pop("_marked", None)
+    makeup = subset_makeup(runs, tasks, marked)
     md = markdown(rows, meta)
     (out / "results.md").write_text(md, encoding="utf-8")
     _write_csv(out / "results.csv", rows)
@@ -187,5 +266,25 @@ def write_results(rows: list[dict], runs, meta: dict, out) -> dict:
     result = {"rows": rows, "runs": run_rows, "meta": meta, "paths": paths}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str, allow_nan=True) + "\n",
                                       encoding="utf-8")
+    from mmsift.bench.html import write_html
+
+    paths["html"] = str(write_html(rows, meta, out / "results.html", subsets=makeup,
+                                    table_columns=table_columns, display=_display))
     result["markdown"] = md
     return result
+
+
+def subset_makeup(runs, tasks, marked) -> dict:
+    """Per cell, its first seed pair: share of each task and of marked records (truth field) in the subset."""
+    out: dict = {}
+    for r in sorted(runs, key=lambda r: r.seed):
+        key = f"{r.label} @ {r.budget:g}"
+        if key in out or tasks is None:
+            continue
+        kept = np.asarray(r.kept, dtype=np.int64)
+        names, counts = np.unique(np.asarray(tasks, dtype=object)[kept], return_counts=True) if len(kept) else ([], [])
+        out[key] = {"seed": r.seed, "n": int(len(kept)),
+                    "tasks": {str(n): round(float(c) / max(1, len(kept)), 3) for n, c in zip(names, counts)},
+                    "marked": (round(float(np.asarray(marked)[kept].mean()), 3)
+                               if marked is not None and len(kept) else None)}
+    return out

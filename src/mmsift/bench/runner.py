@@ -1,16 +1,19 @@
-"""The benchmark run: pool with known defects -> probe -> every method x budget x seed -> train the target -> evaluate.
+"""The benchmark run, for any pool: pool -> probe -> every method x budget x seed -> train the target -> evaluate.
 
-Stages (each timed): build the pool and the evaluation set; load the pretrained base (built once and cached,
-:mod:`mmsift.train.pretrain`) and encode the evaluation items and the pool once with it; warm up the probe's proxy
-on the whole pool (from the base, as ``mmsift warmup`` does) and probe it for the signals the methods need; then
-for each seed pair (selection seed = training seed = s), each method and budget: select, train the target from
-the base on the subset with the vision tower frozen, evaluate it on the easy-vqa *test* split.
+Inputs come from :func:`mmsift.bench.inputs.user_inputs` (``--pool``/``--eval``) or the bundled preset
+(:func:`mmsift.bench.preset.prepare_preset`); nothing here knows what the pool holds. Stages (each timed): read
+the pool and the evaluation items and, with a truth field, which records are bad; prepare the target's starting
+checkpoint (``base``, ``scratch`` or a model directory) and encode the evaluation items and the pool once with
+it; warm up the probe's proxy on the whole pool and probe it for the signals the methods (and recipe rows) need;
+then for each seed pair (selection seed = training seed = s), each method and budget: select, train the target on
+the subset, evaluate it.
 
-Reference rows: ``full`` (the whole, corrupted pool), ``full-clean`` (every clean original), and the calibration
-subsets ``oracle`` / ``anti-oracle`` (:mod:`mmsift.bench.calibration`) at each budget. Post-training rows, as in
-"Corrupted but Not Broken": the ``full`` model post-trained on the top ``post_fraction`` of the pool by
-``selfcheck``, and on as many random records (the control). Intervals and paired verdicts:
-:mod:`mmsift.bench.stats`. Everything is seeded: the same config gives the same table (wall times aside).
+Reference rows: ``full`` (the whole pool) and, with a truth field, ``full-clean`` (every unmarked record) and the
+calibration subsets ``oracle`` / ``anti-oracle`` (:mod:`mmsift.bench.calibration`) at each budget. The preset
+adds post-training rows, as in "Corrupted but Not Broken": the ``full`` model post-trained on the top
+``post_fraction`` of the pool by ``selfcheck``, and on as many random records (the control). Intervals and
+paired verdicts: :mod:`mmsift.bench.stats`; the referee's line per budget: :func:`mmsift.bench.report.referee`.
+Everything is seeded: the same config gives the same table (wall times aside).
 """
 
 from __future__ import annotations
@@ -24,20 +27,16 @@ import numpy as np
 
 from mmsift.bench.calibration import CALIBRATION
 from mmsift.bench.jobs import JobContext, TrainJob, init_worker, run_job
-from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET
-from mmsift.train.target import TargetRecipe
+from mmsift.bench.inputs import DUPLICATES
+from mmsift.bench.preset import SCORE_COLUMNS
+from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET, summarise, write_results
+from mmsift.data.io import write_subset
 from mmsift.exec.processes import available_cores, run_in_processes
+from mmsift.train.target import TargetRecipe, scratch_recipe
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGETS = (0.05, 0.15, 0.3)
-QUICK_METHODS = ("random", "datatailor", "ards", "selfcheck", "coincide")
-CORRUPT = ("wrong_answer", "hallucination", "ocr_corrupt", "noise")
-DUPLICATES = ("duplicate", "near_duplicate")
-# Columns the score averages: those the target trained on the full clean pool answers well above chance on a
-# validation split (docs/benchmark.md has the measurements; yes/no and multiple choice stay near chance and are
-# left out). The report prints every evaluated column's full-clean accuracy against chance on each run.
-SCORE_COLUMNS = ("shape", "color", "ocr")
 
 
 def post_recipe() -> TargetRecipe:
@@ -48,6 +47,17 @@ def post_recipe() -> TargetRecipe:
 @dataclass
 class BenchConfig:
     out: str
+    # A user's pool (None: the bundled easy-vqa preset, mmsift.bench.preset) and the file it is judged on.
+    pool: str | None = None
+    images: str | None = None  # default: the pool file's folder
+    eval: str | None = None
+    eval_images: str | None = None  # default: the eval file's folder
+    truth_field: str | None = None  # records marked bad (as select --truth-field); the preset uses "bench"
+    target: str = "base"  # base | scratch | a model directory
+    column_by: str = "task"  # eval columns: the records' task or their question text
+    task_field: str | None = None
+    probe_base: str | None = None  # the probe proxy's warm-up start: bundled | none (default: none for scratch)
+    scratch_recipe: TargetRecipe | None = None  # --target scratch's recipe (None: train.target.scratch_recipe())
     budgets: tuple = DEFAULT_BUDGETS
     methods: list | None = None  # None: every registered method the probe (or the judge run) can feed
     seed: int = 0  # pool, evaluation items, probe proxy
@@ -134,24 +144,27 @@ def merge_judge(signals, judge_run: str):
     return Signals(ids=signals.ids, index=signals.index, tasks=signals.tasks, columns=cols)
 
 
-def defect_metrics(truth: list[dict], kept_index: np.ndarray, scores_by_index: np.ndarray | None) -> dict:
-    """What a subset kept of the injected defects, from the records' ``bench`` truth.
+def defect_metrics(truth: list[dict] | None, kept_index: np.ndarray, scores_by_index: np.ndarray | None) -> dict:
+    """What a subset kept of the marked records, from the truth labels (:func:`mmsift.bench.inputs.read_truth`).
 
-    ``kept_<defect>``: share of that defect's records kept. ``corrupt_kept``: share of the corrupted records
-    (wrong answers, hallucinations, OCR corruptions, noise) kept. ``dup_pairs_kept``: copies (exact or near)
-    kept together with their original. ``auroc``: how well the method's score (higher = keep) ranks clean
-    records above corrupted ones (copies left out); 0.5 = no better than chance.
+    ``kept_<defect>``: share of that defect's records kept. ``corrupt_kept``: share of the marked records other
+    than copies kept. ``dup_pairs_kept``: copies (exact or near) kept together with their original. ``auroc``: how
+    well the method's score (higher = keep) ranks clean records above the other marked ones (copies left out); 0.5 =
+    no better than chance. Without a truth field: nothing.
     """
+    from mmsift.bench.inputs import corrupt_kinds
     from mmsift.metrics import auroc
 
+    if truth is None:
+        return {}
     labels = np.array([t.get("defect", "none") for t in truth], dtype=object)
     kept = np.zeros(len(truth), dtype=bool)
     kept[np.asarray(kept_index, dtype=np.int64)] = True
     out: dict = {}
-    for d in CORRUPT + DUPLICATES:
-        n = int((labels == d).sum())
-        out[f"kept_{d}"] = float(kept[labels == d].mean()) if n else float("nan")
-    corrupt = np.isin(labels, CORRUPT)
+    kinds = corrupt_kinds(truth)
+    for d in kinds + [d for d in DUPLICATES if d in set(labels)]:
+        out[f"kept_{d}"] = float(kept[labels == d].mean())
+    corrupt = np.isin(labels, kinds)
     out["corrupt_kept"] = float(kept[corrupt].mean()) if corrupt.any() else float("nan")
     ids = [t.get("id") for t in truth]
     kept_ids = {ids[i] for i in np.flatnonzero(kept)}
@@ -164,11 +177,6 @@ def defect_metrics(truth: list[dict], kept_index: np.ndarray, scores_by_index: n
         if 0 < y.sum() < len(y):
             out["auroc"] = auroc(scores_by_index[rows], y)
     return out
-
-
-def _truth(records) -> list[dict]:
-    return [{**(r.raw.get("bench") or {}), "id": r.id} for r in records]
-
 
 
 @dataclass
@@ -203,26 +211,16 @@ def _select(signals, name: str, budget, seed: int, n_pool: int) -> tuple[np.ndar
 
 
 def run_bench(cfg: BenchConfig) -> dict:
-    """Run the whole benchmark; writes ``results.{md,csv,json}`` under ``cfg.out`` and returns the results.
+    """Run the whole benchmark; writes ``results.{md,csv,json,html}`` under ``cfg.out`` and returns the results.
 
-    With more than one worker the training jobs run in *spawned* processes, which import the calling script
-    again: call this from under ``if __name__ == "__main__":`` in a script (the ``mmsift bench`` command does),
-    or pass ``workers=1``.
+    ``cfg.pool`` None: the bundled easy-vqa preset (:mod:`mmsift.bench.preset`); else the user's pool, judged on
+    ``cfg.eval`` (:mod:`mmsift.bench.evalfile`). With more than one worker the training jobs run in *spawned*
+    processes, which import the calling script again: call this from under ``if __name__ == "__main__":`` in a
+    script (the ``mmsift bench`` command does), or pass ``workers=1``.
     """
-    from mmsift.bench.calibration import calibration_subset, full_clean
-    from mmsift.bench.defects import DefectRates
-    from mmsift.bench.evaluate import build_eval_set, chance_table, encode_items, load_eval_set
-    from mmsift.bench.pool import build_bench_pool
-    from mmsift.bench.report import summarise, write_results
-    from mmsift.data.io import read_pool, write_subset
-    from mmsift.data.tasks import task_of
-    from mmsift.models.encode import encode_records
-    from mmsift.models.loading import load_model
-    from mmsift.probe.config import ProbeConfig
-    from mmsift.probe.runner import run_probe
-    from mmsift.train.loop import deterministic
-    from mmsift.train.pretrain import ensure_base
-    from mmsift.train.warmup import WarmupConfig, warmup
+    from mmsift.bench.inputs import read_truth, user_inputs
+    from mmsift.bench.preset import QUICK_METHODS, prepare_preset
+    from mmsift.data.io import read_pool
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -230,92 +228,81 @@ def run_bench(cfg: BenchConfig) -> dict:
     stage = _stage_timer(times)
     t_all = time.perf_counter()
 
-    # Methods first: an unknown name fails before minutes of pool building and training.
+    # Methods and target first: an unknown name fails before minutes of pool building and training.
     judge_columns: tuple = ()
     if cfg.judge_run:
         from mmsift.store import SignalStore
 
         judge_columns = tuple(SignalStore(cfg.judge_run).signal_names)
     requested = cfg.methods if cfg.methods is not None else (list(QUICK_METHODS) if cfg.quick else None)
-    methods, skipped = choose_methods(requested, judge_columns=judge_columns)
-    calibration = list(cfg.calibration) if cfg.methods is None else [c for c in CALIBRATION if c in cfg.methods]
-    post = cfg.post_fraction > 0
-    log.info("bench methods: %s; calibration: %s; skipped: %s", methods, calibration, skipped)
+    recipes = _recipe_methods(requested)
+    methods, skipped = choose_methods([m for m in requested if not m.startswith("recipe:")]
+                                      if requested is not None else None, judge_columns=judge_columns)
+    target_kind(cfg.target)
 
     t0 = time.perf_counter()
-    pool_path = build_bench_pool(out / "pool", n_images=cfg.n_images, n_ocr=cfg.n_ocr, seed=cfg.seed,
-                                 rates=cfg.rates)
-    images = out / "pool" / "images"
-    pool = read_pool(pool_path)
+    inputs = prepare_preset(cfg, out) if cfg.pool is None else user_inputs(cfg)
+    pool = read_pool(inputs.pool_path)
     if pool.problems:
-        raise ValueError(f"the bench pool has parse problems: {pool.problems[:3]}")
-    truth = _truth(pool.records)
-    tasks = [task_of(r) for r in pool.records]
-    items = load_eval_set(build_eval_set(out / "eval", n_per_type=cfg.eval_per_type, n_mc=cfg.eval_mc,
-                                         n_ocr=cfg.eval_ocr, seed=cfg.seed, mc_attacks=cfg.mc_attacks,
-                                         open_types=cfg.open_types))
+        raise ValueError(f"{inputs.pool_path}: {len(pool.problems)} records cannot be parsed, first: "
+                         f"{pool.problems[0]}")
+    truth = read_truth(pool.records, inputs.truth_field) if inputs.truth_field else None
+    if truth is None:
+        calibration, with_truth = [], False
+    else:
+        calibration = (list(cfg.calibration) if cfg.methods is None
+                       else [c for c in CALIBRATION if c in cfg.methods])
+        with_truth = True
+    post = cfg.post_fraction > 0 and with_truth and cfg.pool is None
+    log.info("bench methods: %s; recipes: %s; calibration: %s; skipped: %s", methods, recipes, calibration, skipped)
     stage("pool_and_eval_set", t0)
 
     t0 = time.perf_counter()
-    base_dir = ensure_base(cfg.base_recipe, device=cfg.device)
-    stage("pretrained_base", t0)
+    target = prepare_target(cfg, out, pool.records, inputs.items)
+    stage("target_init", t0)
     t0 = time.perf_counter()
-    with deterministic(cfg.threads):
-        base = load_model(base_dir, device=cfg.device, dtype="float32")
-        encoded_items = encode_items(base, items, out / "eval" / "images")
-        encs, failed = encode_records(base.adapter, pool.records, images)
-    if failed:
-        raise ValueError(f"{len(failed)} bench pool records cannot be encoded, e.g. {failed[0]}")
+    encs, encoded_items = _encode(cfg, target["init"], pool.records, inputs)
     stage("encode_eval_and_pool", t0)
 
-    # The probe's own stages run under the same fixed thread count and deterministic ops.
+    probe_methods = sorted(set(m for m in methods if m != "random") | ({"selfcheck"} if post else set())
+                           | _recipe_needs(recipes))
     t0 = time.perf_counter()
-    probe_methods = sorted(set(m for m in methods if m != "random") | ({"selfcheck"} if post else set()))
-    with deterministic(cfg.threads):
-        proxy = warmup(pool_path, WarmupConfig(out=str(out / "proxy"), images=str(images), epochs=cfg.warmup_epochs,
-                                               seed=cfg.seed, device=cfg.device, base_recipe=cfg.base_recipe,
-                                               progress=False, min_steps=cfg.warmup_min_steps))
+    proxy = _warmup(cfg, inputs, out)
     stage("probe_warmup", t0)
+    if cfg.pool is not None:  # the preset's pool is what the base was made for (docs/benchmark.md)
+        check_target_reads_images(cfg.target, proxy)
     t0 = time.perf_counter()
-    with deterministic(cfg.threads):
-        probe = run_probe(pool_path, ProbeConfig(model=str(proxy), out=str(out / "run"), images=str(images),
-                                                 methods=tuple(probe_methods), device=cfg.device, seed=cfg.seed,
-                                                 overwrite=True))
-    signals = probe.store.load(mmap=False)
-    if cfg.judge_run:
-        signals = merge_judge(signals, cfg.judge_run)
+    signals, probe = _probe(cfg, inputs, proxy, out, probe_methods)
     stage("probe", t0)
 
-    n_pool = len(pool.records)
-    plan: list[Run] = []
-    for s in cfg.seeds:
-        plan.append(Run("full", 1.0, s, np.arange(n_pool)))
-        plan.append(Run("full-clean", 1.0, s, full_clean(truth)))
-        for b in cfg.budgets:
-            for c in calibration:
-                plan.append(Run(c, b, s, calibration_subset(c, truth, tasks, b, seed=s)))
-            for m in methods:
-                kept, scores, notes = _select(signals, m, b, s, n_pool)
-                plan.append(Run(m, b, s, kept, scores, notes))
-    if "oracle" in calibration and cfg.budgets:
-        b = min(cfg.budgets, key=lambda x: abs(x - SENSITIVITY_BUDGET))
-        for s in (x for x in cfg.sensitivity_seeds if x not in cfg.seeds):
-            plan.append(Run("oracle", b, s, calibration_subset("oracle", truth, tasks, b, seed=s)))
-            kept, scores, notes = _select(signals, "random", b, s, n_pool)
-            plan.append(Run("random", b, s, kept, scores, notes))
-    posts = _post_runs(cfg, signals, n_pool) if post else {}
+    tasks = [task_of_record(r, cfg.task_field) for r in pool.records]
+    plan = _plan(cfg, signals, truth, tasks, methods, calibration, recipes, pool, inputs, out)
+    posts = _post_runs(cfg, signals, len(pool.records)) if post else {}
     (out / "subsets").mkdir(exist_ok=True)
     for run in plan + [r for rs in posts.values() for r in rs]:
-        write_subset(pool, run.kept, out / "subsets" / f"{run.label}_{run.budget:g}_seed{run.seed}.json")
+        write_subset(pool, run.kept, out / "subsets" / f"{_safe(run.label)}_{run.budget:g}_seed{run.seed}.json")
     t0 = time.perf_counter()
-    # Columns outside the score (yes/no, multiple choice) are evaluated on the reference rows only, to show
-    # whether the target learns them at all; every selection is scored on the score columns' items.
-    jobs = [TrainJob(run.kept, run.seed, cfg.recipe, all_items=run.label in REFERENCE,
+    # Columns outside the score (the preset's yes/no, multiple choice) are evaluated on the reference rows only,
+    # to show whether the target learns them at all; every selection is scored on the score columns' items.
+    jobs = [TrainJob(run.kept, run.seed, target["recipe"], all_items=run.label in REFERENCE,
                      then=[TrainJob(p.kept, p.seed, post_recipe()) for p in posts.get(run.seed, [])]
                      if run.label == "full" else [])
             for run in plan]
-    context = JobContext(base_dir=str(base_dir), device=cfg.device, threads=cfg.threads, encoded_pool=encs,
-                         items=items, encoded_items=encoded_items, score_columns=tuple(cfg.score_columns))
+    context = JobContext(base_dir=str(target["init"]), device=cfg.device, threads=cfg.threads, encoded_pool=encs,
+                         items=inputs.items, encoded_items=encoded_items, score_columns=tuple(inputs.score_columns),
+                         records=list(pool.records) if target["recipe"].perception else None,
+                         images_dir=str(inputs.images))
+    runs = _train_all(cfg, plan, jobs, context, posts, truth)
+    stage("train_and_evaluate", t0)
+
+    times["total"] = round(time.perf_counter() - t_all, 2)
+    meta = _meta(cfg, inputs, pool, truth, target, methods, recipes, calibration, skipped, times, probe, proxy)
+    meta["score_columns"] = list(inputs.score_columns)
+    meta["_tasks"], meta["_marked"] = tasks, ([t["defect"] != "none" for t in truth] if truth else None)
+    return write_results(summarise(runs, cfg, meta), runs, meta, out)
+
+
+def _train_all(cfg, plan, jobs, context, posts, truth) -> list:
     workers = cfg.workers or default_workers(cfg.device, cfg.threads)
     # Longest jobs first, so that no worker is left with a long one at the end while the others idle.
     order = sorted(range(len(jobs)), key=lambda k: -_job_steps(jobs[k]))
@@ -330,28 +317,229 @@ def run_bench(cfg: BenchConfig) -> dict:
         for post_run, post_result in zip(posts.get(run.seed, []) if run.label == "full" else [], result.then):
             _fill_row(post_run, post_result, truth)
             runs.append(post_run)
-    stage("train_and_evaluate", t0)
+    return runs
 
-    times["total"] = round(time.perf_counter() - t_all, 2)
+
+def _plan(cfg, signals, truth, tasks, methods, calibration, recipes, pool, inputs, out) -> list:
+    """Every trained subset: reference rows, calibration subsets, methods and recipes per budget and seed pair,
+    and the extra oracle/random pairs of the sensitivity line."""
+    from mmsift.bench.calibration import calibration_subset, full_clean
+
+    n_pool = len(pool.records)
+    plan: list[Run] = []
+    for s in cfg.seeds:
+        plan.append(Run("full", 1.0, s, np.arange(n_pool)))
+        if truth is not None:
+            plan.append(Run("full-clean", 1.0, s, full_clean(truth)))
+        for b in cfg.budgets:
+            for c in calibration:
+                plan.append(Run(c, b, s, calibration_subset(c, truth, tasks, b, seed=s)))
+            for m in methods:
+                kept, scores, notes = _select(signals, m, b, s, n_pool)
+                plan.append(Run(m, b, s, kept, scores, notes))
+            for name, path in recipes:
+                kept, scores, notes = _recipe_select(path, signals, b, s, n_pool, out)
+                plan.append(Run(name, b, s, kept, scores, notes))
+    if "oracle" in calibration and cfg.budgets:
+        b = min(cfg.budgets, key=lambda x: abs(x - SENSITIVITY_BUDGET))
+        for s in (x for x in cfg.sensitivity_seeds if x not in cfg.seeds):
+            plan.append(Run("oracle", b, s, calibration_subset("oracle", truth, tasks, b, seed=s)))
+            kept, scores, notes = _select(signals, "random", b, s, n_pool)
+            plan.append(Run("random", b, s, kept, scores, notes))
+    return plan
+
+
+def _encode(cfg, init_dir, records, inputs):
+    from mmsift.bench.evaluate import encode_items
+    from mmsift.models.encode import encode_records
+    from mmsift.models.loading import load_model
+    from mmsift.train.loop import deterministic
+
+    with deterministic(cfg.threads):
+        init = load_model(init_dir, device=cfg.device, dtype="float32")
+        encoded_items = encode_items(init, inputs.items, inputs.eval_images)
+        encs, failed = encode_records(init.adapter, records, inputs.images)
+    if failed:
+        rid, kind, msg = failed[0][:3]
+        raise ValueError(f"{len(failed)} pool records cannot be encoded for the target, first: record {rid!r}: "
+                         f"{kind}: {msg}")
+    return encs, encoded_items
+
+
+def _warmup(cfg, inputs, out):
+    from mmsift.train.loop import deterministic
+    from mmsift.train.warmup import WarmupConfig, warmup
+
+    base = cfg.probe_base or ("none" if cfg.target == "scratch" else "bundled")
+    # The probe's own stages run under the same fixed thread count and deterministic ops.
+    with deterministic(cfg.threads):
+        return warmup(inputs.pool_path, WarmupConfig(out=str(out / "proxy"), images=str(inputs.images),
+                                                     epochs=cfg.warmup_epochs, seed=cfg.seed, device=cfg.device,
+                                                     base_recipe=cfg.base_recipe, progress=False, base=base,
+                                                     min_steps=cfg.warmup_min_steps, task_field=cfg.task_field))
+
+
+def _probe(cfg, inputs, proxy, out, probe_methods):
+    from mmsift.probe.config import ProbeConfig
+    from mmsift.probe.runner import run_probe
+    from mmsift.train.loop import deterministic
+
+    with deterministic(cfg.threads):
+        probe = run_probe(inputs.pool_path, ProbeConfig(model=str(proxy), out=str(out / "run"),
+                                                        images=str(inputs.images), methods=tuple(probe_methods),
+                                                        device=cfg.device, seed=cfg.seed, overwrite=True,
+                                                        task_field=cfg.task_field))
+    signals = probe.store.load(mmap=False)
+    if cfg.judge_run:
+        signals = merge_judge(signals, cfg.judge_run)
+    return signals, probe
+
+
+def _meta(cfg, inputs, pool, truth, target, methods, recipes, calibration, skipped, times, probe, proxy) -> dict:
+    from mmsift.bench.evaluate import chance_table
+
+    items = inputs.items
     meta = {
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("rates", "recipe", "base_recipe")},
-        "defect_rates": asdict(cfg.rates or DefectRates()),
-        "recipe": cfg.recipe.to_dict(),
-        "post_recipe": post_recipe().to_dict() if post else None,
-        "base": {"path": str(base_dir), **{k: v for k, v in _base_info(base_dir).items() if k != "words"}},
-        "methods": methods,
+        "recipe": target["recipe"].to_dict(),
+        "post_recipe": post_recipe().to_dict() if cfg.post_fraction > 0 and cfg.pool is None else None,
+        "target": {k: v for k, v in target.items() if k != "recipe"},
+        "methods": methods + [name for name, _ in recipes],
         "calibration": calibration,
         "skipped": skipped,
         "stage_seconds": times,
-        "pool": {"path": str(pool_path), "n_records": n_pool,
-                 "defects": {d: int(sum(1 for t in truth if t.get("defect") == d))
-                             for d in ("none",) + CORRUPT + DUPLICATES}},
+        "pool": {"path": str(inputs.pool_path), "n_records": len(pool.records), "truth_field": inputs.truth_field,
+                 "defects": ({d: int(sum(1 for t in truth if t["defect"] == d))
+                              for d in sorted({t["defect"] for t in truth}, key=lambda x: (x != "none", x))}
+                             if truth is not None else {})},
         "eval": {"n_items": len(items), "per_kind": {k: int(v) for k, v in _kind_counts(items).items()},
-                 "chance": chance_table(items)},
+                 "chance": chance_table(items), "summary": inputs.eval_summary},
         "probe": probe.summary_lines(),
         "warmup": _warmup_summary(proxy),
     }
-    return write_results(summarise(runs, cfg, meta), runs, meta, out)
+    if cfg.pool is None:
+        from mmsift.bench.preset import defect_rates
+
+        meta["defect_rates"] = defect_rates(cfg)
+        meta["base"] = {"path": str(target["init"]),
+                        **{k: v for k, v in _base_info(target["init"]).items() if k != "words"}}
+    return meta
+
+
+TARGETS = ("base", "scratch")
+
+
+def target_kind(target: str) -> str:
+    """``base``, ``scratch`` or ``model`` (a model directory); raises for anything else."""
+    if target in TARGETS:
+        return target
+    if (Path(target) / "config.json").is_file():
+        return "model"
+    raise ValueError(f"--target {target!r}: give base, scratch or a local model directory (with config.json)")
+
+
+def prepare_target(cfg, out: Path, records, items) -> dict:
+    """The checkpoint every subset is trained from, and the recipe: ``{"kind", "init", "recipe", ...}``."""
+    from mmsift.train.pretrain import ensure_base
+    import dataclasses
+
+    from mmsift.train.target import build_scratch_init, peft_available
+
+    kind = target_kind(cfg.target)
+    if kind == "base":
+        return {"kind": kind, "init": ensure_base(cfg.base_recipe, device=cfg.device), "recipe": cfg.recipe}
+    if kind == "model":
+        # LoRA when peft is installed (and the recipe does not set a rank), else projector + language model.
+        recipe = cfg.recipe
+        if not recipe.lora_rank and peft_available():
+            recipe = dataclasses.replace(recipe, lora_rank=8)
+        training = f"LoRA r={recipe.lora_rank} + projector" if recipe.lora_rank else "projector + language model"
+        return {"kind": kind, "init": Path(cfg.target), "recipe": recipe, "training": training}
+    texts = [t.text.replace("<image>", "") for r in records for t in r.turns]
+    texts += [x.question for x in items] + sorted({o for x in items for o in x.options})
+    texts += sorted({" " + t.text.strip() for r in records for t in r.turns if t.role == "assistant"}
+                    | {" " + o for x in items for o in x.options})
+    init = build_scratch_init(out / "target_init", texts=texts, seed=cfg.seed)
+    return {"kind": kind, "init": init, "recipe": cfg.scratch_recipe or scratch_recipe()}
+
+
+def check_target_reads_images(target: str, proxy) -> None:
+    """``--target base`` is refused when the warm-up (the base tuned on this pool, tower frozen) does not read
+    this pool's images: every subset would then be judged on what its text teaches."""
+    from mmsift.train.warmup import read_warmup_log
+
+    if target != "base":
+        return
+    test = (read_warmup_log(proxy) or {}).get("image_shuffle") or {}
+    if test.get("n_records") and test["increase"] < SHUFFLE_MIN:
+        raise ValueError(
+            f"--target base does not read this pool's images: after the warm-up on the pool, swapping images "
+            f"between {test['n_records']} records moves the answer loss by {test['increase']:+.3f} (below "
+            f"{SHUFFLE_MIN}); the bundled base was pretrained on shapes, colours and printed words. Use --target "
+            "scratch (a model that learns the images from each subset) or --target MODEL_DIR")
+
+
+SHUFFLE_MIN = 0.1
+
+
+def task_of_record(record, task_field):
+    from mmsift.data.tasks import task_of
+
+    return task_of(record, task_field)
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def _recipe_stages(path: str) -> list[dict]:
+    """The checked clean/dedup/select stages of a recipe file (its pool, proxy and probe settings are the bench's;
+    a trailing tokens stage is not run by the bench)."""
+    import yaml
+
+    from mmsift.recipe import RecipeError, check_stages
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise RecipeError(f"{path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping with a 'stages' list")
+    return [st for st in check_stages(raw.get("stages")) if "tokens" not in st]
+
+
+def _recipe_needs(recipes) -> set[str]:
+    return {next(iter(st.values()))["method"] for _, path in recipes for st in _recipe_stages(path)}
+
+
+def _recipe_select(path: str, signals, budget, seed: int, n_pool: int, out: Path):
+    """A recipe's chain at the bench's budget: its select stage keeps ``budget`` of the *pool* (a count), so the
+    row is compared with random at the same number of records."""
+    from mmsift.budget import resolve_budget
+    from mmsift.recipe import run_chain
+
+    stages = _recipe_stages(path)
+    n = resolve_budget(budget, n_pool)
+    stages[-1] = {"select": {**stages[-1]["select"], "budget": int(n)}}
+    chain = run_chain(out / "run", stages, seed=seed)
+    sel = chain.selection
+    scores = np.full(n_pool, np.nan)
+    notes = [f"{st['stage']} {st['method']}: {st['in']} -> {st['out']}" for st in chain.stages] + list(sel.notes)
+    if len(sel.index) < n:
+        notes.append(f"the chain kept {len(sel.index)} records, fewer than the budget's {n}")
+    return np.asarray(sel.index, dtype=np.int64), scores, notes
+
+
+def _recipe_methods(requested) -> list[tuple[str, str]]:
+    """``recipe:PATH`` entries of the method list: (row label, path); the file must exist."""
+    out = []
+    for m in requested or ():
+        if m.startswith("recipe:"):
+            path = m[len("recipe:"):]
+            if not Path(path).is_file():
+                raise ValueError(f"--methods {m}: no recipe file {path!r}")
+            out.append((f"recipe:{Path(path).stem}", path))
+    return out
 
 
 def default_workers(device: str, threads: int) -> int:

@@ -22,10 +22,26 @@ def _budgets(text: str) -> tuple:
 
 def bench_command(
     out: str = typer.Option("bench_out", "--out", help="folder for the pool, runs and results"),
+    pool: Optional[str] = typer.Option(None, "--pool", help="your pool (any format mmsift reads); default: the "
+                                                            "bundled easy-vqa preset"),
+    images: Optional[str] = typer.Option(None, "--images", help="the pool's image folder (default: its folder)"),
+    eval_file: Optional[str] = typer.Option(None, "--eval", help="evaluation file (any pool format): every "
+                                                                 "user/assistant round is an item"),
+    eval_images: Optional[str] = typer.Option(None, "--eval-images",
+                                              help="the evaluation file's image folder (default: its folder)"),
+    truth_field: Optional[str] = typer.Option(None, "--truth-field",
+                                              help="record field marking bad records (a.b for nested): adds oracle, "
+                                                   "anti-oracle, full-clean and the sensitivity line"),
+    target: str = typer.Option("base", "--target", help="base (the bundled pretrained base), scratch (a fresh "
+                                                        "model that learns the images from each subset) or "
+                                                        "MODEL_DIR (a local checkpoint)"),
+    column_by: str = typer.Option("task", "--column-by", help="evaluation columns: task or question"),
+    task_field: Optional[str] = typer.Option(None, "--task-field", help="record field naming the task"),
     budgets: Optional[str] = typer.Option(None, "--budgets",
                                           help="comma-separated budgets (default 0.05,0.15,0.3; --quick: 0.15)"),
     methods: Optional[str] = typer.Option(None, "--methods",
-                                          help="comma-separated methods (default: every method the probe can feed)"),
+                                          help="comma-separated methods, oracle/anti-oracle and recipe:FILE.yaml rows (a clean -> dedup -> "
+                                              "select chain); default: every method the probe can feed"),
     quick: bool = typer.Option(False, "--quick",
                                help="smaller pool, budget 0.15, two seed pairs, random/oracle/datatailor/ards/"
                                     "selfcheck/coincide (a few minutes)"),
@@ -42,9 +58,10 @@ def bench_command(
                                      "CPU cores; 1 on cuda). Results do not depend on it"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log each stage"),
 ) -> None:
-    """Build a pool with known defects, select with each method, train the target (the pretrained base, vision
-    frozen) on each subset for several seed pairs and evaluate it on the easy-vqa test split; prints the table
-    with 95% intervals, paired verdicts against random and the sensitivity line (results.md/.csv/.json)."""
+    """Does a selected subset train a better model than a random one? Selects with each method at each budget,
+    trains the target on each subset for several seed pairs and scores it on the evaluation items; prints the
+    table with 95% intervals, paired verdicts against random and one referee line per budget
+    (results.md/.csv/.json/.html). Without --pool: the bundled easy-vqa preset (a pool with injected defects)."""
     from mmsift.bench.runner import BenchConfig, run_bench
 
     if verbose:
@@ -59,7 +76,17 @@ def bench_command(
     if seed_pairs is not None and (not seed_pairs or len(set(seed_pairs)) != len(seed_pairs)):
         raise typer.BadParameter(f"--seeds {seeds!r}: give distinct integers, e.g. 0,1,2")
     common = dict(methods=method_list, seed=seed, device=device, judge_run=judge_run, threads=threads,
-                  workers=workers, mc_attacks=mc_attacks)
+                  workers=workers, mc_attacks=mc_attacks, target=target, column_by=column_by, task_field=task_field)
+    if pool is None and (eval_file or images or eval_images or truth_field):
+        raise typer.BadParameter("--eval, --images, --eval-images and --truth-field go with --pool (without "
+                                 "--pool the bundled easy-vqa preset runs)")
+    if pool is not None:
+        if quick:
+            raise typer.BadParameter("--quick is the preset's small grid; with --pool give --budgets/--seeds")
+        if eval_file is None:
+            raise typer.BadParameter("--pool needs --eval: the file the trained models are scored on")
+        common.update(pool=pool, images=images, eval=eval_file, eval_images=eval_images, truth_field=truth_field,
+                      post_fraction=0.0)
     if seed_pairs is not None:
         common["seeds"] = seed_pairs
     if quick:
@@ -68,7 +95,7 @@ def bench_command(
         cfg = BenchConfig(out=out, **common, **({"budgets": budget_values} if budget_values else {}))
     try:
         result = run_bench(cfg)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:  # EvalFileError and RecipeError are ValueErrors
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     typer.echo(result["markdown"])

@@ -45,13 +45,14 @@ import numpy as np
 
 from mmsift.models.loading import load_model
 from mmsift.models.proxy import ProxySize, build_proxy, train_tokenizer
-from mmsift.train.loop import TrainConfig, train_model
+from mmsift.train.loop import TrainConfig, deterministic, train_model
 from mmsift.train.perception import evaluate_perception, train_perception
 
 log = logging.getLogger(__name__)
 
 BASE_INFO = "base.json"
 # Bumped whenever the data or the code that builds the base changes in a way the recipe does not show.
+BUILD_THREADS = 1  # torch threads of a base build (results depend on the thread count, not on the load)
 BASE_FORMAT = 4  # 2: answers with a leading space in the tokenizer texts; 3: stage 2 (answer formats);
 # 4: stage 2 repeats word captions too
 # Words the perception stage learns to read: the bench's OCR words and as many others, so the tower learns to
@@ -145,7 +146,10 @@ def ensure_base(recipe: BaseRecipe | None = None, *, device: str = "cpu") -> Pat
                 "'perception'), then aligned to captions (stage 'alignment'); several minutes on a CPU", path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
-        build_base(tmp, recipe, device=device)
+        # A fixed thread count and deterministic ops: two builds of one recipe give the same weights whatever
+        # else the machine runs (checked by benchmarks/base_build_hash.py; docs/benchmark.md).
+        with deterministic(BUILD_THREADS):
+            build_base(tmp, recipe, device=device)
         try:
             tmp.rename(path)  # atomic: a reader never sees a half-written base
         except OSError:

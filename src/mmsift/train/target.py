@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 
 from mmsift.models.loading import LoadedModel
@@ -35,6 +36,15 @@ class TargetRecipe:
     batch_size: int = 32
     lr: float = 2e-3
     threads: int = 1
+    # ``--target scratch``: first a perception stage on the subset's own images (``train.perception``), then the
+    # instruction tuning above with the tower frozen. ``perception_steps`` None: about 60 passes (100-1,500 steps).
+    perception: bool = False
+    perception_steps: int | None = None
+    perception_min_steps: int = 100  # floor of the default step count (about 60 passes, at most 1,500)
+    # LoRA (peft) on the language model's attention projections, the projector trained fully, everything else
+    # frozen; 0: projector + language model fully trained (the bundled targets).
+    lora_rank: int = 0
+    lora_alpha: int = 16
 
     def steps_for(self, n_samples: int) -> int:
         steps = math.ceil(self.epochs * n_samples / self.batch_size)
@@ -59,14 +69,85 @@ def train_target(init, records, images_dir, *, recipe: TargetRecipe, seed: int, 
     if not n_samples:
         raise ValueError("cannot train the target on an empty subset")
     steps = recipe.steps_for(n_samples) if steps is None else steps
+    t0 = time.perf_counter()
+    with deterministic(recipe.threads):
+        if recipe.perception:
+            init = _perceive(init, records, images_dir, recipe=recipe, seed=seed, device=device)
+    t_perceive = time.perf_counter() - t0
     with deterministic(recipe.threads):
         config = TrainConfig(steps=steps, lr=recipe.lr, batch_size=recipe.batch_size, seed=seed, device=device,
                              freeze_vision=True)
-        result = train_model(_fresh(init), list(records or ()), images_dir, config, encoded=encoded,
+        model = _with_lora(init, recipe, device) if recipe.lora_rank else _fresh(init)
+        result = train_model(model, list(records or ()), images_dir, config, encoded=encoded,
                              token_masks=token_masks)
+    result.seconds += t_perceive  # the whole training, perception stage included
     log.info("trained target on %d samples: %d steps, %.1fs, final loss %.3f", result.n_samples, steps,
              result.seconds, sum(result.losses[-10:]) / max(1, len(result.losses[-10:])))
     return result
+
+
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)$"
+PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector")
+
+
+def peft_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("peft") is not None
+
+
+def _with_lora(init, recipe: TargetRecipe, device: str):
+    """A fresh copy of ``init`` with LoRA layers injected in place (``peft.inject_adapter_in_model``, so the
+    family's adapter sees the same module tree); only LoRA weights and the projector train."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from mmsift.models.loading import load_model
+
+    lm = _fresh(init)
+    if not isinstance(lm, LoadedModel):
+        lm = load_model(lm, device=device, dtype="float32")
+    config = LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
+                        target_modules=LORA_TARGETS)
+    inject_adapter_in_model(config, lm.model)
+    for name, p in lm.model.named_parameters():
+        p.requires_grad_("lora_" in name or any(k in name for k in PROJECTOR_NAMES))
+    lm.model.to(lm.device)
+    return lm
+
+
+def scratch_recipe() -> TargetRecipe:
+    """``--target scratch``'s recipe: perception on the subset's images, then instruction tuning (docs/benchmark.md
+    has the validation figures it was chosen on)."""
+    return TargetRecipe(perception=True)
+
+
+def build_scratch_init(out_dir, *, texts, seed: int = 0):
+    """A fresh model of the bundled base's sizes with random weights and a tokenizer of ``texts`` (the pool's and
+    the evaluation's), saved to ``out_dir``: every ``--target scratch`` run starts from this same checkpoint."""
+    import dataclasses
+
+    from mmsift.models.proxy import ProxySize, build_proxy
+    from mmsift.train import pretrain
+
+    size = dataclasses.replace(pretrain.DEFAULT_RECIPE.size(), vocab_size=ProxySize.vocab_size)
+    return build_proxy(out_dir, texts=list(texts), seed=seed, size=size)
+
+
+def _perceive(init, records, images_dir, *, recipe: TargetRecipe, seed: int, device: str):
+    """A fresh copy of ``init`` whose tower went through the perception stage on ``records``' images."""
+    from mmsift.models.loading import load_model
+    from mmsift.train.perception import train_pool_perception
+
+    if records is None or images_dir is None:
+        raise ValueError("a perception recipe needs the subset's records and their image folder")
+    lm = _fresh(init)
+    if not isinstance(lm, LoadedModel):
+        lm = load_model(lm, device=device, dtype="float32")
+    steps = recipe.perception_steps or int(min(1500, max(recipe.perception_min_steps,
+                                                         math.ceil(60 * len(records) / 64))))
+    summary = train_pool_perception(lm, list(records), images_dir, steps=steps, seed=seed, progress=None)
+    log.info("target perception stage: %s", summary)
+    return lm
 
 
 def _fresh(init):
