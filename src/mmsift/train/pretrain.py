@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 BASE_INFO = "base.json"
 # Bumped whenever the data or the code that builds the base changes in a way the recipe does not show.
 BUILD_THREADS = 1  # torch threads of a base build (results depend on the thread count, not on the load)
-BASE_FORMAT = 4  # 2: answers with a leading space in the tokenizer texts; 3: stage 2 (answer formats);
-# 4: stage 2 repeats word captions too
+BASE_FORMAT = 5  # 2: answers with a leading space in the tokenizer texts; 3: stage 2 (answer formats);
+# 4: stage 2 repeats word captions too; 5: built on BUILD_THREADS threads with deterministic algorithms
 # Words the perception stage learns to read: the bench's OCR words and as many others, so the tower learns to
 # tell rendered words apart rather than 16 fixed pictures.
 EXTRA_WORDS = ("fish", "tree", "star", "moon", "bird", "car", "bus", "book", "door", "lamp", "ball", "ship",
