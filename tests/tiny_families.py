@@ -365,6 +365,8 @@ def load_processor(path):
     with no video processor (mmsift never feeds video); for Mistral 3, :class:`PixtralStandIn`."""
     from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
+    from mmsift.models.processors import video_free_class
+
     path = Path(path)
     family = AutoConfig.from_pretrained(path, local_files_only=True).model_type
     if family not in NEEDS_TORCHVISION:
@@ -376,21 +378,7 @@ def load_processor(path):
                  chat_template=(path / "chat_template.jinja").read_text(encoding="utf-8"))
     if family == "mistral3":
         return PixtralStandIn(**parts, **kwargs)
-    return _image_only(data["processor_class"])(video_processor=None, **parts, **kwargs)
-
-
-def _image_only(processor_class: str):
-    import transformers
-
-    base = getattr(transformers, processor_class)
-
-    def check_argument_for_proper_class(self, argument_name, argument):
-        # The video processor class cannot be looked up without torchvision; None stands for "no video".
-        if argument_name == "video_processor" and argument is None:
-            return None
-        return base.check_argument_for_proper_class(self, argument_name, argument)
-
-    return type(processor_class, (base,), {"check_argument_for_proper_class": check_argument_for_proper_class})
+    return video_free_class(data["processor_class"])(video_processor=None, **parts, **kwargs)
 
 
 class PixtralStandIn:

@@ -19,7 +19,8 @@ def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value, fmt: str) -> str:
+def format_cell(value, fmt: str) -> str:
+    """``value`` formatted with ``fmt``; '–' for a missing value, the plain text when ``fmt`` does not apply."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     try:
@@ -91,7 +92,7 @@ def _table(rows: list[dict], meta: dict, table_columns, display) -> str:
     shown = [display(r) for r in rows]
     cols = table_columns(shown, meta)
     head = "".join(f"<th>{_e(h)}</th>" for _, h, _ in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_e(_fmt(r.get(c), f))}</td>" for c, _, f in cols) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{_e(format_cell(r.get(c), f))}</td>" for c, _, f in cols) + "</tr>"
                    for r in shown)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -103,8 +104,8 @@ def _makeup(subsets: dict) -> str:
     head = "".join(f"<th>{_e(t)}</th>" for t in tasks)
     body = []
     for key, s in subsets.items():
-        cells = "".join(f"<td>{_fmt(s['tasks'].get(t, 0.0), '{:.0%}')}</td>" for t in tasks)
-        body.append(f"<tr><th>{_e(key)}</th><td>{s['n']}</td>{cells}<td>{_fmt(s.get('marked'), '{:.0%}')}</td></tr>")
+        cells = "".join(f"<td>{format_cell(s['tasks'].get(t, 0.0), '{:.0%}')}</td>" for t in tasks)
+        body.append(f"<tr><th>{_e(key)}</th><td>{s['n']}</td>{cells}<td>{format_cell(s.get('marked'), '{:.0%}')}</td></tr>")
     return (f"<table><tr><th>cell (seed {subsets[next(iter(subsets))]['seed']})</th><th>n</th>{head}"
             f"<th>marked</th></tr>{''.join(body)}</table>")
 

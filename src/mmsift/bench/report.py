@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsift.bench.html import format_cell, write_html
 from mmsift.bench.stats import cell_interval, paired_difference
 
 REFERENCE = ("full", "full-clean")
@@ -182,15 +183,6 @@ TABLE = (  # (column, header, format)
 )
 
 
-def _cell(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
-
-
 def _display(r: dict) -> dict:
     d = dict(r)
     d["score_ci"] = f"[{r['score_low']:.3f}, {r['score_high']:.3f}]"
@@ -204,7 +196,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     cols = table_columns(shown, meta)
     lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
     for r in shown:
-        lines.append("| " + " | ".join(_cell(r.get(c), f) for c, _, f in cols) + " |")
+        lines.append("| " + " | ".join(format_cell(r.get(c), f) for c, _, f in cols) + " |")
     lines.append("")
     if meta.get("score_columns"):
         lines.append("score = mean accuracy over " + ", ".join(meta["score_columns"]))
@@ -266,7 +258,6 @@ def write_results(rows: list[dict], runs, meta: dict, out) -> dict:
     result = {"rows": rows, "runs": run_rows, "meta": meta, "paths": paths}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str, allow_nan=True) + "\n",
                                       encoding="utf-8")
-    from mmsift.bench.html import write_html
 
     paths["html"] = str(write_html(rows, meta, out / "results.html", subsets=makeup,
                                     table_columns=table_columns, display=_display))
