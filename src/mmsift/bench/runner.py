@@ -30,7 +30,7 @@ from mmsift.bench.jobs import JobContext, TrainJob, init_worker, run_job
 from mmsift.bench.inputs import DUPLICATES
 from mmsift.bench.preset import SCORE_COLUMNS
 from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET, summarise, write_results
-from mmsift.bench.tokens import check_keep, plain_label
+from mmsift.bench.tokens import check_keep, plain_label, with_twins
 from mmsift.data.io import write_subset
 from mmsift.exec.processes import available_cores, run_in_processes
 from mmsift.train.target import TargetRecipe, scratch_recipe
@@ -278,48 +278,48 @@ def run_bench(cfg: BenchConfig) -> dict:
     t0 = time.perf_counter()
     signals, probe = _probe(cfg, inputs, proxy, out, probe_methods, ("token_loss",) if cfg.tokens else None)
     stage("probe", t0)
-    pool_masks = None
-    if cfg.tokens is not None:
-        t0 = time.perf_counter()
-        pool_masks = _token_masks(cfg, inputs, proxy, out, pool.records)
+    t0 = time.perf_counter()
+    if (pool_masks := _token_masks(cfg, inputs, proxy, out, pool.records)) is not None:
         stage("token_cleaning", t0)
 
     tasks = [task_of_record(r, cfg.task_field) for r in pool.records]
     plan = _plan(cfg, signals, truth, tasks, methods, calibration, recipes, pool, inputs, out)
     posts = _post_runs(cfg, signals, len(pool.records)) if post else {}
     (out / "subsets").mkdir(exist_ok=True)
-    for run in plan + [r for rs in posts.values() for r in rs]:  # a twin's subset is its untokened row's
+    for run in plan + [r for rs in posts.values() for r in rs]:
         write_subset(pool, run.kept, out / "subsets" / f"{_safe(run.label)}_{run.budget:g}_seed{run.seed}.json")
     t0 = time.perf_counter()
-    # Columns outside the score (the preset's yes/no, multiple choice) are evaluated on the reference rows only,
-    # to show whether the target learns them at all; every selection is scored on the score columns' items.
-    if pool_masks is not None:
-        from mmsift.bench.tokens import with_twins
-
+    if pool_masks is not None:  # a twin's subset is its untokened row's (written above)
         plan = with_twins(plan, cfg.tokens, cfg.seeds, ("full-clean",) + CALIBRATION)
-    jobs = [TrainJob(run.kept, run.seed, target["recipe"], all_items=run.label in REFERENCE,
-                     then=[TrainJob(p.kept, p.seed, post_recipe()) for p in posts.get(run.seed, [])]
-                     if run.label == "full" else [], masked=plain_label(run.label) is not None)
-            for run in plan]
-    context = JobContext(base_dir=str(target["init"]), device=cfg.device, threads=cfg.threads, encoded_pool=encs,
-                         items=inputs.items, encoded_items=encoded_items, score_columns=tuple(inputs.score_columns),
-                         records=(list(pool.records) if target["recipe"].perception or pool_masks is not None
-                                  else None),
-                         images_dir=str(inputs.images), token_masks=pool_masks.masks if pool_masks else None)
+    jobs, context = _jobs(cfg, plan, posts, target, (encs, encoded_items), inputs, pool, pool_masks)
     runs = _train_all(cfg, plan, jobs, context, posts, truth)
-    if pool_masks is not None:
-        _explain_twins(runs, pool_masks, truth)
+    _explain_twins(runs, pool_masks, truth)
     stage("train_and_evaluate", t0)
 
     times["total"] = round(time.perf_counter() - t_all, 2)
     meta = _meta(cfg, inputs, pool, truth, target, methods, recipes, calibration, skipped, times, probe, proxy)
     meta["score_columns"] = list(inputs.score_columns)
     if pool_masks is not None:
-        meta["tokens"] = {"keep": cfg.tokens, "sidecar": pool_masks.sidecar,
-                          **{k: pool_masks.summary.get(k) for k in ("base_run", "reference_run", "n_ranked", "n_kept",
-                                                                     "by_answer_length")}}
+        meta["tokens"] = pool_masks.meta()
     meta["_tasks"], meta["_marked"] = tasks, ([t["defect"] != "none" for t in truth] if truth else None)
     return write_results(summarise(runs, cfg, meta), runs, meta, out)
+
+
+def _jobs(cfg, plan, posts, target, encoded, inputs, pool, pool_masks) -> tuple[list, JobContext]:
+    """One training job per planned run (``full`` carries the post-training runs) and what every job needs;
+    ``encoded``: the pool and the evaluation items encoded for the target."""
+    encs, encoded_items = encoded
+    # Columns outside the score (the preset's yes/no, multiple choice) are evaluated on the reference rows only,
+    # to show whether the target learns them at all; every selection is scored on the score columns' items.
+    jobs = [TrainJob(run.kept, run.seed, target["recipe"], all_items=run.label in REFERENCE,
+                     then=[TrainJob(p.kept, p.seed, post_recipe()) for p in posts.get(run.seed, [])]
+                     if run.label == "full" else [], masked=plain_label(run.label) is not None)
+            for run in plan]
+    context = JobContext(base_dir=str(target["init"]), device=cfg.device, threads=cfg.threads, encoded_pool=encs,
+                         items=inputs.items, encoded_items=encoded_items, score_columns=tuple(inputs.score_columns),
+                         records=list(pool.records) if target["recipe"].perception or pool_masks else None,
+                         images_dir=str(inputs.images), token_masks=pool_masks.masks if pool_masks else None)
+    return jobs, context
 
 
 def _train_all(cfg, plan, jobs, context, posts, truth) -> list:
@@ -600,11 +600,13 @@ def _post_runs(cfg, signals, n_pool: int) -> dict[int, list[Run]]:
 
 
 def _token_masks(cfg, inputs, proxy, out, records):
-    """Token cleaning of the whole pool: the model before the warm-up probed for per-token losses, ranked against
+    """None without ``cfg.tokens``; else token cleaning of the whole pool: the model before the warm-up probed for per-token losses, ranked against
     the probe run (the warmed-up proxy) by :func:`mmsift.bench.tokens.clean_pool`."""
     from mmsift.bench.tokens import before_model, clean_pool
     from mmsift.train.loop import deterministic
 
+    if cfg.tokens is None:
+        return None
     with deterministic(cfg.threads):
         base = before_model(proxy, out, base_recipe=cfg.base_recipe, device=cfg.device, seed=cfg.seed)
     _, base_probe = _probe(cfg, inputs, base, out, (), ("token_loss",), name="token_base_run")
@@ -615,6 +617,8 @@ def _explain_twins(runs, pool_masks, truth) -> None:
     """Each twin's row gets what the masks took from its records (:func:`mmsift.bench.tokens.masked_metrics`)."""
     from mmsift.bench.tokens import masked_metrics
 
+    if pool_masks is None:
+        return
     labels = [t["defect"] for t in truth] if truth is not None else None
     for run in runs:
         if plain_label(run.label) is not None:

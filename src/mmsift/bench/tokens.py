@@ -62,6 +62,12 @@ class PoolMasks:
     summary: dict = field(default_factory=dict)
     sidecar: str = ""
 
+    def meta(self) -> dict:
+        """What results.json records of the cleaning (the lines explaining each twin are added by the report)."""
+        return {"keep": self.keep, "sidecar": self.sidecar,
+                **{k: self.summary.get(k) for k in ("base_run", "reference_run", "n_ranked", "n_kept",
+                                                     "by_answer_length")}}
+
 
 def masks_from_entries(entries: list[dict]) -> dict:
     """Sidecar entries (``token_select.record_entries``) as ``{id: {turn: [(start, end), ...]}}``; records with
