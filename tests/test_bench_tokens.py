@@ -151,3 +151,26 @@ def test_bench_twin_rows(tmp_path):
                result["meta"]["referee"])
     html = (tmp_path / "bench_scratch" / "results.html").read_text()
     assert "Token cleaning (keep 0.6)" in html and "full+tokens0.6" in html
+
+
+@pytest.mark.slow
+def test_preset_twin_rows(tmp_path):
+    """The preset (bundled base as the model before, post-training rows on full) honours --tokens too."""
+    from mmsift.bench.runner import BenchConfig, run_bench
+    from mmsift.train.target import TargetRecipe
+
+    cfg = BenchConfig(out=str(tmp_path / "bench"), budgets=(0.3,), methods=["random", "length"], seeds=(0, 1),
+                      sensitivity_seeds=(), calibration=(), n_images=24, n_ocr=8, eval_per_type=6, eval_mc=6,
+                      eval_ocr=6, warmup_epochs=1, warmup_min_steps=2, post_fraction=0.05, n_boot=50, workers=1,
+                      recipe=TargetRecipe(epochs=1, min_steps=2, max_steps=3, batch_size=8), tokens=0.5)
+    result = run_bench(cfg)
+    rows = {(r["method"], r["budget"]): r for r in result["rows"]}
+    assert {("full+tokens0.5", 1.0), ("random+tokens0.5", 0.3), ("length+tokens0.5", 0.3)} <= set(rows)
+    assert not any("+tokens" in m for m, b in rows if m.startswith(("post:", "full-clean")))
+    assert result["meta"]["tokens"]["base_run"].endswith("token_base_run")
+    kinds = [k for k in rows[("full+tokens0.5", 1.0)] if k.startswith("masked_") and k not in ("masked_clean",
+                                                                                              "masked_bad")]
+    assert len(kinds) >= 2  # the preset's truth carries several defect kinds
+    n_ranked, n_kept = result["meta"]["tokens"]["n_ranked"], result["meta"]["tokens"]["n_kept"]
+    assert n_kept == int(0.5 * n_ranked)  # full's twin holds every record: the pool's masked share
+    assert rows[("full+tokens0.5", 1.0)]["masked"] == pytest.approx(1 - n_kept / n_ranked)
