@@ -154,7 +154,9 @@ def render_html(rows: list[dict], meta: dict, *, subsets: dict | None = None, ta
         "seed pairs resampled); grey band: random's 95% interval at that budget. Colour: verdict against random "
         "(paired): green better, red worse, amber undecided.</p>",
         charts,
-        "<h2>Verdicts</h2>", _verdict_grid(rows, budgets),
+        # Budget 1 holds only full's token-cleaning twin (paired with full, not random): no column for it here.
+        "<h2>Verdicts</h2>", _verdict_grid(rows, [b for b in budgets if any(r["budget"] == b and "verdict" in r
+                                                                               for r in rows)]),
         _token_section(meta.get("tokens") or {}),
         "<h2>Table</h2>", _table(rows, meta, table_columns, display) if table_columns else "",
         "<h2>Subset make-up</h2><p>Share of each task in the trained subset and share of records the truth field "
