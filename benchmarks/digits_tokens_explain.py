@@ -63,9 +63,11 @@ def main() -> None:
                                 ("selfcheck+tokens0.6", "selfcheck", "0.15")):
         for s in (0, 1, 2):
             a, b = items[f"{twin}|{budget}|{s}|all"], items[f"{plain}|{budget}|{s}|all"]
-            print(f"{twin} - {plain} seed {s}: all {a.mean() - b.mean():+.3f}, on 8 {a[ans == 8].mean() - b[ans == 8].mean():+.3f} "
-                  f"(twin {a[ans == 8].mean():.2f}, plain {b[ans == 8].mean():.2f}), others "
-                  f"{a[ans != 8].mean() - b[ans != 8].mean():+.3f}, same answers on every item: {np.array_equal(a, b)}")
+            eight, rest = ans == 8, ans != 8
+            print(f"{twin} - {plain} seed {s}: all {a.mean() - b.mean():+.3f}, on 8 "
+                  f"{a[eight].mean() - b[eight].mean():+.3f} (twin {a[eight].mean():.2f}, plain "
+                  f"{b[eight].mean():.2f}), others {a[rest].mean() - b[rest].mean():+.3f}, same correctness on "
+                  f"every item: {np.array_equal(a, b)}")
 
 
 if __name__ == "__main__":

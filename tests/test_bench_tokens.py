@@ -53,7 +53,7 @@ def test_twin_labels_and_pairing():
 
     assert twin_label("full", 0.6) == "full+tokens0.6" and plain_label("full+tokens0.6") == "full"
     assert twin_label("recipe:a+b", 1.0) == "recipe:a+b+tokens1" and plain_label("recipe:a+b+tokens1") == "recipe:a+b"
-    assert plain_label("selfcheck") is None
+    assert plain_label("selfcheck") is None and plain_label("recipe:x+tokens") is None
     rows = [{"method": "full+tokens0.6", "budget": 1.0, "vs_plain": -0.02, "plain_verdict": "worse"},
             {"method": "el2n+tokens0.6", "budget": 0.15, "vs_plain": 0.01, "plain_verdict": "undecided"}]
     assert referee_line(rows, 0.6) == ("tokens 0.6 (same records, masked loss) vs untokened: better none; worse "

@@ -313,7 +313,8 @@ def _jobs(cfg, plan, posts, target, encoded, inputs, pool, pool_masks) -> tuple[
     # to show whether the target learns them at all; every selection is scored on the score columns' items.
     jobs = [TrainJob(run.kept, run.seed, target["recipe"], all_items=run.label in REFERENCE,
                      then=[TrainJob(p.kept, p.seed, post_recipe()) for p in posts.get(run.seed, [])]
-                     if run.label == "full" else [], masked=plain_label(run.label) is not None)
+                     if run.label == "full" else [],
+                     masked=pool_masks is not None and plain_label(run.label) is not None)
             for run in plan]
     context = JobContext(base_dir=str(target["init"]), device=cfg.device, threads=cfg.threads, encoded_pool=encs,
                          items=inputs.items, encoded_items=encoded_items, score_columns=tuple(inputs.score_columns),
@@ -399,7 +400,7 @@ def _warmup(cfg, inputs, out):
                                                      min_steps=cfg.warmup_min_steps, task_field=cfg.task_field))
 
 
-def _probe(cfg, inputs, proxy, out, probe_methods, signals=None, name: str = "run"):
+def _probe(cfg, inputs, proxy, out, probe_methods, extra_signals=None, name: str = "run"):
     from mmsift.probe.config import ProbeConfig
     from mmsift.probe.runner import run_probe
     from mmsift.train.loop import deterministic
@@ -407,9 +408,9 @@ def _probe(cfg, inputs, proxy, out, probe_methods, signals=None, name: str = "ru
     with deterministic(cfg.threads):
         probe = run_probe(inputs.pool_path, ProbeConfig(model=str(proxy), out=str(out / name),
                                                         images=str(inputs.images), methods=tuple(probe_methods),
-                                                        signals=signals, device=cfg.device, seed=cfg.seed,
+                                                        signals=extra_signals, device=cfg.device, seed=cfg.seed,
                                                         overwrite=True, task_field=cfg.task_field))
-    if name != "run":
+    if name != "run":  # another model's run over the pool (token cleaning's base): only its store is read
         return None, probe
     signals = probe.store.load(mmap=False)
     if cfg.judge_run:
@@ -600,8 +601,8 @@ def _post_runs(cfg, signals, n_pool: int) -> dict[int, list[Run]]:
 
 
 def _token_masks(cfg, inputs, proxy, out, records):
-    """None without ``cfg.tokens``; else token cleaning of the whole pool: the model before the warm-up probed for per-token losses, ranked against
-    the probe run (the warmed-up proxy) by :func:`mmsift.bench.tokens.clean_pool`."""
+    """None without ``cfg.tokens``; else token cleaning of the whole pool: the model before the warm-up probed for
+    per-token losses, ranked against the probe run (the warmed-up proxy) by :func:`mmsift.bench.tokens.clean_pool`."""
     from mmsift.bench.tokens import before_model, clean_pool
     from mmsift.train.loop import deterministic
 

@@ -46,8 +46,11 @@ def twin_label(label: str, keep: float) -> str:
 
 
 def plain_label(label: str) -> str | None:
-    """The untokened row of a twin label, or None for a label that is not a twin."""
-    return label.split(SUFFIX, 1)[0] if SUFFIX in label else None
+    """The untokened row of a twin label (``<row>+tokens<KEEP>``), or None for a label that is not one."""
+    import re
+
+    m = re.fullmatch(r"(.+)\+tokens([0-9][0-9.e+-]*)", label)
+    return m.group(1) if m else None
 
 
 @dataclass
