@@ -1,7 +1,8 @@
 """``results.html``: the bench's results as one offline page (no script, no external file).
 
 Sections: the referee's lines; the score of every method per budget as a bar with its 95% interval drawn against
-random's band at that budget (inline SVG); the verdict grid (method x budget); the table (as results.md);
+random's band at that budget (inline SVG); the verdict grid (method x budget); with ``--tokens``, the
+token-cleaning twins against their untokened rows; the table (as results.md);
 subset make-up (task shares, marked share). Every text that comes from data (method and recipe names, task and
 column names, notes) goes through :func:`html.escape`.
 """
@@ -110,6 +111,16 @@ def _makeup(subsets: dict) -> str:
             f"<th>marked</th></tr>{''.join(body)}</table>")
 
 
+def _token_section(tokens: dict) -> str:
+    """Token-cleaning twins (``--tokens``): each against its untokened row, with what was masked."""
+    if not tokens.get("lines"):
+        return ""
+    return (f"<h2>Token cleaning (keep {_e(tokens.get('keep'))})</h2><p>Each +tokens row trains on the same records "
+            "with the same seed as its untokened row, the dropped answer tokens out of the loss; paired difference "
+            "from that row and the masked share of its records' answer tokens.</p>"
+            f"<div class='ref'>{_e(chr(10).join(tokens['lines']))}</div>")
+
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328;max-width:1400px}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #d0d7de;padding:3px 6px;
 text-align:right}th{background:#f6f8fa}table.grid td{text-align:center}.ref{font-family:monospace;
@@ -144,7 +155,10 @@ def render_html(rows: list[dict], meta: dict, *, subsets: dict | None = None, ta
         "seed pairs resampled); grey band: random's 95% interval at that budget. Colour: verdict against random "
         "(paired): green better, red worse, amber undecided.</p>",
         charts,
-        "<h2>Verdicts</h2>", _verdict_grid(rows, budgets),
+        # Budget 1 holds only full's token-cleaning twin (paired with full, not random): no column for it here.
+        "<h2>Verdicts</h2>", _verdict_grid(rows, [b for b in budgets if any(r["budget"] == b and "verdict" in r
+                                                                               for r in rows)]),
+        _token_section(meta.get("tokens") or {}),
         "<h2>Table</h2>", _table(rows, meta, table_columns, display) if table_columns else "",
         "<h2>Subset make-up</h2><p>Share of each task in the trained subset and share of records the truth field "
         "marks.</p>", _makeup(subsets or {}),

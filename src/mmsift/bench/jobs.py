@@ -23,6 +23,7 @@ class TrainJob:
     recipe: TargetRecipe
     all_items: bool = False  # evaluate every item (reference rows); False: the score columns' items only
     then: list = field(default_factory=list)  # TrainJobs trained on top of this job's model (post-training)
+    masked: bool = False  # train with the context's token masks (a token-cleaning twin row)
 
 
 @dataclass
@@ -33,6 +34,8 @@ class JobResult:
     train_s: float
     eval_s: float
     then: list = field(default_factory=list)  # JobResults of the follow-up jobs, in order
+    token_masks: dict = field(default_factory=dict)  # counts from train.masks.masked_inputs (masked jobs)
+    train_loss: float = float("nan")  # mean answer loss over the training steps
 
 
 @dataclass
@@ -48,6 +51,7 @@ class JobContext:
     score_columns: tuple
     records: list | None = None  # the pool's Records by position: recipes with a perception stage read images
     images_dir: str | None = None
+    token_masks: dict | None = None  # record id -> turn -> masked spans (mmsift.bench.tokens), for masked jobs
 
 
 _CONTEXT: dict = {}
@@ -78,13 +82,17 @@ def _train_and_evaluate(init, job: TrainJob, ctx: JobContext) -> JobResult:
     from mmsift.train.target import train_target
 
     encs = [ctx.encoded_pool[i] for i in job.kept]
-    records = [ctx.records[i] for i in job.kept] if job.recipe.perception else None
+    if job.masked and (ctx.token_masks is None or ctx.records is None):
+        raise ValueError("a token-cleaning job needs the pool's records and token masks in its context")
+    # The masks need the records beside their encoded inputs (train.masks places each answer's tokens).
+    records = [ctx.records[i] for i in job.kept] if job.recipe.perception or job.masked else None
     trained = train_target(init, records, ctx.images_dir if records else None, recipe=job.recipe, seed=job.seed,
-                           device=ctx.device, encoded=encs)
+                           device=ctx.device, encoded=encs, token_masks=ctx.token_masks if job.masked else None)
     items, encoded = (ctx.items, ctx.encoded_items) if job.all_items else _CONTEXT["score_items"]
     t1 = time.perf_counter()
     correct, acc = evaluate_items(trained.model, items, encoded, threads=ctx.threads)
     result = JobResult(correct=correct, acc=acc, steps=len(trained.losses), train_s=round(trained.seconds, 2),
-                       eval_s=round(time.perf_counter() - t1, 2))
+                       eval_s=round(time.perf_counter() - t1, 2), token_masks=dict(trained.token_masks),
+                       train_loss=float(np.mean(trained.losses)) if trained.losses else float("nan"))
     result.then = [_train_and_evaluate(trained.model, follow, ctx) for follow in job.then]
     return result

@@ -58,6 +58,8 @@ def summarise(runs, cfg, meta: dict) -> list[dict]:
             row[k] = _mean(rr, k)
         for k in ("corrupt_kept", "auroc", "dup_pairs_kept", "steps", "train_s", "eval_s"):
             row[k] = _mean(rr, k)
+        for k in dict.fromkeys(k for r in rr for k in r if k.startswith(("masked", "fully_masked"))):
+            row[k] = _mean(rr, k)  # token-cleaning twins: what the masks took (bench.tokens.masked_metrics)
         ref = ("post:random", budget) if label.startswith("post:") else ("random", budget)
         if label not in REFERENCE and label != ref[0] and ref in cells:
             d = paired_difference(correct[(label, budget)], correct[ref], cols, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -77,7 +79,20 @@ def summarise(runs, cfg, meta: dict) -> list[dict]:
                                         "no measurable cost of the marked records" if d.high >= 0 else
                                         "the marked records *help* the score")}
     meta["referee"] = referee(rows, sorted({r["budget"] for r in rows if "vs_random" in r and not r["method"].startswith("post:")}))
+    if getattr(cfg, "tokens", None) is not None:
+        _token_rows(rows, correct, cols, cfg, meta)
     return rows
+
+
+def _token_rows(rows: list[dict], correct: dict, cols, cfg, meta: dict) -> None:
+    """Token-cleaning twins: paired against their untokened rows, explained, and one referee line."""
+    from mmsift.bench.tokens import explain_lines, paired_rows, referee_line
+
+    paired_rows(rows, correct, cols, n_boot=cfg.n_boot, seed=cfg.seed)
+    meta.setdefault("tokens", {}).update(keep=cfg.tokens, lines=explain_lines(rows))
+    line = referee_line(rows, cfg.tokens)
+    if line:
+        meta["referee"].append(line)
 
 
 CALIBRATION_ROWS = ("oracle", "anti-oracle")
@@ -155,6 +170,9 @@ def learnability(rows: list[dict], chance: dict) -> dict:
 HEAD = (("method", "method", "{}"), ("budget", "budget", "{:g}"), ("n_kept", "n", "{}"), ("runs", "runs", "{}"),
         ("score", "score", "{:.3f}"), ("score_ci", "95% interval", "{}"))
 TAIL = (("vs_random_ci", "vs random (paired, 95%)", "{}"), ("verdict", "verdict", "{}"),
+        ("vs_plain_ci", "vs untokened (paired, 95%)", "{}"), ("plain_verdict", "tokens verdict", "{}"),
+        ("masked", "masked", "{:.1%}"), ("masked_bad", "masked (marked)", "{:.1%}"),
+        ("masked_clean", "masked (clean)", "{:.1%}"),
         ("pct_full_clean", "% of full-clean", "{:.1f}"), ("gap_closed", "gap closed", "{:.2f}"),
         ("corrupt_kept", "corrupt kept", "{:.2f}"), ("auroc", "AUROC", "{:.3f}"),
         ("dup_pairs_kept", "dup pairs", "{:.0f}"), ("steps", "steps", "{:.0f}"), ("train_s", "train s", "{:.1f}"))
@@ -188,6 +206,8 @@ def _display(r: dict) -> dict:
     d["score_ci"] = f"[{r['score_low']:.3f}, {r['score_high']:.3f}]"
     if "vs_random" in r:
         d["vs_random_ci"] = f"{r['vs_random']:+.3f} [{r['vs_random_low']:+.3f}, {r['vs_random_high']:+.3f}]"
+    if "vs_plain" in r:
+        d["vs_plain_ci"] = f"{r['vs_plain']:+.3f} [{r['vs_plain_low']:+.3f}, {r['vs_plain_high']:+.3f}]"
     return d
 
 
@@ -227,6 +247,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(meta["eval"]["summary"])
     for m, why in sorted(meta.get("skipped", {}).items()):
         lines.append(f"Skipped {m}: {why}")
+    if (meta.get("tokens") or {}).get("lines"):
+        lines.append("")
+        lines.append(f"Token cleaning (keep {meta['tokens']['keep']:g}; each +tokens row trains on its untokened "
+                     "row's records and seeds; masked shares of their answer tokens):")
+        lines.extend(meta["tokens"]["lines"])
     if meta.get("referee"):
         lines.append("")
         lines.append("Referee (each budget: the best method better than random, paired 95% interval):")

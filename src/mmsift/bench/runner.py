@@ -30,6 +30,7 @@ from mmsift.bench.jobs import JobContext, TrainJob, init_worker, run_job
 from mmsift.bench.inputs import DUPLICATES
 from mmsift.bench.preset import SCORE_COLUMNS
 from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET, summarise, write_results
+from mmsift.bench.tokens import check_keep, plain_label, with_twins
 from mmsift.data.io import write_subset
 from mmsift.exec.processes import available_cores, run_in_processes
 from mmsift.train.target import TargetRecipe, scratch_recipe
@@ -85,6 +86,8 @@ class BenchConfig:
     threads: int = 1  # torch threads per training job
     workers: int = 0  # training jobs at once, each in its own process; 0: one per `threads` CPU cores (1 on GPU)
     base_recipe: object = None  # mmsift.train.pretrain.BaseRecipe; None = the default (cached) base
+    # Token cleaning rows (mmsift.bench.tokens): the share of answer tokens kept; None: no twin rows.
+    tokens: float | None = None
 
     @classmethod
     def quick_config(cls, out: str, **overrides) -> "BenchConfig":
@@ -239,6 +242,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     methods, skipped = choose_methods([m for m in requested if not m.startswith("recipe:")]
                                       if requested is not None else None, judge_columns=judge_columns)
     target_kind(cfg.target)
+    check_keep(cfg.tokens)
 
     t0 = time.perf_counter()
     inputs = prepare_preset(cfg, out) if cfg.pool is None else user_inputs(cfg)
@@ -272,8 +276,11 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.pool is not None:  # the preset's pool is what the base was made for (docs/benchmark.md)
         check_target_reads_images(cfg.target, proxy)
     t0 = time.perf_counter()
-    signals, probe = _probe(cfg, inputs, proxy, out, probe_methods)
+    signals, probe = _probe(cfg, inputs, proxy, out, probe_methods, ("token_loss",) if cfg.tokens else None)
     stage("probe", t0)
+    t0 = time.perf_counter()
+    if (pool_masks := _token_masks(cfg, inputs, proxy, out, pool.records)) is not None:
+        stage("token_cleaning", t0)
 
     tasks = [task_of_record(r, cfg.task_field) for r in pool.records]
     plan = _plan(cfg, signals, truth, tasks, methods, calibration, recipes, pool, inputs, out)
@@ -282,24 +289,38 @@ def run_bench(cfg: BenchConfig) -> dict:
     for run in plan + [r for rs in posts.values() for r in rs]:
         write_subset(pool, run.kept, out / "subsets" / f"{_safe(run.label)}_{run.budget:g}_seed{run.seed}.json")
     t0 = time.perf_counter()
-    # Columns outside the score (the preset's yes/no, multiple choice) are evaluated on the reference rows only,
-    # to show whether the target learns them at all; every selection is scored on the score columns' items.
-    jobs = [TrainJob(run.kept, run.seed, target["recipe"], all_items=run.label in REFERENCE,
-                     then=[TrainJob(p.kept, p.seed, post_recipe()) for p in posts.get(run.seed, [])]
-                     if run.label == "full" else [])
-            for run in plan]
-    context = JobContext(base_dir=str(target["init"]), device=cfg.device, threads=cfg.threads, encoded_pool=encs,
-                         items=inputs.items, encoded_items=encoded_items, score_columns=tuple(inputs.score_columns),
-                         records=list(pool.records) if target["recipe"].perception else None,
-                         images_dir=str(inputs.images))
+    if pool_masks is not None:  # a twin's subset is its untokened row's (written above)
+        plan = with_twins(plan, cfg.tokens, cfg.seeds, ("full-clean",) + CALIBRATION)
+    jobs, context = _jobs(cfg, plan, posts, target, (encs, encoded_items), inputs, pool, pool_masks)
     runs = _train_all(cfg, plan, jobs, context, posts, truth)
+    _explain_twins(runs, pool_masks, truth)
     stage("train_and_evaluate", t0)
 
     times["total"] = round(time.perf_counter() - t_all, 2)
     meta = _meta(cfg, inputs, pool, truth, target, methods, recipes, calibration, skipped, times, probe, proxy)
     meta["score_columns"] = list(inputs.score_columns)
+    if pool_masks is not None:
+        meta["tokens"] = pool_masks.meta()
     meta["_tasks"], meta["_marked"] = tasks, ([t["defect"] != "none" for t in truth] if truth else None)
     return write_results(summarise(runs, cfg, meta), runs, meta, out)
+
+
+def _jobs(cfg, plan, posts, target, encoded, inputs, pool, pool_masks) -> tuple[list, JobContext]:
+    """One training job per planned run (``full`` carries the post-training runs) and what every job needs;
+    ``encoded``: the pool and the evaluation items encoded for the target."""
+    encs, encoded_items = encoded
+    # Columns outside the score (the preset's yes/no, multiple choice) are evaluated on the reference rows only,
+    # to show whether the target learns them at all; every selection is scored on the score columns' items.
+    jobs = [TrainJob(run.kept, run.seed, target["recipe"], all_items=run.label in REFERENCE,
+                     then=[TrainJob(p.kept, p.seed, post_recipe()) for p in posts.get(run.seed, [])]
+                     if run.label == "full" else [],
+                     masked=pool_masks is not None and plain_label(run.label) is not None)
+            for run in plan]
+    context = JobContext(base_dir=str(target["init"]), device=cfg.device, threads=cfg.threads, encoded_pool=encs,
+                         items=inputs.items, encoded_items=encoded_items, score_columns=tuple(inputs.score_columns),
+                         records=list(pool.records) if target["recipe"].perception or pool_masks else None,
+                         images_dir=str(inputs.images), token_masks=pool_masks.masks if pool_masks else None)
+    return jobs, context
 
 
 def _train_all(cfg, plan, jobs, context, posts, truth) -> list:
@@ -379,16 +400,18 @@ def _warmup(cfg, inputs, out):
                                                      min_steps=cfg.warmup_min_steps, task_field=cfg.task_field))
 
 
-def _probe(cfg, inputs, proxy, out, probe_methods):
+def _probe(cfg, inputs, proxy, out, probe_methods, extra_signals=None, name: str = "run"):
     from mmsift.probe.config import ProbeConfig
     from mmsift.probe.runner import run_probe
     from mmsift.train.loop import deterministic
 
     with deterministic(cfg.threads):
-        probe = run_probe(inputs.pool_path, ProbeConfig(model=str(proxy), out=str(out / "run"),
+        probe = run_probe(inputs.pool_path, ProbeConfig(model=str(proxy), out=str(out / name),
                                                         images=str(inputs.images), methods=tuple(probe_methods),
-                                                        device=cfg.device, seed=cfg.seed, overwrite=True,
-                                                        task_field=cfg.task_field))
+                                                        signals=extra_signals, device=cfg.device, seed=cfg.seed,
+                                                        overwrite=True, task_field=cfg.task_field))
+    if name != "run":  # another model's run over the pool (token cleaning's base): only its store is read
+        return None, probe
     signals = probe.store.load(mmap=False)
     if cfg.judge_run:
         signals = merge_judge(signals, cfg.judge_run)
@@ -555,7 +578,8 @@ def _fill_row(run: Run, result, truth) -> None:
     run.correct = result.correct
     run.row = {"method": run.label, "budget": run.budget, "seed": run.seed, "n_kept": int(len(run.kept)),
                "steps": result.steps, **result.acc, **defect_metrics(truth, run.kept, run.scores),
-               "train_s": result.train_s, "eval_s": result.eval_s}
+               "train_loss": result.train_loss, "train_s": result.train_s, "eval_s": result.eval_s,
+               **{f"train_{k}": v for k, v in result.token_masks.items()}}
     if run.notes:
         run.row["notes"] = " | ".join(run.notes)
     log.info("bench %s @ %s seed %d: %s", run.label, run.budget, run.seed,
@@ -574,6 +598,32 @@ def _post_runs(cfg, signals, n_pool: int) -> dict[int, list[Run]]:
             kept, scores, notes = _select(signals, name, n, s, n_pool)
             out.setdefault(s, []).append(Run(f"post:{name}", cfg.post_fraction, s, kept, scores, notes))
     return out
+
+
+def _token_masks(cfg, inputs, proxy, out, records):
+    """None without ``cfg.tokens``; else token cleaning of the whole pool: the model before the warm-up probed for
+    per-token losses, ranked against the probe run (the warmed-up proxy) by :func:`mmsift.bench.tokens.clean_pool`."""
+    from mmsift.bench.tokens import before_model, clean_pool
+    from mmsift.train.loop import deterministic
+
+    if cfg.tokens is None:
+        return None
+    with deterministic(cfg.threads):
+        base = before_model(proxy, out, base_recipe=cfg.base_recipe, device=cfg.device, seed=cfg.seed)
+    _, base_probe = _probe(cfg, inputs, base, out, (), ("token_loss",), name="token_base_run")
+    return clean_pool(base_probe.store.root, out / "run", records, cfg.tokens, out, seed=cfg.seed)
+
+
+def _explain_twins(runs, pool_masks, truth) -> None:
+    """Each twin's row gets what the masks took from its records (:func:`mmsift.bench.tokens.masked_metrics`)."""
+    from mmsift.bench.tokens import masked_metrics
+
+    if pool_masks is None:
+        return
+    labels = [t["defect"] for t in truth] if truth is not None else None
+    for run in runs:
+        if plain_label(run.label) is not None:
+            run.row.update(masked_metrics(run.kept, pool_masks.n_tokens, pool_masks.n_masked, labels))
 
 
 def _kind_counts(items) -> dict:

@@ -56,6 +56,10 @@ def bench_command(
     workers: int = typer.Option(0, "--workers", min=0,
                                 help="training jobs run at once, each in its own process (0: one per --threads "
                                      "CPU cores; 1 on cuda). Results do not depend on it"),
+    tokens: Optional[float] = typer.Option(
+        None, "--tokens", help="token cleaning rows: for full and each method row, a twin '+tokensKEEP' trained on "
+                               "the same records and seeds with only the top KEEP share of the pool's answer tokens "
+                               "(ranked by loss before - after the probe's warm-up) in the loss, e.g. 0.6"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log each stage"),
 ) -> None:
     """Does a selected subset train a better model than a random one? Selects with each method at each budget,
@@ -75,7 +79,14 @@ def bench_command(
         raise typer.BadParameter(f"--seeds {seeds!r}: give integers, e.g. 0,1,2") from None
     if seed_pairs is not None and (not seed_pairs or len(set(seed_pairs)) != len(seed_pairs)):
         raise typer.BadParameter(f"--seeds {seeds!r}: give distinct integers, e.g. 0,1,2")
-    common = dict(methods=method_list, seed=seed, device=device, judge_run=judge_run, threads=threads,
+    if tokens is not None:
+        from mmsift.bench.tokens import check_keep
+
+        try:
+            check_keep(tokens)
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
+    common = dict(tokens=tokens, methods=method_list, seed=seed, device=device, judge_run=judge_run, threads=threads,
                   workers=workers, mc_attacks=mc_attacks, target=target, column_by=column_by, task_field=task_field)
     if pool is None and (eval_file or images or eval_images or truth_field):
         raise typer.BadParameter("--eval, --images, --eval-images and --truth-field go with --pool (without "
