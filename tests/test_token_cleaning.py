@@ -238,3 +238,35 @@ def test_recipe_tokens_stage(tmp_path):
         path.write_text(yaml.safe_dump({**recipe, "stages": stages}))
         with pytest.raises(RecipeError, match=re.escape(message)):
             load_recipe(path)
+
+
+def _answer_records(answers):
+    from mmsift.data.records import Record, Turn
+
+    return [Record(id=f"r{k}", index=k, images=[], turns=[Turn("user", "Which digit?"), Turn("assistant", a)],
+                   raw={}) for k, a in enumerate(answers)]
+
+
+def test_whole_record_warnings_name_short_answers_and_a_masked_answer_class():
+    from mmsift.token_cleaning import whole_record_warnings
+
+    # 25 records answering "8", all masked; 75 answering other digits, 5 of them masked: pool share 30%.
+    answers = ["8"] * 25 + [str(k % 7) for k in range(75)]
+    masked = [1] * 25 + [1] * 5 + [0] * 70
+    entries = [{"id": f"r{k}", "n_tokens": 1, "n_masked": m} for k, m in enumerate(masked)]
+    warnings = whole_record_warnings(entries, _answer_records(answers))
+    assert len(warnings) == 2
+    assert warnings[0].startswith("100 of 100 records have answers of at most 2 tokens")
+    assert warnings[1].startswith("answer '8': 25 of 25 records fully masked (pool: 30%)")
+
+
+def test_whole_record_warnings_stay_quiet_on_long_partly_masked_answers():
+    from mmsift.token_cleaning import whole_record_warnings
+
+    answers = ["a long answer"] * 40 + ["another long answer"] * 40
+    entries = [{"id": f"r{k}", "n_tokens": 20, "n_masked": 8} for k in range(80)]
+    assert whole_record_warnings(entries, _answer_records(answers)) == []
+    # A small class fully masked (below 20 records) is not named; unscored records are left out.
+    entries = [{"id": f"r{k}", "n_tokens": 20, "n_masked": 20 if k < 10 else 8} for k in range(80)]
+    entries[50]["unscored"] = "no per-token losses"
+    assert whole_record_warnings(entries, _answer_records(["x"] * 10 + ["y"] * 70)) == []

@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 
 INLINE_FIELD = "token_mask"
 LENGTH_BUCKETS = ((1, 2), (3, 10), (11, 50), (51, None))
+# When to warn that the global ranking acts on whole records: share of scored records whose answers have at most
+# SHORT_TOKENS tokens; and, per answer text shared by at least CLASS_MIN_RECORDS records, a fully masked share
+# of at least CLASS_MASKED that is also CLASS_RATIO times the pool's (a whole answer class taken out of training).
+SHORT_TOKENS, SHORT_SHARE = 2, 0.5
+CLASS_MIN_RECORDS, CLASS_MASKED, CLASS_RATIO = 20, 0.8, 2.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class TokenCleanResult:
     entries: list[dict]
     parts: list[dict] = field(default_factory=list)
     keep: float = 0.6
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_ranked(self) -> int:
@@ -105,7 +111,7 @@ class TokenCleanResult:
         return {"keep": self.keep, "n_records": len(self.entries), "n_ranked": self.n_ranked,
                 "n_kept": self.n_kept, "kept_share": self.n_kept / self.n_ranked if self.n_ranked else None,
                 "parts": self.parts, "by_answer_length": self.by_answer_length(),
-                "unscored": [{"id": k, "reason": v} for k, v in self.unscored.items()]}
+                "unscored": [{"id": k, "reason": v} for k, v in self.unscored.items()], "warnings": self.warnings}
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -121,7 +127,40 @@ class TokenCleanResult:
             first = next(iter(self.unscored.items()))
             lines.append(f"{len(self.unscored)} records without per-token losses are written unmasked (e.g. "
                          f"{first[0]}: {first[1]})")
+        lines.extend(f"warning: {w}" for w in self.warnings)
         return lines
+
+
+def _answer_text(record) -> str:
+    """The record's assistant turns joined, normalised (case, outer spaces): records with the same answer."""
+    return " | ".join(t.text.strip().lower() for t in record.turns if t.role == "assistant")
+
+
+def whole_record_warnings(entries: list[dict], records) -> list[str]:
+    """What the global ranking does on pools of short answers: a record of one or two answer tokens is kept or
+    masked whole, so token cleaning acts as record selection there, and it can mask one answer class (a digit, a
+    colour) nearly whole, which a model trained with the masks then never learns. ``entries`` and ``records`` in
+    the same order."""
+    scored = [(e, r) for e, r in zip(entries, records) if "unscored" not in e and e["n_tokens"] > 0]
+    if not scored:
+        return []
+    warnings = []
+    short = sum(e["n_tokens"] <= SHORT_TOKENS for e, _ in scored)
+    if short >= SHORT_SHARE * len(scored):
+        warnings.append(f"{short} of {len(scored)} records have answers of at most {SHORT_TOKENS} tokens: they "
+                        f"are kept or masked whole, so token cleaning acts as record selection on this pool "
+                        f"(docs/tokens.md, 'One-word answers')")
+    full = np.array([e["n_masked"] == e["n_tokens"] for e, _ in scored])
+    pool_share = float(full.mean())
+    groups: dict[str, list[int]] = {}
+    for k, (_, r) in enumerate(scored):
+        groups.setdefault(_answer_text(r), []).append(k)
+    for answer, rows in sorted(groups.items()):
+        share = float(full[rows].mean())
+        if len(rows) >= CLASS_MIN_RECORDS and share >= CLASS_MASKED and share >= CLASS_RATIO * pool_share:
+            warnings.append(f"answer {answer[:40]!r}: {int(full[rows].sum())} of {len(rows)} records fully masked "
+                            f"(pool: {pool_share:.0%}); a model trained with these masks may never learn it")
+    return warnings
 
 
 def _tokens_of(run) -> tuple[list[str], object, SignalStore]:
@@ -170,7 +209,11 @@ def clean_tokens(base_run, reference_run, records, config: TokenCleanConfig, *, 
             masks = {e["id"]: {t["turn"]: [tuple(s) for s in t["masked"]] for t in e["turns"]}
                      for e in cleaning.entries}
             reference = _update_reference(reference, part_records, masks, k, ref_store, config)
-    return TokenCleanResult([entries[r.id] for r in records], summaries, float(config.keep))
+    ordered = [entries[r.id] for r in records]
+    warnings = whole_record_warnings(ordered, records)
+    for w in warnings:
+        log.warning("token cleaning: %s", w)
+    return TokenCleanResult(ordered, summaries, float(config.keep), warnings)
 
 
 def _parts(n: int, config: TokenCleanConfig) -> list[list[int]]:

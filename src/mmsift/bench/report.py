@@ -252,6 +252,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"Token cleaning (keep {meta['tokens']['keep']:g}; each +tokens row trains on its untokened "
                      "row's records and seeds; masked shares of their answer tokens):")
         lines.extend(meta["tokens"]["lines"])
+        lines.extend(f"warning: {w}" for w in meta["tokens"].get("warnings") or [])
     if meta.get("referee"):
         lines.append("")
         lines.append("Referee (each budget: the best method better than random, paired 95% interval):")

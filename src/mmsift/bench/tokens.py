@@ -69,7 +69,7 @@ class PoolMasks:
         """What results.json records of the cleaning (the lines explaining each twin are added by the report)."""
         return {"keep": self.keep, "sidecar": self.sidecar,
                 **{k: self.summary.get(k) for k in ("base_run", "reference_run", "n_ranked", "n_kept",
-                                                     "by_answer_length")}}
+                                                     "by_answer_length", "warnings")}}
 
 
 def masks_from_entries(entries: list[dict]) -> dict:
