@@ -17,11 +17,11 @@ DEMO_METHODS = ("datatailor", "perplexity", "random")
 # What the project's own referee (`mmsift bench`, full run on easy-vqa, docs/benchmark.md "Results") found: a
 # target model trained on each method's subset, paired against random subsets. Copied from that page; update both.
 BENCH_VERDICTS = {
-    "datatailor": "worse than random at 5% (-0.117) and 15% (-0.065), undecided at 30%; it does not clean "
-                  "(AUROC 0.440)",
-    "perplexity": "undecided at 5% (+0.003), worse than random at 15% (-0.052) and 30% (-0.093)",
-    "selfcheck": "the best cleaner (AUROC 0.895) but worse than random at 5% and 30%, undecided at 15%: built to "
-                 "drop the corrupted records of a pool (budget 0.8 and above), not to pick a small subset",
+    "datatailor": "better than random at 5% (+0.056), undecided at 15% (+0.050) and 30% (+0.019); it does not "
+                  "clean (AUROC 0.434); with an earlier build of the base it was worse at 5% and 15%",
+    "perplexity": "undecided at 5% (-0.042), worse than random at 15% (-0.083) and 30% (-0.046)",
+    "selfcheck": "the best cleaner (AUROC 0.877) but worse than random at 5%, 15% and 30%: built to drop the "
+                 "corrupted records of a pool (budget 0.8 and above), not to pick a small subset",
     "random": "the bench's baseline: every verdict is paired against it",
 }
 
