@@ -282,3 +282,29 @@ def test_unknown_recipe_file_fails_before_any_work(tmp_path):
 
     with pytest.raises(ValueError, match="no recipe file"):
         run_bench(BenchConfig(out=str(tmp_path / "o"), methods=["random", "recipe:nope.yaml"]))
+
+
+def test_cli_builds_the_quick_preset_config(tmp_path, monkeypatch):
+    """--quick takes the quick grid and the quick preset sizes; --mc-attacks and --budgets reach the config."""
+    from typer.testing import CliRunner
+
+    import mmsift.bench.runner as runner
+    from mmsift.bench.preset import QUICK_PRESET
+    from mmsift.cli import app
+
+    seen = {}
+
+    def fake_run_bench(cfg):
+        seen["cfg"] = cfg
+        raise ValueError("stopped after the config")
+
+    monkeypatch.setattr(runner, "run_bench", fake_run_bench)
+    done = CliRunner().invoke(app, ["bench", "--quick", "--mc-attacks", "--budgets", "0.1,0.2", "--out",
+                                    str(tmp_path / "q")])
+    assert "stopped after the config" in done.output
+    cfg = seen["cfg"]
+    assert cfg.quick and cfg.seeds == (0, 1) and cfg.budgets == (0.1, 0.2) and cfg.tokens is None
+    assert cfg.preset.n_images == QUICK_PRESET.n_images == 200 and cfg.preset.eval_mc == 0
+    assert cfg.preset.mc_attacks and not QUICK_PRESET.mc_attacks
+    done = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "d")])
+    assert not seen["cfg"].quick and seen["cfg"].preset.n_images == 400 and seen["cfg"].budgets == (0.05, 0.15, 0.3)

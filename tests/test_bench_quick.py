@@ -9,12 +9,14 @@ import pytest
 
 @pytest.mark.slow
 def test_tiny_bench_end_to_end(tmp_path):
+    from mmsift.bench.preset import PresetConfig
     from mmsift.bench.runner import BenchConfig, run_bench
     from mmsift.train.target import TargetRecipe
 
     cfg = BenchConfig(out=str(tmp_path / "bench"), budgets=(0.3,), methods=["random", "selfcheck", "length",
                                                                               "oracle", "anti-oracle"],
-                      seeds=(0, 1), sensitivity_seeds=(2,), n_images=24, n_ocr=8, eval_per_type=6, eval_mc=6, eval_ocr=6,
+                      seeds=(0, 1), sensitivity_seeds=(2,),
+                      preset=PresetConfig(n_images=24, n_ocr=8, eval_per_type=6, eval_mc=6, eval_ocr=6),
                       warmup_epochs=1, recipe=TargetRecipe(epochs=1, min_steps=3, max_steps=4, batch_size=8),
                       post_fraction=0.05, n_boot=100, workers=2)
     result = run_bench(cfg)
@@ -49,13 +51,15 @@ def test_tiny_bench_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_the_table_does_not_depend_on_the_number_of_workers(tmp_path):
     """Jobs are seeded and single-threaded: two worker processes give the same per-item results as one."""
+    from mmsift.bench.preset import PresetConfig
     from mmsift.bench.runner import BenchConfig, run_bench
     from mmsift.train.target import TargetRecipe
 
     def run(workers):
         cfg = BenchConfig(out=str(tmp_path / f"w{workers}"), budgets=(0.3,), methods=["random", "length"],
-                          calibration=("oracle",), seeds=(0,), sensitivity_seeds=(1,), n_images=16, n_ocr=4,
-                          eval_per_type=4, eval_mc=4, eval_ocr=4, warmup_epochs=1, warmup_min_steps=2,
+                          calibration=("oracle",), seeds=(0,), sensitivity_seeds=(1,),
+                          preset=PresetConfig(n_images=16, n_ocr=4, eval_per_type=4, eval_mc=4, eval_ocr=4),
+                          warmup_epochs=1, warmup_min_steps=2,
                           recipe=TargetRecipe(epochs=1, min_steps=2, max_steps=3, batch_size=8), post_fraction=0.1,
                           n_boot=50, workers=workers)
         return run_bench(cfg)

@@ -84,7 +84,7 @@ def _runs():
 
 
 def test_summarise_and_write(tmp_path):
-    cfg = SimpleNamespace(score_columns=COLS, n_boot=200, seed=0, seeds=(0, 1))
+    cfg = SimpleNamespace(preset=SimpleNamespace(score_columns=COLS), n_boot=200, seed=0, seeds=(0, 1))
     meta = {"eval": {"chance": {"shape": 1 / 3, "color": 0.125}}, "skipped": {"mmssr": "needs x"},
             "pool": {"n_records": 10, "defects": {"none": 8, "noise": 2}}}
     runs = _runs()

@@ -156,12 +156,12 @@ def test_bench_twin_rows(tmp_path):
 @pytest.mark.slow
 def test_preset_twin_rows(tmp_path):
     """The preset (bundled base as the model before, post-training rows on full) honours --tokens too."""
+    from mmsift.bench.preset import PresetConfig
     from mmsift.bench.runner import BenchConfig, run_bench
     from mmsift.train.target import TargetRecipe
 
     cfg = BenchConfig(out=str(tmp_path / "bench"), budgets=(0.3,), methods=["random", "length"], seeds=(0, 1),
-                      sensitivity_seeds=(), calibration=(), n_images=24, n_ocr=8, eval_per_type=6, eval_mc=6,
-                      eval_ocr=6, warmup_epochs=1, warmup_min_steps=2, post_fraction=0.05, n_boot=50, workers=1,
+                      sensitivity_seeds=(), calibration=(), preset=PresetConfig(n_images=24, n_ocr=8, eval_per_type=6, eval_mc=6, eval_ocr=6), warmup_epochs=1, warmup_min_steps=2, post_fraction=0.05, n_boot=50, workers=1,
                       recipe=TargetRecipe(epochs=1, min_steps=2, max_steps=3, batch_size=8), tokens=0.5)
     result = run_bench(cfg)
     rows = {(r["method"], r["budget"]): r for r in result["rows"]}

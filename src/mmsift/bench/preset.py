@@ -9,6 +9,7 @@ rest, exactly as for a user's pool. Everything easy-vqa-specific about the bench
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmsift.bench.inputs import BenchInputs
@@ -21,19 +22,39 @@ SCORE_COLUMNS = ("shape", "color", "ocr")
 QUICK_METHODS = ("random", "datatailor", "ards", "selfcheck", "coincide")
 
 
+@dataclass(frozen=True)
+class PresetConfig:
+    """Sizes of the bundled easy-vqa preset (``mmsift bench`` without ``--pool``); a user's pool ignores them."""
+
+    n_images: int = 400
+    n_ocr: int = 120
+    eval_per_type: int = 300
+    eval_mc: int = 300
+    eval_ocr: int = 300
+    mc_attacks: bool = False  # also the permuted / symbol-attacked MC versions (ARDS's columns)
+    open_types: tuple = ("shape", "color", "yesno")  # open question types of the evaluation set
+    rates: object = None  # mmsift.bench.defects.DefectRates; None = the documented defaults
+    score_columns: tuple = SCORE_COLUMNS
+
+
+# --quick: a smaller pool, and only the score columns' items (yes/no and MC are not learned: docs/benchmark.md).
+QUICK_PRESET = PresetConfig(n_images=200, n_ocr=64, eval_mc=0, open_types=("shape", "color"))
+
+
 def prepare_preset(cfg, out: Path) -> BenchInputs:
     """Build the preset's pool and evaluation set under ``out`` (``pool/``, ``eval/``)."""
     from mmsift.bench.evaluate import build_eval_set, load_eval_set
     from mmsift.bench.pool import build_bench_pool
 
-    pool_path = build_bench_pool(out / "pool", n_images=cfg.n_images, n_ocr=cfg.n_ocr, seed=cfg.seed,
-                                 rates=cfg.rates)
-    items = load_eval_set(build_eval_set(out / "eval", n_per_type=cfg.eval_per_type, n_mc=cfg.eval_mc,
-                                         n_ocr=cfg.eval_ocr, seed=cfg.seed, mc_attacks=cfg.mc_attacks,
-                                         open_types=cfg.open_types))
+    preset = cfg.preset
+    pool_path = build_bench_pool(out / "pool", n_images=preset.n_images, n_ocr=preset.n_ocr, seed=cfg.seed,
+                                 rates=preset.rates)
+    items = load_eval_set(build_eval_set(out / "eval", n_per_type=preset.eval_per_type, n_mc=preset.eval_mc,
+                                         n_ocr=preset.eval_ocr, seed=cfg.seed, mc_attacks=preset.mc_attacks,
+                                         open_types=preset.open_types))
     return BenchInputs(pool_path=pool_path, images=out / "pool" / "images", items=items,
                        eval_images=out / "eval" / "images", truth_field=TRUTH_FIELD,
-                       score_columns=tuple(cfg.score_columns), eval_summary=f"evaluation: {len(items)} easy-vqa test "
+                       score_columns=tuple(preset.score_columns), eval_summary=f"evaluation: {len(items)} easy-vqa test "
                                                                             "items")
 
 
@@ -42,4 +63,4 @@ def defect_rates(cfg) -> dict:
 
     from mmsift.bench.defects import DefectRates
 
-    return asdict(cfg.rates or DefectRates())
+    return asdict(cfg.preset.rates or DefectRates())

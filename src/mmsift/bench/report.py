@@ -43,7 +43,7 @@ def summarise(runs, cfg, meta: dict) -> list[dict]:
     Cell rows and verdicts use the config's seed pairs; the sensitivity line also the extra ones
     (``sensitivity_seeds``, oracle and random only).
     """
-    cols = tuple(meta.get("score_columns") or cfg.score_columns)
+    cols = tuple(meta.get("score_columns") or cfg.preset.score_columns)
     every = _cells(runs)
     main = set(cfg.seeds)
     cells = {k: [r for r in v if r.seed in main or k[0].startswith("post:")] for k, v in every.items()}

@@ -28,7 +28,7 @@ import numpy as np
 from mmsift.bench.calibration import CALIBRATION
 from mmsift.bench.jobs import JobContext, TrainJob, init_worker, run_job
 from mmsift.bench.inputs import DUPLICATES
-from mmsift.bench.preset import SCORE_COLUMNS
+from mmsift.bench.preset import QUICK_PRESET, PresetConfig
 from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET, summarise, write_results
 from mmsift.bench.tokens import check_keep, plain_label, with_twins
 from mmsift.data.io import write_subset
@@ -68,20 +68,12 @@ class BenchConfig:
     device: str = "cpu"
     quick: bool = False
     judge_run: str | None = None  # a signal store with judge columns (cap_*, style_*, scale_*) for this pool
-    rates: object = None  # mmsift.bench.defects.DefectRates; None = the documented defaults
     calibration: tuple = CALIBRATION
-    n_images: int = 400
-    n_ocr: int = 120
-    eval_per_type: int = 300
-    eval_mc: int = 300
-    eval_ocr: int = 300
-    mc_attacks: bool = False  # also the permuted / symbol-attacked MC versions (ARDS's columns)
-    open_types: tuple = ("shape", "color", "yesno")  # open question types of the evaluation set
+    preset: PresetConfig = field(default_factory=PresetConfig)  # the easy-vqa preset's sizes (no --pool)
     warmup_epochs: int = 3
     warmup_min_steps: int = 300
     recipe: TargetRecipe = field(default_factory=TargetRecipe)
     post_fraction: float = 0.02  # 0: no post-training rows
-    score_columns: tuple = SCORE_COLUMNS
     n_boot: int = 2000
     threads: int = 1  # torch threads per training job
     workers: int = 0  # training jobs at once, each in its own process; 0: one per `threads` CPU cores (1 on GPU)
@@ -90,13 +82,10 @@ class BenchConfig:
     tokens: float | None = None
 
     @classmethod
-    def quick_config(cls, out: str, **overrides) -> "BenchConfig":
-        base = dict(out=out, budgets=(0.15,), quick=True, seeds=(0, 1), sensitivity_seeds=(), calibration=("oracle",),
-                    post_fraction=0.0, n_images=200, n_ocr=64, eval_per_type=300, eval_ocr=300,
-                    # Only the score columns' items: yes/no and MC are not learned (docs/benchmark.md).
-                    eval_mc=0, open_types=("shape", "color"), warmup_epochs=2, warmup_min_steps=100)
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+    def quick_config(cls, out: str) -> "BenchConfig":
+        """The preset's quick grid (``mmsift bench --quick``); change fields with ``dataclasses.replace``."""
+        return cls(out=out, budgets=(0.15,), quick=True, seeds=(0, 1), sensitivity_seeds=(), calibration=("oracle",),
+                   post_fraction=0.0, preset=QUICK_PRESET, warmup_epochs=2, warmup_min_steps=100)
 
 
 def choose_methods(requested, *, judge_columns=()) -> tuple[list[str], dict[str, str]]:

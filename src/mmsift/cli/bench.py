@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Optional
 
 import typer
@@ -87,7 +88,7 @@ def bench_command(
         except ValueError as e:
             raise typer.BadParameter(str(e)) from None
     common = dict(tokens=tokens, methods=method_list, seed=seed, device=device, judge_run=judge_run, threads=threads,
-                  workers=workers, mc_attacks=mc_attacks, target=target, column_by=column_by, task_field=task_field)
+                  workers=workers, target=target, column_by=column_by, task_field=task_field)
     if pool is None and (eval_file or images or eval_images or truth_field):
         raise typer.BadParameter("--eval, --images, --eval-images and --truth-field go with --pool (without "
                                  "--pool the bundled easy-vqa preset runs)")
@@ -100,10 +101,11 @@ def bench_command(
                       post_fraction=0.0)
     if seed_pairs is not None:
         common["seeds"] = seed_pairs
-    if quick:
-        cfg = BenchConfig.quick_config(out, budgets=budget_values, **common)
-    else:
-        cfg = BenchConfig(out=out, **common, **({"budgets": budget_values} if budget_values else {}))
+    if budget_values:
+        common["budgets"] = budget_values
+    cfg = replace(BenchConfig.quick_config(out) if quick else BenchConfig(out=out), **common)
+    if mc_attacks:
+        cfg = replace(cfg, preset=replace(cfg.preset, mc_attacks=True))
     try:
         result = run_bench(cfg)
     except (OSError, ValueError, KeyError) as e:  # EvalFileError and RecipeError are ValueErrors
