@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 _QWEN_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
+from real_shapes_specs import SPECS_MORE  # noqa: E402  (the seven other families)
 # Per family: the checkpoint whose widths are used, and the overrides of text config, vision config, image
 # processor and processor keyword arguments. Depth is always 2 decoder + 2 vision layers.
 SPECS = {
@@ -60,6 +61,7 @@ SPECS = {
         vision=dict(hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048, patch_size=14,
                     window_size=112, fullatt_block_indexes=[1]),
         image_processor=dict(size=_QWEN_PIXELS, patch_size=14, merge_size=2)),
+    **SPECS_MORE,
 }
 LAYERS = 2
 
