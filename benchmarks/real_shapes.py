@@ -11,8 +11,9 @@ tokens per record, peak RSS after loading and at the end (MiB), wall seconds and
 batch-size, token-budget and plain settings side by side.
 
 The models are the tiny checkpoints of ``tests/tiny_families.py`` widened to the :data:`SPECS` below (the widths of
-the named public checkpoints' configs; seven of the ten rows are in ``real_shapes_specs.py``), with the tiny byte-level tokenizer (its small vocabulary keeps the embedding
-out of the memory figures) and the family's real image-processor settings. Nothing is downloaded.
+the named public checkpoints' configs; seven of the ten rows are in ``real_shapes_specs.py``), with the tiny
+byte-level tokenizer (its small vocabulary keeps the embedding out of the memory figures) and the family's real
+image-processor settings. Nothing is downloaded.
 """
 
 from __future__ import annotations
