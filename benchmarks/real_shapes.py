@@ -11,8 +11,9 @@ tokens per record, peak RSS after loading and at the end (MiB), wall seconds and
 batch-size, token-budget and plain settings side by side.
 
 The models are the tiny checkpoints of ``tests/tiny_families.py`` widened to the :data:`SPECS` below (the widths of
-the named public checkpoints' configs), with the tiny byte-level tokenizer (its small vocabulary keeps the embedding
-out of the memory figures) and the family's real image-processor settings. Nothing is downloaded.
+the named public checkpoints' configs; seven of the ten rows are in ``real_shapes_specs.py``), with the tiny
+byte-level tokenizer (its small vocabulary keeps the embedding out of the memory figures) and the family's real
+image-processor settings. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 _QWEN_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
+from real_shapes_specs import SPECS_MORE  # noqa: E402  (the seven other families)
 # Per family: the checkpoint whose widths are used, and the overrides of text config, vision config, image
 # processor and processor keyword arguments. Depth is always 2 decoder + 2 vision layers.
 SPECS = {
@@ -60,6 +62,7 @@ SPECS = {
         vision=dict(hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048, patch_size=14,
                     window_size=112, fullatt_block_indexes=[1]),
         image_processor=dict(size=_QWEN_PIXELS, patch_size=14, merge_size=2)),
+    **SPECS_MORE,
 }
 LAYERS = 2
 
