@@ -12,26 +12,16 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 
 
 def main() -> None:
-    from mmsift.bench.runner import BenchConfig, run_bench
-    from mmsift.data.digits import build_digits_pool
+    from digits_bench import run_digits_bench  # the sibling script (benchmarks/ is on sys.path when run directly)
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("mmsift.bench").setLevel(logging.INFO)
-    out = Path(sys.argv[1])
-    pool = build_digits_pool(out / "digits", n_eval=300, flip_share=0.2, seed=0)
-    images = str(out / "digits" / "images")
-    cfg = BenchConfig(out=str(out / "bench"), pool=str(pool), images=images, eval=str(out / "digits" / "eval.json"),
-                      eval_images=images, truth_field="digits", target="scratch", methods=["random", "selfcheck"],
-                      budgets=(0.15,), seeds=(0, 1, 2), sensitivity_seeds=(), post_fraction=0.0, tokens=0.6)
-    t0 = time.perf_counter()
-    result = run_bench(cfg)
-    print(result["markdown"])
-    print(f"wall {time.perf_counter() - t0:.0f}s")
+    run_digits_bench(Path(sys.argv[1]), methods=["random", "selfcheck"], budgets=(0.15,), sensitivity_seeds=(),
+                     tokens=0.6)
 
 
 if __name__ == "__main__":
