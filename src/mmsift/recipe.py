@@ -226,8 +226,8 @@ def resolve(raw: dict, base: str | Path = ".") -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and check a recipe YAML file (relative paths start at its folder)."""
+def read_recipe_file(path: str | Path) -> dict:
+    """A recipe YAML file as read, unchecked; ``RecipeError`` when it cannot be read or is not a mapping."""
     import yaml
 
     path = Path(path)
@@ -237,7 +237,12 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys (pool, stages, ...)")
-    return resolve(raw, path.resolve().parent)
+    return raw
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe YAML file (relative paths start at its folder)."""
+    return resolve(read_recipe_file(path), Path(path).resolve().parent)
 
 
 def pool_hash(recipe: Recipe) -> str:

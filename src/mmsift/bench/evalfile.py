@@ -99,7 +99,7 @@ def load_eval_file(path, images_dir, *, column_by: str = "task", task_field: str
     if pool.problems:
         p = pool.problems[0]
         raise EvalFileError(f"--eval {path}: {len(pool.problems)} records cannot be read, first: "
-                            f"{getattr(p, 'record_id', None) or getattr(p, 'line', '?')}: {getattr(p, 'message', p)}")
+                            f"[{p.where()}] {p.message}")
     if not pool.records:
         raise EvalFileError(f"--eval {path}: no records")
     images_dir = Path(images_dir)
@@ -123,11 +123,9 @@ def load_eval_file(path, images_dir, *, column_by: str = "task", task_field: str
                 items.append(mc_item(r, question, answer, options, column, r.images[0]))
             else:
                 open_rows.append((question, answer, column, r.images[0]))
-    answers_by_q: dict[str, list[str]] = {}
+    answers_by_q: dict[str, set[str]] = {}
     for q, a, _, _ in open_rows:
-        answers_by_q.setdefault(q, [])
-        if a not in answers_by_q[q]:
-            answers_by_q[q].append(a)
+        answers_by_q.setdefault(q, set()).add(a)
     left_out = {"open items whose question has one distinct answer": 0}
     for q, a, column, image in open_rows:
         cands = sorted(answers_by_q[q])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsift.bench.calibration import CALIBRATION
 from mmsift.bench.html import format_cell, write_html
 from mmsift.bench.stats import cell_interval, paired_difference
 
@@ -95,9 +96,6 @@ def _token_rows(rows: list[dict], correct: dict, cols, cfg, meta: dict) -> None:
         meta["referee"].append(line)
 
 
-CALIBRATION_ROWS = ("oracle", "anti-oracle")
-
-
 def smallest_detectable(rows: list[dict], budget) -> float | None:
     """The smallest difference from random this run could call at ``budget``: the median half-width of the
     paired intervals against random there (a method must differ by more than about this to get a verdict)."""
@@ -110,7 +108,7 @@ def referee(rows: list[dict], budgets) -> list[str]:
     """One line per budget: the best method better than random there, or why none is named."""
     lines = []
     for b in budgets:
-        here = [r for r in rows if r["budget"] == b and "vs_random" in r and r["method"] not in CALIBRATION_ROWS
+        here = [r for r in rows if r["budget"] == b and "vs_random" in r and r["method"] not in CALIBRATION
                 and not r["method"].startswith("post:")]
         sdd = smallest_detectable(rows, b)
         sdd_text = f"smallest detectable difference {sdd:.3f}" if sdd is not None else "no paired cells"

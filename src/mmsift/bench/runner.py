@@ -32,6 +32,7 @@ from mmsift.bench.preset import QUICK_PRESET, PresetConfig
 from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET, summarise, write_results
 from mmsift.bench.tokens import check_keep, plain_label, with_twins
 from mmsift.data.io import write_subset
+from mmsift.data.tasks import task_of
 from mmsift.exec.processes import available_cores, run_in_processes
 from mmsift.train.target import TargetRecipe, scratch_recipe
 
@@ -237,8 +238,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     inputs = prepare_preset(cfg, out) if cfg.pool is None else user_inputs(cfg)
     pool = read_pool(inputs.pool_path)
     if pool.problems:
+        first = pool.problems[0]
         raise ValueError(f"{inputs.pool_path}: {len(pool.problems)} records cannot be parsed, first: "
-                         f"{pool.problems[0]}")
+                         f"[{first.where()}] {first.message}")
     truth = read_truth(pool.records, inputs.truth_field) if inputs.truth_field else None
     if truth is None:
         calibration, with_truth = [], False
@@ -247,7 +249,8 @@ def run_bench(cfg: BenchConfig) -> dict:
                        else [c for c in CALIBRATION if c in cfg.methods])
         with_truth = True
     post = cfg.post_fraction > 0 and with_truth and cfg.pool is None
-    log.info("bench methods: %s; recipes: %s; calibration: %s; skipped: %s", methods, recipes, calibration, skipped)
+    log.info("bench methods: %s; recipes: %s; calibration: %s; skipped: %s", methods, [n for n, _ in recipes],
+             calibration, skipped)
     stage("pool_and_eval_set", t0)
 
     t0 = time.perf_counter()
@@ -271,7 +274,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     if (pool_masks := _token_masks(cfg, inputs, proxy, out, pool.records)) is not None:
         stage("token_cleaning", t0)
 
-    tasks = [task_of_record(r, cfg.task_field) for r in pool.records]
+    tasks = [task_of(r, cfg.task_field) for r in pool.records]
     plan = _plan(cfg, signals, truth, tasks, methods, calibration, recipes, pool, inputs, out)
     posts = _post_runs(cfg, signals, len(pool.records)) if post else {}
     (out / "subsets").mkdir(exist_ok=True)
@@ -347,8 +350,8 @@ def _plan(cfg, signals, truth, tasks, methods, calibration, recipes, pool, input
             for m in methods:
                 kept, scores, notes = _select(signals, m, b, s, n_pool)
                 plan.append(Run(m, b, s, kept, scores, notes))
-            for name, path in recipes:
-                kept, scores, notes = _recipe_select(path, signals, b, s, n_pool, out)
+            for name, stages in recipes:
+                kept, scores, notes = _recipe_select(stages, signals, b, s, n_pool, out)
                 plan.append(Run(name, b, s, kept, scores, notes))
     if "oracle" in calibration and cfg.budgets:
         b = min(cfg.budgets, key=lambda x: abs(x - SENSITIVITY_BUDGET))
@@ -412,7 +415,7 @@ def _meta(cfg, inputs, pool, truth, target, methods, recipes, calibration, skipp
 
     items = inputs.items
     meta = {
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("rates", "recipe", "base_recipe")},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("recipe", "base_recipe")},
         "recipe": target["recipe"].to_dict(),
         "post_recipe": post_recipe().to_dict() if cfg.post_fraction > 0 and cfg.pool is None else None,
         "target": {k: v for k, v in target.items() if k != "recipe"},
@@ -452,9 +455,9 @@ def target_kind(target: str) -> str:
 
 def prepare_target(cfg, out: Path, records, items) -> dict:
     """The checkpoint every subset is trained from, and the recipe: ``{"kind", "init", "recipe", ...}``."""
-    from mmsift.train.pretrain import ensure_base
     import dataclasses
 
+    from mmsift.train.pretrain import ensure_base
     from mmsift.train.target import build_scratch_init, peft_available
 
     kind = target_kind(cfg.target)
@@ -494,12 +497,6 @@ def check_target_reads_images(target: str, proxy) -> None:
 SHUFFLE_MIN = 0.1
 
 
-def task_of_record(record, task_field):
-    from mmsift.data.tasks import task_of
-
-    return task_of(record, task_field)
-
-
 def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
@@ -507,32 +504,23 @@ def _safe(label: str) -> str:
 def _recipe_stages(path: str) -> list[dict]:
     """The checked clean/dedup/select stages of a recipe file (its pool, proxy and probe settings are the bench's;
     a trailing tokens stage is not run by the bench)."""
-    import yaml
+    from mmsift.recipe import check_stages, read_recipe_file
 
-    from mmsift.recipe import RecipeError, check_stages
-
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise RecipeError(f"{path}: {e}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe is a mapping with a 'stages' list")
-    return [st for st in check_stages(raw.get("stages")) if "tokens" not in st]
+    return [st for st in check_stages(read_recipe_file(path).get("stages")) if "tokens" not in st]
 
 
 def _recipe_needs(recipes) -> set[str]:
-    return {next(iter(st.values()))["method"] for _, path in recipes for st in _recipe_stages(path)}
+    return {next(iter(st.values()))["method"] for _, stages in recipes for st in stages}
 
 
-def _recipe_select(path: str, signals, budget, seed: int, n_pool: int, out: Path):
+def _recipe_select(stages: list[dict], signals, budget, seed: int, n_pool: int, out: Path):
     """A recipe's chain at the bench's budget: its select stage keeps ``budget`` of the *pool* (a count), so the
     row is compared with random at the same number of records."""
     from mmsift.budget import resolve_budget
     from mmsift.recipe import run_chain
 
-    stages = _recipe_stages(path)
     n = resolve_budget(budget, n_pool)
-    stages[-1] = {"select": {**stages[-1]["select"], "budget": int(n)}}
+    stages = stages[:-1] + [{"select": {**stages[-1]["select"], "budget": int(n)}}]
     chain = run_chain(out / "run", stages, seed=seed)
     sel = chain.selection
     scores = np.full(n_pool, np.nan)
@@ -542,15 +530,16 @@ def _recipe_select(path: str, signals, budget, seed: int, n_pool: int, out: Path
     return np.asarray(sel.index, dtype=np.int64), scores, notes
 
 
-def _recipe_methods(requested) -> list[tuple[str, str]]:
-    """``recipe:PATH`` entries of the method list: (row label, path); the file must exist."""
+def _recipe_methods(requested) -> list[tuple[str, list[dict]]]:
+    """``recipe:PATH`` entries of the method list: (row label, the recipe's checked stages), read once; the file
+    must exist."""
     out = []
     for m in requested or ():
         if m.startswith("recipe:"):
             path = m[len("recipe:"):]
             if not Path(path).is_file():
                 raise ValueError(f"--methods {m}: no recipe file {path!r}")
-            out.append((f"recipe:{Path(path).stem}", path))
+            out.append((f"recipe:{Path(path).stem}", _recipe_stages(path)))
     return out
 
 

@@ -193,17 +193,13 @@ def referee_line(rows: list[dict], keep: float) -> str | None:
 def before_model(proxy, out: Path, *, base_recipe=None, device: str = "cpu", seed: int = 0) -> Path:
     """The model the proxy was warmed up from: the bundled base, or (warm-up from random weights) a model of the
     proxy's sizes and tokenizer with random weights seeded as the warm-up's start, built under ``out``."""
-    import dataclasses
-
     from transformers import AutoTokenizer
 
-    from mmsift.models.proxy import ProxySize, build_proxy
+    from mmsift.models.proxy import build_proxy
     from mmsift.train import pretrain
     from mmsift.train.warmup import read_warmup_log
 
     if (read_warmup_log(proxy) or {}).get("base") != "none":
         return pretrain.ensure_base(base_recipe, device=device)
-    # As train.warmup._starting_model builds the proxy it warms up from random weights.
-    size = dataclasses.replace(pretrain.DEFAULT_RECIPE.size(), vocab_size=ProxySize.vocab_size)
     return build_proxy(Path(out) / "token_base", tokenizer=AutoTokenizer.from_pretrained(proxy), seed=seed,
-                       size=size)
+                       size=pretrain.random_start_size())

@@ -129,6 +129,16 @@ def cache_root() -> Path:
 DEFAULT_RECIPE = BaseRecipe()
 
 
+def random_start_size():
+    """The sizes of a proxy or target that starts from random weights (warm-up with ``base="none"``, the bench's
+    ``--target scratch``): the base's (64 px, patch 8, tower 64 x 3, projector reading the tower's last layer, the
+    one the perception stage trains) with the proxy's vocabulary, for a tokenizer of the pool's own texts. Read at
+    call time: the default recipe can be swapped (the test suite uses a tiny one)."""
+    from dataclasses import replace
+
+    return replace(DEFAULT_RECIPE.size(), vocab_size=ProxySize.vocab_size)
+
+
 def base_path(recipe: BaseRecipe | None = None) -> Path:
     return cache_root() / "base" / (recipe or DEFAULT_RECIPE).key()
 

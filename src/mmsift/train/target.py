@@ -124,13 +124,10 @@ def scratch_recipe() -> TargetRecipe:
 def build_scratch_init(out_dir, *, texts, seed: int = 0):
     """A fresh model of the bundled base's sizes with random weights and a tokenizer of ``texts`` (the pool's and
     the evaluation's), saved to ``out_dir``: every ``--target scratch`` run starts from this same checkpoint."""
-    import dataclasses
-
-    from mmsift.models.proxy import ProxySize, build_proxy
+    from mmsift.models.proxy import build_proxy
     from mmsift.train import pretrain
 
-    size = dataclasses.replace(pretrain.DEFAULT_RECIPE.size(), vocab_size=ProxySize.vocab_size)
-    return build_proxy(out_dir, texts=list(texts), seed=seed, size=size)
+    return build_proxy(out_dir, texts=list(texts), seed=seed, size=pretrain.random_start_size())
 
 
 def _perceive(init, records, images_dir, *, recipe: TargetRecipe, seed: int, device: str):

@@ -8,7 +8,6 @@ result reads the images at all.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -24,7 +23,7 @@ from mmsift.failures import DEFAULT_MAX_FAILURE_RATE
 from mmsift.models.encode import encode_records
 from mmsift.models.loading import check_device, cpu_threads_for, load_model
 from mmsift.models.losses import batch_answer_loss
-from mmsift.models.proxy import ProxySize, build_proxy
+from mmsift.models.proxy import build_proxy
 from mmsift.train.loop import BestCheckpoint, TrainConfig, train_model
 from mmsift.train.perception import train_pool_perception
 from mmsift.train import pretrain
@@ -288,11 +287,7 @@ def _starting_model(base: str, good, images_dir, out: Path, config: WarmupConfig
         shutil.copytree(base_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("base.json", WARMUP_LOG))
         return out, pretrain.read_base_info(base_dir), None
     texts = [t.text.replace("<image>", "") for r in good for t in r.turns][: config.max_tokenizer_texts]
-    # The base's sizes (64 px, patch 8, tower 64 x 3, projector reading the tower's last layer, the one the
-    # perception stage trains), with a tokenizer of the pool's own texts.
-    # Read at call time: the default recipe can be swapped (the test suite uses a tiny one).
-    size = dataclasses.replace(pretrain.DEFAULT_RECIPE.size(), vocab_size=ProxySize.vocab_size)
-    build_proxy(out, texts=texts, seed=config.seed, size=size)
+    build_proxy(out, texts=texts, seed=config.seed, size=pretrain.random_start_size())
     lm = load_model(out, device=config.device, dtype="float32")
     perception = train_pool_perception(lm, good, images_dir, seed=config.seed,
                                        progress="perception" if config.progress else None,
