@@ -481,20 +481,17 @@ def prepare_target(cfg, out: Path, records, items) -> dict:
 def check_target_reads_images(target: str, proxy) -> None:
     """``--target base`` is refused when the warm-up (the base tuned on this pool, tower frozen) does not read
     this pool's images: every subset would then be judged on what its text teaches."""
-    from mmsift.train.warmup import read_warmup_log
+    from mmsift.train.warmup import SHUFFLE_MIN, read_warmup_log, reads_images
 
     if target != "base":
         return
     test = (read_warmup_log(proxy) or {}).get("image_shuffle") or {}
-    if test.get("n_records") and test["increase"] < SHUFFLE_MIN:
+    if test.get("n_records") and not reads_images(test):
         raise ValueError(
             f"--target base does not read this pool's images: after the warm-up on the pool, swapping images "
             f"between {test['n_records']} records moves the answer loss by {test['increase']:+.3f} (below "
             f"{SHUFFLE_MIN}); the bundled base was pretrained on shapes, colours and printed words. Use --target "
             "scratch (a model that learns the images from each subset) or --target MODEL_DIR")
-
-
-SHUFFLE_MIN = 0.1
 
 
 def _safe(label: str) -> str:

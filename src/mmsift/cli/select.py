@@ -119,9 +119,8 @@ def select_command(
         typer.echo(f"scores: {meaning.sentence}; {meaning.label} of the kept records {shown.min():.4g}..{shown.max():.4g}")
     for line in describe_components(selection.details):
         typer.echo(f"  component {line}")
-    from mmsift.html_report import tie_notes
-
     from mmsift.explain import constant_notes
+    from mmsift.html_report import tie_notes
 
     for note in list(report["task_notes"]) + tie_notes(selection.scores) + constant_notes(selection.details):
         typer.echo(f"note: {note}")

@@ -195,14 +195,13 @@ def warmup(data, config: WarmupConfig) -> Path:
         _remove_base_copy(out, config)
         info = _warm_once("none", good, (train_recs, heldout), images_dir, out, config, masks)
         info["switched_from"] = switched
+    mask_counts = info.pop("token_mask_counts")
     info.update({"pool": str(Path(pool.path).resolve()), "base_option": config.base,
                  "n_skipped_by_validation": len(report.bad_indices), "epochs": config.epochs,
                  "min_steps": config.min_steps, "batch_size": config.batch_size, "seed": config.seed,
                  "device": config.device, "n_pool_records": len(good),
-                 "token_masks": None if masks is None else {"sidecar": str(config.token_masks),
-                                                            **info.pop("token_mask_counts")},
+                 "token_masks": None if masks is None else {"sidecar": str(config.token_masks), **mask_counts},
                  "seconds": round(time.perf_counter() - t0, 2)})
-    info.pop("token_mask_counts", None)
     info["warning"] = None if reads_images(info["image_shuffle"]) else proxy_warning(info)
     (out / WARMUP_LOG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     log.info("warm-up: answer loss %.3f -> %.3f over %d steps on %d samples (%.1fs); %s",
