@@ -1,6 +1,8 @@
 """Bench pool and defect injection: rates, truth fields, what each defect does, determinism."""
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -134,3 +136,26 @@ def test_corrupt_text_and_rephrase():
 def test_bad_rate():
     with pytest.raises(ValueError, match="noise"):
         DefectRates(noise=1.5)
+
+
+def test_validation_split_uses_pool_range_images_the_pool_does_not(tmp_path):
+    """PresetConfig(validation=True): the evaluation items come from pool-range train images this pool leaves out."""
+    import dataclasses
+
+    from mmsift.bench.preset import PresetConfig, prepare_preset
+    from mmsift.data.easyvqa import POOL_IMAGE_IDS
+
+    cfg = SimpleNamespace(seed=3, preset=dataclasses.replace(PresetConfig(n_images=30, n_ocr=4, eval_per_type=20,
+                                                                           eval_mc=0, eval_ocr=2),
+                                                              validation=True))
+    inputs = prepare_preset(cfg, tmp_path)
+    pool = json.loads(inputs.pool_path.read_text())
+    pool_ids = {int(Path(r["image"]).stem.split("_")[0]) for r in pool if r["image"].startswith("easyvqa/")}
+    eval_ids = {int(Path(x.image).stem) for x in inputs.items if x.image.startswith("test/")}
+    assert len(pool_ids) == 30 and len(eval_ids) >= 20
+    assert eval_ids.isdisjoint(pool_ids) and eval_ids <= set(POOL_IMAGE_IDS)
+    assert "validation" in inputs.eval_summary
+    # Without the flag the items are easy-vqa test images (the test split, whose ids also start at 0).
+    test = prepare_preset(SimpleNamespace(seed=3, preset=PresetConfig(n_images=30, n_ocr=4, eval_per_type=20,
+                                                                       eval_mc=0, eval_ocr=2)), tmp_path / "t")
+    assert "test items" in test.eval_summary

@@ -42,7 +42,7 @@ def test_tiny_bench_end_to_end(tmp_path):
     assert result["meta"]["warmup"]["image_shuffle"]["n_records"] > 0
     assert len(result["runs"]) == 2 * 7 + 2 + 2 * 2
     saved = json.loads((tmp_path / "bench" / "results.json").read_text())
-    assert saved["meta"]["sensitivity"]["budget"] == 0.3
+    assert [x["budget"] for x in saved["meta"]["sensitivity"]] == [0.3]
     # The subsets written for each run are the records that were trained on, truth field included.
     subset = json.loads((tmp_path / "bench" / "subsets" / "random_0.3_seed1.json").read_text())
     assert len(subset) == rows[("random", 0.3)]["n_kept"] and all("bench" in r for r in subset)

@@ -96,7 +96,7 @@ def test_summarise_and_write(tmp_path):
     # Post-training: compared with post:random; gap closed = (0.8 - 0.6) / (0.9 - 0.6)
     assert by["post:selfcheck"]["vs_random"] == pytest.approx(0.2)
     assert by["post:selfcheck"]["gap_closed"] == pytest.approx(2 / 3)
-    assert meta["sensitivity"]["budget"] == 0.3 and meta["sensitivity"]["mean"] == pytest.approx(0.3)
+    assert [x["budget"] for x in meta["sensitivity"]] == [0.3] and meta["sensitivity"][0]["mean"] == pytest.approx(0.3)
     assert meta["learnable"]["shape"]["full_clean"] == pytest.approx(0.9)
     res = write_results(rows, runs, meta, tmp_path)
     md = (tmp_path / "results.md").read_text()
@@ -111,11 +111,15 @@ def test_summarise_and_write(tmp_path):
 def test_sensitivity_says_when_the_bench_cannot_judge():
     from mmsift.bench.report import sensitivity
 
-    cells = {("oracle", 0.15): None, ("random", 0.15): None}
+    # One line per budget with both cells: blind at 0.05 (same answers), clear at 0.3 (oracle 8/10, random 5/10).
+    cells = {("oracle", 0.05): None, ("random", 0.05): None, ("oracle", 0.3): None, ("random", 0.3): None}
     same = [_correct(5, 5)] * 2
-    out = sensitivity(cells, {("oracle", 0.15): same, ("random", 0.15): same}, COLS,
+    out = sensitivity(cells, {("oracle", 0.05): same, ("random", 0.05): same,
+                              ("oracle", 0.3): [_correct(8, 8)] * 2, ("random", 0.3): same}, COLS,
                       SimpleNamespace(n_boot=100, seed=0))
-    assert not out["can_judge"] and "cannot judge methods" in out["text"]
+    assert [x["budget"] for x in out] == [0.05, 0.3]
+    assert not out[0]["can_judge"] and "cannot judge methods" in out[0]["text"]
+    assert out[1]["can_judge"] and out[1]["mean"] == pytest.approx(0.3)
 
 
 def test_budget_option():

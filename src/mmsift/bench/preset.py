@@ -35,6 +35,9 @@ class PresetConfig:
     open_types: tuple = ("shape", "color", "yesno")  # open question types of the evaluation set
     rates: object = None  # mmsift.bench.defects.DefectRates; None = the documented defaults
     score_columns: tuple = SCORE_COLUMNS
+    # Evaluate on a validation split instead of easy-vqa test: the pool-range train images this pool does not use
+    # (for choosing the preset's settings; the test split is never used to tune anything).
+    validation: bool = False
 
 
 # --quick: a smaller pool, and only the score columns' items (yes/no and MC are not learned: docs/benchmark.md).
@@ -49,13 +52,26 @@ def prepare_preset(cfg, out: Path) -> BenchInputs:
     preset = cfg.preset
     pool_path = build_bench_pool(out / "pool", n_images=preset.n_images, n_ocr=preset.n_ocr, seed=cfg.seed,
                                  rates=preset.rates)
+    validation_ids = unused_pool_images(pool_path) if preset.validation else None
     items = load_eval_set(build_eval_set(out / "eval", n_per_type=preset.eval_per_type, n_mc=preset.eval_mc,
                                          n_ocr=preset.eval_ocr, seed=cfg.seed, mc_attacks=preset.mc_attacks,
-                                         open_types=preset.open_types))
+                                         open_types=preset.open_types, validation_ids=validation_ids))
+    split = "validation (unused pool-range train images)" if preset.validation else "test"
     return BenchInputs(pool_path=pool_path, images=out / "pool" / "images", items=items,
                        eval_images=out / "eval" / "images", truth_field=TRUTH_FIELD,
-                       score_columns=tuple(preset.score_columns), eval_summary=f"evaluation: {len(items)} easy-vqa test "
-                                                                            "items")
+                       score_columns=tuple(preset.score_columns),
+                       eval_summary=f"evaluation: {len(items)} easy-vqa {split} items")
+
+
+def unused_pool_images(pool_path: Path) -> list[int]:
+    """Pool-range easy-vqa train image ids that no record of the pool at ``pool_path`` shows."""
+    import json
+
+    from mmsift.data.easyvqa import POOL_IMAGE_IDS
+
+    records = json.loads(Path(pool_path).read_text(encoding="utf-8"))
+    used = {int(Path(r["image"]).stem.split("_")[0]) for r in records if str(r["image"]).startswith("easyvqa/")}
+    return [i for i in POOL_IMAGE_IDS if i not in used]
 
 
 def defect_rates(cfg) -> dict:

@@ -21,7 +21,6 @@ from mmsift.bench.html import format_cell, write_html
 from mmsift.bench.stats import cell_interval, paired_difference
 
 REFERENCE = ("full", "full-clean")
-SENSITIVITY_BUDGET = 0.15
 
 
 def _cells(runs) -> dict[tuple, list]:
@@ -41,8 +40,8 @@ def _mean(rows: list[dict], key: str) -> float:
 def summarise(runs, cfg, meta: dict) -> list[dict]:
     """Cell rows; also adds the sensitivity line, the column learnability and post-training shares to ``meta``.
 
-    Cell rows and verdicts use the config's seed pairs; the sensitivity line also the extra ones
-    (``sensitivity_seeds``, oracle and random only).
+    Cell rows and verdicts use the config's seed pairs; the sensitivity lines (one per budget) also the extra
+    ones (``sensitivity_seeds``, oracle and random only).
     """
     cols = tuple(meta.get("score_columns") or cfg.preset.score_columns)
     every = _cells(runs)
@@ -79,7 +78,9 @@ def summarise(runs, cfg, meta: dict) -> list[dict]:
                                      + ("the marked records cost score" if d.low > 0 else
                                         "no measurable cost of the marked records" if d.high >= 0 else
                                         "the marked records *help* the score")}
-    meta["referee"] = referee(rows, sorted({r["budget"] for r in rows if "vs_random" in r and not r["method"].startswith("post:")}))
+    meta["referee"] = referee(rows, sorted({r["budget"] for r in rows if "vs_random" in r
+                                            and not r["method"].startswith("post:")}),
+                              blind=[x["budget"] for x in meta.get("sensitivity") or [] if x.get("can_judge") is False])
     if getattr(cfg, "tokens", None) is not None:
         _token_rows(rows, correct, cols, cfg, meta)
     return rows
@@ -104,8 +105,9 @@ def smallest_detectable(rows: list[dict], budget) -> float | None:
     return float(np.median(widths)) if widths else None
 
 
-def referee(rows: list[dict], budgets) -> list[str]:
-    """One line per budget: the best method better than random there, or why none is named."""
+def referee(rows: list[dict], budgets, *, blind=()) -> list[str]:
+    """One line per budget: the best method better than random there, or why none is named. ``blind``: budgets
+    where the sensitivity line could not tell oracle from random; their lines say so."""
     lines = []
     for b in budgets:
         here = [r for r in rows if r["budget"] == b and "vs_random" in r and r["method"] not in CALIBRATION
@@ -124,6 +126,8 @@ def referee(rows: list[dict], budgets) -> list[str]:
                          + (f"; worse than random: {', '.join(worse)}" if worse else ""))
         else:
             lines.append(f"{pct}: no method to judge ({sdd_text})")
+        if b in blind:
+            lines[-1] += "; the bench could not tell oracle from random at this budget, so read this line as weak"
     return lines
 
 
@@ -139,19 +143,25 @@ def _full_clean_shares(rows: list[dict]) -> None:
             r["gap_closed"] = (r["score"] - full) / (clean - full)
 
 
-def sensitivity(cells, correct, cols, cfg) -> dict:
-    """oracle - random at the budget nearest 15%, paired; the bench can judge methods only if it excludes 0."""
-    budgets = sorted({b for (label, b) in cells if label == "oracle" and (("random", b) in cells)},
-                     key=lambda b: abs(b - SENSITIVITY_BUDGET))
+def sensitivity(cells, correct, cols, cfg) -> list[dict]:
+    """oracle - random, paired, at every budget that has both: the bench can judge methods at a budget only if
+    that line excludes 0 (there a clean subset of the pool's task mix trains a measurably better model)."""
+    budgets = sorted(b for (label, b) in cells if label == "oracle" and ("random", b) in cells)
     if not budgets:
-        return {"text": "sensitivity: no oracle and random cells at a common budget; the bench cannot check itself"}
-    b = budgets[0]
-    if len(correct[("oracle", b)]) != len(correct[("random", b)]):
-        return {"text": f"sensitivity: oracle and random at {b:g} have different seed pairs; cannot pair them"}
-    d = paired_difference(correct[("oracle", b)], correct[("random", b)], cols, n_boot=cfg.n_boot, seed=cfg.seed)
+        return [{"text": "sensitivity: no oracle and random cells at a common budget; the bench cannot check "
+                         "itself"}]
+    return [_sensitivity_at(b, correct, cols, cfg) for b in budgets]
+
+
+def _sensitivity_at(b, correct, cols, cfg) -> dict:
+    oracle, random = correct[("oracle", b)], correct[("random", b)]
+    if len(oracle) != len(random):
+        return {"budget": b, "can_judge": False,
+                "text": f"sensitivity: oracle and random at {b:g} have different seed pairs; cannot pair them"}
+    d = paired_difference(oracle, random, cols, n_boot=cfg.n_boot, seed=cfg.seed)
     ok = d.low > 0
-    text = (f"sensitivity: oracle - random at {b:g} = {d.text()} (95% interval, {len(correct[('oracle', b)])} seed "
-            f"pairs x {sum(len(correct[('oracle', b)][0][c]) for c in cols)} test items); "
+    text = (f"sensitivity: oracle - random at {b:g} = {d.text()} (95% interval, {len(oracle)} seed "
+            f"pairs x {sum(len(oracle[0][c]) for c in cols)} test items); "
             + ("the bench can tell a clean subset from a random one at this budget" if ok else
                "the interval contains 0 or is below it: the bench cannot judge methods at this budget"))
     return {"budget": b, "mean": d.mean, "low": d.low, "high": d.high, "can_judge": ok, "text": text}
@@ -218,8 +228,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines.append("")
     if meta.get("score_columns"):
         lines.append("score = mean accuracy over " + ", ".join(meta["score_columns"]))
-    if meta.get("sensitivity"):
-        lines.append(meta["sensitivity"]["text"])
+    lines.extend(line["text"] for line in meta.get("sensitivity") or [])
     if meta.get("clean_gap"):
         lines.append(meta["clean_gap"]["text"])
     if meta.get("learnable"):

@@ -29,7 +29,7 @@ from mmsift.bench.calibration import CALIBRATION
 from mmsift.bench.jobs import JobContext, TrainJob, init_worker, run_job
 from mmsift.bench.inputs import DUPLICATES
 from mmsift.bench.preset import QUICK_PRESET, PresetConfig
-from mmsift.bench.report import REFERENCE, SENSITIVITY_BUDGET, summarise, write_results
+from mmsift.bench.report import REFERENCE, summarise, write_results
 from mmsift.bench.tokens import check_keep, plain_label, with_twins
 from mmsift.data.io import write_subset
 from mmsift.data.tasks import task_of
@@ -64,7 +64,7 @@ class BenchConfig:
     methods: list | None = None  # None: every registered method the probe (or the judge run) can feed
     seed: int = 0  # pool, evaluation items, probe proxy
     seeds: tuple = (0, 1, 2)  # seed pairs: selection seed = training seed = s, one run per cell and seed
-    # Extra seed pairs for oracle and random at the budget nearest 15% only: the sensitivity line's power.
+    # Extra seed pairs for oracle and random at every budget: the power of the sensitivity lines (not the cells).
     sensitivity_seeds: tuple = (3, 4, 5, 6, 7)
     device: str = "cpu"
     quick: bool = False
@@ -353,12 +353,12 @@ def _plan(cfg, signals, truth, tasks, methods, calibration, recipes, pool, input
             for name, stages in recipes:
                 kept, scores, notes = _recipe_select(stages, signals, b, s, n_pool, out)
                 plan.append(Run(name, b, s, kept, scores, notes))
-    if "oracle" in calibration and cfg.budgets:
-        b = min(cfg.budgets, key=lambda x: abs(x - SENSITIVITY_BUDGET))
-        for s in (x for x in cfg.sensitivity_seeds if x not in cfg.seeds):
-            plan.append(Run("oracle", b, s, calibration_subset("oracle", truth, tasks, b, seed=s)))
-            kept, scores, notes = _select(signals, "random", b, s, n_pool)
-            plan.append(Run("random", b, s, kept, scores, notes))
+    if "oracle" in calibration:
+        for b in cfg.budgets:
+            for s in (x for x in cfg.sensitivity_seeds if x not in cfg.seeds):
+                plan.append(Run("oracle", b, s, calibration_subset("oracle", truth, tasks, b, seed=s)))
+                kept, scores, notes = _select(signals, "random", b, s, n_pool)
+                plan.append(Run("random", b, s, kept, scores, notes))
     return plan
 
 
