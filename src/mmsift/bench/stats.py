@@ -64,9 +64,16 @@ def paired_difference(runs_a: list[dict[str, np.ndarray]], runs_b: list[dict[str
 
     The same bootstrap draws (items within each column, seed pairs) are applied to both cells.
     """
+    mean, reps = paired_replicates(runs_a, runs_b, columns, n_boot=n_boot, seed=seed)
+    return Interval(mean, float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5)))
+
+
+def paired_replicates(runs_a, runs_b, columns: tuple[str, ...], *, n_boot: int = 2000,
+                      seed: int = 0) -> tuple[float, np.ndarray]:
+    """The paired difference ``a - b`` (mean over seed pairs) and its ``(n_boot,)`` bootstrap replicates."""
     if len(runs_a) != len(runs_b):
         raise ValueError(f"paired cells need the same seed pairs, got {len(runs_a)} and {len(runs_b)} runs")
     diffs = [point_score(a, columns) - point_score(b, columns) for a, b in zip(runs_a, runs_b)]
     item_idx, seed_idx = _draws({c: len(runs_a[0][c]) for c in columns}, len(runs_a), n_boot, seed)
     reps = _replicates(runs_a, columns, item_idx, seed_idx) - _replicates(runs_b, columns, item_idx, seed_idx)
-    return Interval(float(np.mean(diffs)), float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5)))
+    return float(np.mean(diffs)), reps

@@ -35,7 +35,7 @@ def main(
 
 def _wire_commands() -> None:
     """Every command, in the order of the flow (``mmsift --help`` lists them so); each lives beside its kind."""
-    from mmsift.cli.bench import bench_command
+    from mmsift.cli.bench import bench_command, bench_draws_command
     from mmsift.cli.data import validate_command
     from mmsift.cli.judge import judge_command
     from mmsift.cli.probe import probe_command
@@ -47,7 +47,8 @@ def _wire_commands() -> None:
     for name, command in (("demo", demo_command), ("validate", validate_command), ("warmup", warmup_command),
                           ("probe", probe_command), ("judge", judge_command), ("select", select_command),
                           ("tokens", tokens_command),
-                          ("run", run_command), ("methods", methods_command), ("bench", bench_command)):
+                          ("run", run_command), ("methods", methods_command), ("bench", bench_command),
+                          ("bench-draws", bench_draws_command)):
         app.command(name, cls=Command)(command)
 
 

@@ -114,3 +114,24 @@ def bench_command(
     typer.echo(result["markdown"])
     for kind, path in result["paths"].items():
         typer.echo(f"{kind}: {path}")
+
+
+def bench_draws_command(
+    runs: list[str] = typer.Argument(..., help="folders of finished `mmsift bench` runs of one grid on different "
+                                               "pool draws (e.g. --seed 0, 1, 2)"),
+    out: Optional[str] = typer.Option(None, "--out", help="also write the table to this Markdown file"),
+) -> None:
+    """Pool several bench runs (draws of the pool): each comparison with random (and oracle, full-clean) as the
+    mean over draws with an interval that resamples the draws too."""
+    from pathlib import Path
+
+    from mmsift.bench.draws import draws_report
+
+    try:
+        text = draws_report(runs)
+    except (OSError, ValueError, KeyError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(text)
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
