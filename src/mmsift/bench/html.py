@@ -135,8 +135,9 @@ def render_html(rows: list[dict], meta: dict, *, subsets: dict | None = None, ta
                       and not str(r["method"]).startswith("post:")})
     pool = meta.get("pool") or {}
     lines = list(meta.get("referee") or [])
-    sens = [x["text"] for x in meta.get("sensitivity") or []] + [x for x in [(meta.get("clean_gap") or {}).get("text")]
-                                                               if x]
+    sens = [x["text"] for x in meta.get("sensitivity") or []]
+    if (meta.get("clean_gap") or {}).get("text"):
+        sens.append(meta["clean_gap"]["text"])
     charts = "".join(f"<h3>budget {_e(f'{b:g}')}</h3>{_interval_chart(rows, b)}" for b in budgets)
     chance = (meta.get("eval") or {}).get("chance") or {}
     learn = meta.get("learnable") or {}
