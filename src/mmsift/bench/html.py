@@ -68,7 +68,7 @@ def _interval_chart(rows: list[dict], budget) -> str:
 
 
 def _verdict_grid(rows: list[dict], budgets: list) -> str:
-    methods = list(dict.fromkeys(r["method"] for r in rows if "verdict" in r))
+    methods = list(dict.fromkeys(r["method"] for r in rows if "verdict" in r and r["budget"] in budgets))
     if not methods:
         return "<p>No paired comparison with random in this run.</p>"
     cells = {(r["method"], r["budget"]): r for r in rows}
