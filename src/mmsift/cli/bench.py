@@ -32,7 +32,7 @@ def bench_command(
                                               help="the evaluation file's image folder (default: its folder)"),
     truth_field: Optional[str] = typer.Option(None, "--truth-field",
                                               help="record field marking bad records (a.b for nested): adds oracle, "
-                                                   "anti-oracle, full-clean and the sensitivity line"),
+                                                   "anti-oracle, full-clean and the sensitivity lines"),
     target: str = typer.Option("base", "--target", help="base (the bundled pretrained base), scratch (a fresh "
                                                         "model that learns the images from each subset) or "
                                                         "MODEL_DIR (a local checkpoint)"),
