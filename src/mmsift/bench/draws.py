@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsift.bench.report import read_items, reference_of
 from mmsift.bench.stats import Interval, paired_replicates
 
 
@@ -38,12 +39,7 @@ def load_run(path) -> DrawRun:
         if not f.is_file():
             raise FileNotFoundError(f"{path}: no {f.name}; give folders of finished `mmsift bench` runs")
     cols = tuple(json.loads(results.read_text(encoding="utf-8"))["meta"]["score_columns"])
-    cells: dict = {}
-    with np.load(items) as data:
-        for key in data.files:
-            label, budget, seed, column = key.split("|")
-            cells.setdefault((label, float(budget)), {}).setdefault(int(seed), {})[column] = data[key]
-    return DrawRun(path=path, cells=cells, score_columns=cols)
+    return DrawRun(path=path, cells=read_items(items), score_columns=cols)
 
 
 def comparisons(runs: list[DrawRun]) -> list[tuple[str, float, str]]:
@@ -51,12 +47,7 @@ def comparisons(runs: list[DrawRun]) -> list[tuple[str, float, str]]:
     common = set.intersection(*(set(r.cells) for r in runs))
     out = []
     for label, budget in sorted(common, key=lambda k: (k[1], k[0])):
-        if label == "full-clean":
-            ref = "full"
-        elif label.startswith("post:"):
-            ref = "post:random"
-        else:
-            ref = "random"
+        ref = reference_of(label)
         if label != ref and label != "full" and (ref, budget) in common:
             out.append((label, budget, ref))
     return out

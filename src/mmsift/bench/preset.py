@@ -70,7 +70,9 @@ def unused_pool_images(pool_path: Path) -> list[int]:
     from mmsift.data.easyvqa import POOL_IMAGE_IDS
 
     records = json.loads(Path(pool_path).read_text(encoding="utf-8"))
-    used = {int(Path(r["image"]).stem.split("_")[0]) for r in records if str(r["image"]).startswith("easyvqa/")}
+    # Copies (exact and near duplicates, the truth's dup_of) show their original's image or an altered file of it.
+    used = {int(Path(r["image"]).stem) for r in records
+            if str(r["image"]).startswith("easyvqa/") and r[TRUTH_FIELD]["dup_of"] is None}
     return [i for i in POOL_IMAGE_IDS if i not in used]
 
 

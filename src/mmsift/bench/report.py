@@ -21,6 +21,25 @@ from mmsift.bench.html import format_cell, write_html
 from mmsift.bench.stats import cell_interval, paired_difference
 
 REFERENCE = ("full", "full-clean")
+ITEMS_KEY = "{}|{:g}|{}|{}"  # items.npz: label|budget|seed|column -> per-item correctness of that run
+
+
+def reference_of(label: str) -> str:
+    """The row a row is paired against: full-clean against full, post-training against post:random, the rest
+    against random."""
+    if label == "full-clean":
+        return "full"
+    return "post:random" if label.startswith("post:") else "random"
+
+
+def read_items(path) -> dict:
+    """``items.npz`` as written by :func:`write_results`: ``{(label, budget): {seed: {column: bool array}}}``."""
+    cells: dict = {}
+    with np.load(path) as data:
+        for key in data.files:
+            label, budget, seed, column = key.rsplit("|", 3)
+            cells.setdefault((label, float(budget)), {}).setdefault(int(seed), {})[column] = data[key]
+    return cells
 
 
 def _cells(runs) -> dict[tuple, list]:
@@ -60,7 +79,7 @@ def summarise(runs, cfg, meta: dict) -> list[dict]:
             row[k] = _mean(rr, k)
         for k in dict.fromkeys(k for r in rr for k in r if k.startswith(("masked", "fully_masked"))):
             row[k] = _mean(rr, k)  # token-cleaning twins: what the masks took (bench.tokens.masked_metrics)
-        ref = ("post:random", budget) if label.startswith("post:") else ("random", budget)
+        ref = (reference_of(label), budget)
         if label not in REFERENCE and label != ref[0] and ref in cells:
             d = paired_difference(correct[(label, budget)], correct[ref], cols, n_boot=cfg.n_boot, seed=cfg.seed)
             row.update(vs_random=d.mean, vs_random_low=d.low, vs_random_high=d.high, verdict=d.verdict())
@@ -284,7 +303,7 @@ def write_results(rows: list[dict], runs, meta: dict, out) -> dict:
     _write_csv(out / "results.csv", rows)
     run_rows = [r.row for r in runs]
     _write_csv(out / "runs.csv", run_rows)
-    np.savez_compressed(out / "items.npz", **{f"{r.label}|{r.budget:g}|{r.seed}|{k}": v
+    np.savez_compressed(out / "items.npz", **{ITEMS_KEY.format(r.label, r.budget, r.seed, k): v
                                               for r in runs for k, v in r.correct.items()})
     paths = {"markdown": str(out / "results.md"), "csv": str(out / "results.csv"), "runs": str(out / "runs.csv"),
              "json": str(out / "results.json"), "items": str(out / "items.npz")}

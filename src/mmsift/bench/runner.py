@@ -335,7 +335,7 @@ def _train_all(cfg, plan, jobs, context, posts, truth) -> list:
 
 def _plan(cfg, signals, truth, tasks, methods, calibration, recipes, pool, inputs, out) -> list:
     """Every trained subset: reference rows, calibration subsets, methods and recipes per budget and seed pair,
-    and the extra oracle/random pairs of the sensitivity line."""
+    and the extra oracle/random pairs of the sensitivity lines (every budget)."""
     from mmsift.bench.calibration import calibration_subset, full_clean
 
     n_pool = len(pool.records)
